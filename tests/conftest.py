@@ -1,0 +1,57 @@
+"""Shared test setup: everything runs offline, and tiny fixtures are built once per session."""
+
+import os
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+# Tests never touch the network: the Hub libraries are told to stay offline (also in the scripts the tests run
+# as subprocesses, which inherit this environment), and a socket guard below fails any connection attempt.
+for name, value in {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "WANDB_MODE": "offline",
+    "TOKENIZERS_PARALLELISM": "false",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+}.items():
+    os.environ[name] = value
+
+_real_connect = socket.socket.connect
+
+
+def _guarded_connect(sock, address):
+    host = address[0] if isinstance(address, tuple) else address
+    if isinstance(host, str) and (host.startswith("127.") or host in ("localhost", "::1") or host.startswith("/")):
+        return _real_connect(sock, address)
+    raise RuntimeError(f"a test tried to reach the network ({address!r}); tests must run offline")
+
+
+@pytest.fixture(autouse=True)
+def _no_network(monkeypatch):
+    monkeypatch.setattr(socket.socket, "connect", _guarded_connect)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory):
+    """A small RoBERTa byte-level BPE tokenizer (vocab 400) trained on generated sentences, saved to a folder."""
+    from utils import train_bpe_tokenizer
+
+    words = "the a of on in river city king queen born died lived wrote painted built north south".split()
+    texts = [" ".join(words[(i * 7 + j * 3) % len(words)] for j in range(12)) + f" {i}." for i in range(400)]
+    tokenizer = train_bpe_tokenizer(texts, vocab_size=400, model_max_length=64)
+    folder = tmp_path_factory.mktemp("tokenizer")
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
