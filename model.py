@@ -1,0 +1,556 @@
+"""RoBERTa, from scratch, in one file.
+
+Liu et al. 2019, "RoBERTa: A Robustly Optimized BERT Pretraining Approach" (https://arxiv.org/abs/1907.11692).
+The architecture is BERT's (Devlin et al. 2018): learned position embeddings, a stack of post-LayerNorm
+transformer encoder layers with GELU MLPs, and a masked-language-model head whose decoder is tied to the word
+embeddings. RoBERTa changed the training recipe (no next-sentence prediction, dynamic masking, large batches,
+more data, byte-level BPE) and one detail of the model: position ids start at `pad_token_id + 1` (= 2), so
+the position table has `max_sequence_length + 2` rows (514 for 512 tokens).
+
+Mapping to transformers' checkpoints: module and parameter names are those of transformers'
+`modeling_roberta.py`, so a state dict moves between the two unchanged:
+
+    roberta.embeddings.{word_embeddings, position_embeddings, token_type_embeddings, LayerNorm}
+    roberta.encoder.layer.N.attention.self.{query, key, value}
+    roberta.encoder.layer.N.attention.output.{dense, LayerNorm}
+    roberta.encoder.layer.N.intermediate.dense
+    roberta.encoder.layer.N.output.{dense, LayerNorm}
+    lm_head.{dense, layer_norm, bias}  (lm_head.decoder.weight is the word embedding matrix)
+    qa_outputs
+
+`from_pretrained` reads a transformers folder or Hub id into our classes; `save_pretrained` writes a folder
+that transformers' own `RobertaForMaskedLM` / `RobertaForQuestionAnswering` load with nothing missing.
+
+Two differences from transformers, both for speed and neither visible in the numbers:
+  * attention is one `F.scaled_dot_product_attention` call, with no mask at all for unpadded batches so that
+    the flash kernel can run;
+  * with labels, the MLM head runs only on the ~15% of positions that are predicted (the vocabulary
+    projection is a quarter of the FLOPs when it runs on every position).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+IGNORE_INDEX = -100  # label of positions that are not predicted, as in transformers
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Configuration
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RobertaConfig:
+    """The architecture. Defaults are roberta-base's; field names are those of transformers' `config.json`."""
+
+    vocab_size: int = 50265  # rows of the word embedding table (and columns of the MLM decoder)
+    hidden_size: int = 768  # width of the residual stream
+    num_hidden_layers: int = 12  # encoder layers
+    num_attention_heads: int = 12  # heads per layer; hidden_size must divide by it
+    intermediate_size: int = 3072  # MLP width (4 x hidden_size in RoBERTa)
+    hidden_dropout_prob: float = 0.1  # dropout on embeddings and after each residual branch
+    attention_probs_dropout_prob: float = 0.1  # dropout on the attention weights
+    layer_norm_eps: float = 1e-5  # RoBERTa's (BERT used 1e-12)
+    initializer_range: float = 0.02  # std of the normal initialisation of weights
+    max_position_embeddings: int = 514  # rows of the position table: longest sequence + pad_token_id + 1
+    type_vocab_size: int = 1  # RoBERTa has one token type
+    pad_token_id: int = 1
+    bos_token_id: int = 0
+    eos_token_id: int = 2
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.hidden_size % self.num_attention_heads != 0:
+            problems.append(
+                f"hidden_size {self.hidden_size} does not divide by num_attention_heads {self.num_attention_heads} "
+                f"(choose a head count that divides it, e.g. {_a_divisor(self.hidden_size)})"
+            )
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be a positive integer, got {getattr(self, name)}")
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                problems.append(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.max_sequence_length < 1:
+            problems.append(
+                f"max_position_embeddings {self.max_position_embeddings} leaves no room for tokens: RoBERTa needs "
+                f"at least pad_token_id + 2 = {self.pad_token_id + 2}"
+            )
+        if not 0 <= self.pad_token_id < self.vocab_size:
+            problems.append(f"pad_token_id {self.pad_token_id} is outside the vocabulary of {self.vocab_size}")
+        if problems:
+            raise ValueError("invalid RobertaConfig: " + "; ".join(problems))
+
+    @property
+    def max_sequence_length(self) -> int:
+        """Longest input the position table allows: positions start at pad_token_id + 1."""
+        return self.max_position_embeddings - self.pad_token_id - 1
+
+    @property
+    def head_size(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    def to_dict(self) -> dict:
+        """A transformers `config.json` dictionary (`model_type: roberta`)."""
+        return {"model_type": "roberta", "hidden_act": "gelu", "position_embedding_type": "absolute",
+                "tie_word_embeddings": True, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, config: dict, **overrides) -> RobertaConfig:
+        """Build from a transformers `config.json` dictionary; keys we do not model are ignored."""
+        if config.get("model_type", "roberta") not in ("roberta", "xlm-roberta"):
+            raise ValueError(f"expected a RoBERTa config (model_type 'roberta'), got {config['model_type']!r}")
+        act = config.get("hidden_act", "gelu")
+        if act != "gelu":
+            raise ValueError(f"this implementation uses exact GELU; the config asks for hidden_act {act!r}")
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in {**config, **overrides}.items() if k in names})
+
+    @classmethod
+    def from_pretrained(cls, path_or_hub_id: str | os.PathLike, **overrides) -> RobertaConfig:
+        folder = _resolve_checkpoint(path_or_hub_id, need_weights=False)
+        return cls.from_dict(json.loads((folder / "config.json").read_text()), **overrides)
+
+
+def _a_divisor(n: int) -> int:
+    return next((h for h in (12, 8, 16, 4, 2) if n % h == 0), 1)
+
+
+class ModelOutput(dict):
+    """A dict with attribute access (`out.loss`), holding only the fields that were computed.
+
+    A dict, so that transformers' Trainer reads it as it reads its own outputs (`outputs["loss"]`, and every
+    other value as a prediction)."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            if name.startswith("__"):
+                raise AttributeError(name) from None
+            return None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Layers
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class RobertaEmbeddings(nn.Module):
+    def __init__(self, config: RobertaConfig):
+        super().__init__()
+        self.padding_idx = config.pad_token_id
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(
+            config.max_position_embeddings, config.hidden_size, padding_idx=config.pad_token_id
+        )
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        # RoBERTa numbers real tokens padding_idx+1, padding_idx+2, ... and gives padding the position
+        # padding_idx itself, so left- and right-padded inputs get the same positions for the same tokens.
+        not_pad = input_ids.ne(self.padding_idx)
+        position_ids = torch.cumsum(not_pad, dim=1) * not_pad + self.padding_idx  # (B, T)
+        # Every token has type 0: adding row 0 is the lookup without a (B, T) index tensor.
+        token_type = self.token_type_embeddings.weight[0]
+        x = self.word_embeddings(input_ids) + self.position_embeddings(position_ids) + token_type
+        return self.dropout(self.LayerNorm(x))  # (B, T, C)
+
+
+class RobertaSelfAttention(nn.Module):
+    def __init__(self, config: RobertaConfig):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout_p = config.attention_probs_dropout_prob
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+        B, T, C = x.shape
+        # (B, T, C) -> (B, nh, T, hs)
+        q, k, v = (proj(x).view(B, T, self.num_heads, C // self.num_heads).transpose(1, 2)
+                   for proj in (self.query, self.key, self.value))
+        dropout_p = self.dropout_p if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=dropout_p)  # (B, nh, T, hs)
+        return y.transpose(1, 2).reshape(B, T, C)
+
+
+class RobertaSelfOutput(nn.Module):
+    """Projection, dropout, then the residual add and LayerNorm (post-LN, as in BERT)."""
+
+    def __init__(self, config: RobertaConfig, in_features: int):
+        super().__init__()
+        self.dense = nn.Linear(in_features, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(self.dense(x)) + residual)
+
+
+RobertaOutput = RobertaSelfOutput  # the MLP's output block is the same computation, named as transformers does
+
+
+class RobertaAttention(nn.Module):
+    def __init__(self, config: RobertaConfig):
+        super().__init__()
+        self.self = RobertaSelfAttention(config)
+        self.output = RobertaSelfOutput(config, config.hidden_size)
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+        return self.output(self.self(x, key_mask), x)
+
+
+class RobertaIntermediate(nn.Module):
+    def __init__(self, config: RobertaConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(self.dense(x))
+
+
+class RobertaLayer(nn.Module):
+    def __init__(self, config: RobertaConfig):
+        super().__init__()
+        self.attention = RobertaAttention(config)
+        self.intermediate = RobertaIntermediate(config)
+        self.output = RobertaOutput(config, config.intermediate_size)
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+        x = self.attention(x, key_mask)
+        return self.output(self.intermediate(x), x)
+
+
+class RobertaEncoder(nn.Module):
+    def __init__(self, config: RobertaConfig):
+        super().__init__()
+        self.layer = nn.ModuleList(RobertaLayer(config) for _ in range(config.num_hidden_layers))
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+        for layer in self.layer:
+            x = layer(x, key_mask)
+        return x
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Models
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class RobertaPreTrainedModel(nn.Module):
+    """Initialisation, parameter counts and transformers-format loading and saving, shared by the models."""
+
+    architecture = "RobertaModel"  # the transformers class that reads what save_pretrained writes
+    base_model_prefix = "roberta"  # where the encoder sits in the state dict of the task models
+
+    def __init__(self, config: RobertaConfig):
+        super().__init__()
+        self.config = config
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """RoBERTa's initialisation: N(0, initializer_range) weights, zero biases, LayerNorm 1/0, zero padding row."""
+        std = self.config.initializer_range
+        if isinstance(module, RobertaLMHead):
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear) and not getattr(module, "tied_to_embeddings", False):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.padding_idx is not None:
+                module.weight.data[module.padding_idx].zero_()
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    def init_weights(self) -> None:
+        self.apply(self._init_weights)
+
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        """Parameters counted once (the tied decoder is the word embedding matrix); optionally without embeddings."""
+        skip = set()
+        if exclude_embeddings:
+            skip = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)}
+        return sum(p.numel() for p in self.parameters() if id(p) not in skip)
+
+    def _state_dict_for_saving(self) -> dict[str, torch.Tensor]:
+        # The tied decoder weight is left out: safetensors refuses two names for one tensor, and transformers
+        # ties `lm_head.decoder.weight` to the word embeddings again when it loads the file.
+        return {k: v.contiguous() for k, v in self.state_dict().items() if k not in self._tied_keys()}
+
+    def save_pretrained(self, folder: str | os.PathLike) -> None:
+        """Write `config.json` and `model.safetensors` in transformers' format."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        config = {"architectures": [self.architecture], **self.config.to_dict()}
+        (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        save_file(self._state_dict_for_saving(), folder / "model.safetensors", metadata={"format": "pt"})
+
+    @classmethod
+    def from_pretrained(cls, path_or_hub_id: str | os.PathLike, **config_overrides):
+        """Load a transformers-format folder (or Hub id) of a RoBERTa checkpoint into this class.
+
+        `config_overrides` replace config fields (e.g. `hidden_dropout_prob=0.0`). Weights a checkpoint has
+        but this class does not (a pooler, another task's head) are ignored; missing or mis-shaped weights are
+        an error, except for the task head of a class loaded from another task's checkpoint, which starts fresh.
+        """
+        folder = _resolve_checkpoint(path_or_hub_id, need_weights=True)
+        config = RobertaConfig.from_dict(json.loads((folder / "config.json").read_text()), **config_overrides)
+        model = cls(config)
+        model._load_checkpoint_state(_read_state_dict(folder), source=str(path_or_hub_id))
+        return model
+
+    def _load_checkpoint_state(self, state: dict[str, torch.Tensor], source: str) -> None:
+        state = self._rename_checkpoint_keys(state)
+        own = self.state_dict()
+        fresh = self._fresh_head_keys(own, state)
+        missing = [k for k in own if k not in state and k not in fresh and k not in self._tied_keys()]
+        mis_shaped = [f"{k}: checkpoint {tuple(state[k].shape)}, model {tuple(own[k].shape)}"
+                      for k in own if k in state and state[k].shape != own[k].shape]
+        if missing or mis_shaped:
+            problems = []
+            if missing:
+                problems.append(f"missing weights {_short_list(missing)}")
+            if mis_shaped:
+                problems.append(f"mis-shaped weights {_short_list(mis_shaped)}")
+            raise ValueError(f"cannot load {source} into {type(self).__name__}: " + "; ".join(problems)
+                             + ". Is it a complete RoBERTa checkpoint whose config.json matches its weights?")
+        with torch.no_grad():
+            for key, tensor in own.items():
+                if key in state:
+                    tensor.copy_(state[key])
+        if fresh:
+            for module in self._fresh_head_modules():
+                module.apply(self._init_weights)
+
+    def _rename_checkpoint_keys(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Accept checkpoints saved from a bare `RobertaModel` (no `roberta.` prefix) and legacy key names."""
+        own_keys = self.state_dict().keys()
+        prefix = self.base_model_prefix + "."
+        wants_prefix = any(k.startswith(prefix) for k in own_keys)
+        has_prefix = any(k.startswith(prefix) for k in state)
+        renamed = {}
+        for key, tensor in state.items():
+            key = key.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
+            if wants_prefix and not has_prefix and key.split(".")[0] in ("embeddings", "encoder"):
+                key = prefix + key
+            elif not wants_prefix and key.startswith(prefix):
+                key = key[len(prefix):]
+            renamed[key] = tensor
+        if "lm_head.bias" not in renamed and "lm_head.decoder.bias" in renamed:
+            renamed["lm_head.bias"] = renamed["lm_head.decoder.bias"]
+        return renamed
+
+    def _tied_keys(self) -> set[str]:
+        return set()
+
+    def _fresh_head_keys(self, own: dict, state: dict) -> set[str]:
+        """Keys of a task head that may start fresh when the checkpoint has none of them (another task's)."""
+        head_keys = {k for m in self._fresh_head_modules() for k in own if k.startswith(self._module_name(m) + ".")}
+        return head_keys if head_keys and not any(k in state for k in head_keys) else set()
+
+    def _fresh_head_modules(self) -> list[nn.Module]:
+        return []
+
+    def _module_name(self, module: nn.Module) -> str:
+        return next(name for name, m in self.named_modules() if m is module)
+
+
+class RobertaModel(RobertaPreTrainedModel):
+    """The encoder: embeddings and transformer layers, returning the last hidden states (B, T, C).
+
+    transformers' `RobertaModel` also has a pooler (used by sentence classification); this one has none."""
+
+    base_model_prefix = ""
+
+    def __init__(self, config: RobertaConfig):
+        super().__init__(config)
+        self.embeddings = RobertaEmbeddings(config)
+        self.encoder = RobertaEncoder(config)
+        self.init_weights()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        B, T = input_ids.shape
+        if T > self.config.max_sequence_length:
+            raise ValueError(
+                f"sequence length {T} is longer than the position table allows ({self.config.max_sequence_length} = "
+                f"max_position_embeddings {self.config.max_position_embeddings} - pad_token_id - 1); "
+                f"truncate inputs or build the model with max_position_embeddings >= {T + self.config.pad_token_id + 1}"
+            )
+        return self.encoder(self.embeddings(input_ids), _key_mask(attention_mask))
+
+
+def _key_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """(B, T) 1/0 padding mask -> (B, 1, 1, T) boolean key mask for scaled_dot_product_attention.
+
+    None stays None: with no mask at all, PyTorch may pick the flash kernel. A row with no real token at all
+    would make softmax divide by zero (NaN); such rows attend to every position instead (their outputs are
+    meaningless but finite, and nothing reads them)."""
+    if attention_mask is None:
+        return None
+    keep = attention_mask.bool()
+    keep = keep | ~keep.any(dim=-1, keepdim=True)
+    return keep[:, None, None, :]
+
+
+class RobertaLMHead(nn.Module):
+    """dense -> GELU -> LayerNorm -> decoder (its weight is the word embedding matrix) + its own bias."""
+
+    def __init__(self, config: RobertaConfig, word_embeddings: nn.Embedding):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.decoder.weight = word_embeddings.weight  # tied: one matrix embeds tokens and scores them
+        self.decoder.tied_to_embeddings = True  # initialised as the embeddings are (zero padding row)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layer_norm(F.gelu(self.dense(x)))
+        return F.linear(x, self.decoder.weight, self.bias)
+
+
+class RobertaForMaskedLM(RobertaPreTrainedModel):
+    architecture = "RobertaForMaskedLM"
+
+    def __init__(self, config: RobertaConfig):
+        super().__init__(config)
+        self.roberta = RobertaModel(config)
+        self.lm_head = RobertaLMHead(config, self.roberta.embeddings.word_embeddings)
+        self.init_weights()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None) -> ModelOutput:
+        """Without labels: logits (B, T, V) for every position. With labels (-100 where not predicted): the
+        loss, and logits (N, V) of the N predicted positions only, in row-major order."""
+        hidden = self.roberta(input_ids, attention_mask)  # (B, T, C)
+        if labels is None:
+            return ModelOutput(logits=self.lm_head(hidden))
+        # Sparse prediction: gather the predicted positions first, so that the head's vocabulary projection
+        # (the largest matrix multiply of the model) runs on ~15% of tokens. The loss is unchanged: the other
+        # positions contribute nothing to it. nonzero() syncs with the host; under torch.compile the graph
+        # breaks here once per step, which is cheaper than the 6x larger dense projection.
+        flat_labels = labels.reshape(-1)
+        predicted = flat_labels.ne(IGNORE_INDEX).nonzero().squeeze(-1)  # (N,)
+        logits = self.lm_head(hidden.reshape(-1, hidden.size(-1)).index_select(0, predicted))  # (N, V)
+        loss = F.cross_entropy(logits.float(), flat_labels.index_select(0, predicted))
+        return ModelOutput(loss=loss, logits=logits)
+
+    def _tied_keys(self) -> set[str]:
+        return {"lm_head.decoder.weight"}
+
+    def _fresh_head_modules(self) -> list[nn.Module]:
+        return [self.lm_head]
+
+
+class RobertaForQuestionAnswering(RobertaPreTrainedModel):
+    """Extractive QA: two logits per token, the scores of the answer span's start and end."""
+
+    architecture = "RobertaForQuestionAnswering"
+
+    def __init__(self, config: RobertaConfig):
+        super().__init__(config)
+        self.roberta = RobertaModel(config)
+        self.qa_outputs = nn.Linear(config.hidden_size, 2)
+        self.init_weights()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                start_positions: torch.Tensor | None = None, end_positions: torch.Tensor | None = None
+                ) -> ModelOutput:
+        hidden = self.roberta(input_ids, attention_mask)  # (B, T, C)
+        start_logits, end_logits = self.qa_outputs(hidden).float().unbind(dim=-1)  # (B, T) each
+        output = ModelOutput(start_logits=start_logits, end_logits=end_logits)
+        if start_positions is not None and end_positions is not None:
+            # As transformers: a label outside the sequence (an answer truncated away) is clamped to T and ignored.
+            T = input_ids.size(1)
+            start_loss = F.cross_entropy(start_logits, start_positions.reshape(-1).clamp(0, T), ignore_index=T)
+            end_loss = F.cross_entropy(end_logits, end_positions.reshape(-1).clamp(0, T), ignore_index=T)
+            output = ModelOutput(loss=(start_loss + end_loss) / 2, **output)
+        return output
+
+    def _fresh_head_modules(self) -> list[nn.Module]:
+        return [self.qa_outputs]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reading checkpoints
+# ----------------------------------------------------------------------------------------------------------------
+
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def _resolve_checkpoint(path_or_hub_id: str | os.PathLike, need_weights: bool) -> Path:
+    """A local folder as it is, or a Hub id downloaded to the cache; one clear error when neither works."""
+    path = Path(path_or_hub_id).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ValueError(f"{path} holds no config.json: expected a transformers-format RoBERTa folder")
+        if need_weights and not any((path / name).is_file() for name in _WEIGHT_FILES):
+            raise ValueError(f"{path} holds no weights: expected {' or '.join(_WEIGHT_FILES)} beside config.json")
+        return path
+    if path.exists() or str(path_or_hub_id).startswith((".", "/", "~")) or str(path_or_hub_id).count("/") > 1:
+        raise ValueError(f"{path_or_hub_id} is not a folder: expected a transformers-format folder or a Hub id")
+    return _download_from_hub(str(path_or_hub_id), need_weights)
+
+
+def _download_from_hub(hub_id: str, need_weights: bool) -> Path:
+    from huggingface_hub import snapshot_download
+
+    patterns = ["config.json", *(_WEIGHT_FILES if need_weights else ())]
+    try:
+        folder = Path(snapshot_download(hub_id, allow_patterns=patterns))
+    except Exception as error:  # offline, unknown id, gated repo, network error: all end the same way for a user
+        raise ValueError(
+            f"could not get {hub_id!r} from the Hugging Face Hub ({type(error).__name__}: {str(error)[:200]}); "
+            "check the id and the network, or pass a local transformers-format folder"
+        ) from None
+    return _resolve_checkpoint(folder, need_weights)
+
+
+def _read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
+    if (folder / "model.safetensors").is_file():
+        from safetensors.torch import load_file
+
+        return load_file(folder / "model.safetensors")
+    return torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+
+
+def _short_list(items: list[str], limit: int = 4) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def flops_per_token(config: RobertaConfig, sequence_length: int, predicted_fraction: float = 0.15) -> float:
+    """Training FLOPs per token (forward + backward = 3x forward) of RobertaForMaskedLM with sparse prediction.
+
+    Counts the matrix multiplies: the encoder's linear layers, attention's QK^T and AV, and the MLM head on
+    the predicted fraction of tokens. Used for model FLOP utilisation (MFU) estimates."""
+    C, L, T = config.hidden_size, config.num_hidden_layers, sequence_length
+    per_layer = 2 * (4 * C * C + 2 * C * config.intermediate_size) + 2 * 2 * T * C  # linears + attention
+    head = 2 * (C * C + C * config.vocab_size)
+    return 3 * (L * per_layer + predicted_fraction * head)
+
+
+__all__ = [
+    "RobertaConfig",
+    "RobertaModel",
+    "RobertaForMaskedLM",
+    "RobertaForQuestionAnswering",
+    "ModelOutput",
+    "flops_per_token",
+]

@@ -1,0 +1,279 @@
+"""model.py against transformers' RoBERTa, at deliberately odd shapes (batch 3, sequence 13, hidden 48, vocab 99).
+
+Odd shapes keep a transposed or mis-split dimension from passing by luck; padding in the batch exercises the
+position offset and the attention mask; float32 comparisons are held to 1e-5."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+import transformers
+
+from model import (
+    IGNORE_INDEX,
+    RobertaConfig,
+    RobertaForMaskedLM,
+    RobertaForQuestionAnswering,
+    RobertaModel,
+    flops_per_token,
+)
+
+TOL = 1e-5
+B, T, V = 3, 13, 99
+
+
+def tiny_config(**overrides) -> RobertaConfig:
+    values = dict(vocab_size=V, hidden_size=48, num_hidden_layers=2, num_attention_heads=3, intermediate_size=80,
+                  max_position_embeddings=T + 2 + 3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    return RobertaConfig(**{**values, **overrides})
+
+
+def padded_batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row 0 full, row 1 right-padded, row 2 left-padded (positions must skip the padding either way)."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, V, (B, T), generator=g)
+    mask = torch.ones(B, T, dtype=torch.long)
+    mask[1, 8:] = 0
+    mask[2, :4] = 0
+    ids[mask == 0] = 1  # <pad>
+    return ids, mask
+
+
+def random_labels(ids: torch.Tensor, mask: torch.Tensor, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    chosen = (torch.rand(ids.shape, generator=g) < 0.3) & mask.bool()
+    chosen[0, 0] = True  # at least one predicted position
+    return torch.where(chosen, torch.randint(0, V, ids.shape, generator=g), torch.full_like(ids, IGNORE_INDEX))
+
+
+def hf_from(folder, cls=transformers.RobertaForMaskedLM):
+    model, info = cls.from_pretrained(folder, output_loading_info=True, attn_implementation="sdpa")
+    return model.eval(), info
+
+
+@pytest.fixture
+def mlm_pair(tmp_path):
+    """Ours (randomly initialised) and transformers' loaded from what ours saved."""
+    torch.manual_seed(0)
+    ours = RobertaForMaskedLM(tiny_config()).eval()
+    ours.save_pretrained(tmp_path)
+    theirs, info = hf_from(tmp_path)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    return ours, theirs
+
+
+def test_mlm_logits_match_transformers_after_saving_ours(mlm_pair):
+    ours, theirs = mlm_pair
+    ids, mask = padded_batch()
+    torch.testing.assert_close(ours(ids, mask).logits, theirs(input_ids=ids, attention_mask=mask).logits,
+                               atol=TOL, rtol=0)
+
+
+def test_mlm_logits_match_after_loading_transformers_weights(tmp_path):
+    torch.manual_seed(1)
+    theirs = transformers.RobertaForMaskedLM(transformers.RobertaConfig(**tiny_config().to_dict())).eval()
+    theirs.save_pretrained(tmp_path)
+    ours = RobertaForMaskedLM.from_pretrained(tmp_path).eval()
+    ids, mask = padded_batch(seed=2)
+    torch.testing.assert_close(ours(ids, mask).logits, theirs(input_ids=ids, attention_mask=mask).logits,
+                               atol=TOL, rtol=0)
+    # The decoder stays tied to the word embeddings after loading.
+    assert ours.lm_head.decoder.weight is ours.roberta.embeddings.word_embeddings.weight
+
+
+def test_sparse_mlm_loss_and_gradients_match_transformers_dense(mlm_pair):
+    ours, theirs = mlm_pair
+    ids, mask = padded_batch(seed=3)
+    labels = random_labels(ids, mask)
+    out = ours(ids, mask, labels=labels)
+    ref = theirs(input_ids=ids, attention_mask=mask, labels=labels)
+    torch.testing.assert_close(out.loss, ref.loss, atol=TOL, rtol=0)
+    # With labels our logits are those of the predicted positions only, in row-major order.
+    torch.testing.assert_close(out.logits, ref.logits[labels != IGNORE_INDEX], atol=TOL, rtol=0)
+    out.loss.backward()
+    ref.loss.backward()
+    theirs_params = dict(theirs.named_parameters())
+    for name, p in ours.named_parameters():
+        torch.testing.assert_close(p.grad, theirs_params[name].grad, atol=TOL, rtol=0, msg=name)
+
+
+def test_sparse_loss_equals_dense_loss_of_our_own_logits():
+    torch.manual_seed(4)
+    model = RobertaForMaskedLM(tiny_config()).eval()
+    ids, mask = padded_batch(seed=4)
+    labels = random_labels(ids, mask, seed=5)
+    dense = F.cross_entropy(model(ids, mask).logits.reshape(-1, V), labels.reshape(-1), ignore_index=IGNORE_INDEX)
+    torch.testing.assert_close(model(ids, mask, labels=labels).loss, dense, atol=TOL, rtol=0)
+
+
+def test_qa_matches_transformers_in_both_directions(tmp_path):
+    torch.manual_seed(6)
+    ours = RobertaForQuestionAnswering(tiny_config()).eval()
+    ours.save_pretrained(tmp_path / "ours")
+    theirs, info = hf_from(tmp_path / "ours", transformers.RobertaForQuestionAnswering)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    ids, mask = padded_batch(seed=6)
+    starts, ends = torch.tensor([2, 0, 20]), torch.tensor([5, 7, 20])  # 20 > T: clamped and ignored, as theirs
+    out = ours(ids, mask, start_positions=starts, end_positions=ends)
+    ref = theirs(input_ids=ids, attention_mask=mask, start_positions=starts, end_positions=ends)
+    for key in ("start_logits", "end_logits", "loss"):
+        torch.testing.assert_close(out[key], ref[key], atol=TOL, rtol=0, msg=key)
+
+    theirs.save_pretrained(tmp_path / "theirs")
+    reloaded = RobertaForQuestionAnswering.from_pretrained(tmp_path / "theirs").eval()
+    torch.testing.assert_close(reloaded(ids, mask).start_logits, ref.start_logits, atol=TOL, rtol=0)
+
+
+def test_qa_loads_from_a_masked_lm_checkpoint_with_a_fresh_head(tmp_path):
+    torch.manual_seed(7)
+    mlm = RobertaForMaskedLM(tiny_config()).eval()
+    mlm.save_pretrained(tmp_path)
+    qa = RobertaForQuestionAnswering.from_pretrained(tmp_path).eval()
+    ids, mask = padded_batch()
+    torch.testing.assert_close(qa.roberta(ids, mask), mlm.roberta(ids, mask), atol=0, rtol=0)
+    assert qa.qa_outputs.bias.abs().max() == 0  # initialised as RoBERTa's heads are, not left uninitialised
+    assert 0.01 < qa.qa_outputs.weight.std() < 0.03
+
+
+def test_fused_attention_equals_softmax_attention_written_out():
+    torch.manual_seed(8)
+    config = tiny_config()
+    model = RobertaModel(config).eval()
+    ids, mask = padded_batch(seed=8)
+    x = model.embeddings(ids)
+    attention = model.encoder.layer[0].attention.self
+    nh, hs = config.num_attention_heads, config.head_size
+
+    def heads(t):  # (B, T, C) -> (B, nh, T, hs)
+        return t.view(B, T, nh, hs).transpose(1, 2)
+
+    q, k, v = heads(attention.query(x)), heads(attention.key(x)), heads(attention.value(x))
+    scores = q @ k.transpose(-2, -1) / math.sqrt(hs)  # (B, nh, T, T)
+    scores = scores.masked_fill(mask[:, None, None, :] == 0, float("-inf"))
+    expected = (scores.softmax(dim=-1) @ v).transpose(1, 2).reshape(B, T, config.hidden_size)
+    key_mask = mask.bool()[:, None, None, :]
+    torch.testing.assert_close(attention(x, key_mask), expected, atol=TOL, rtol=0)
+    # Without padding, passing no mask is the same computation as an all-ones mask.
+    torch.testing.assert_close(attention(x, None), attention(x, torch.ones_like(key_mask)), atol=TOL, rtol=0)
+
+
+def test_a_fully_padded_row_stays_finite():
+    model = RobertaForMaskedLM(tiny_config()).eval()
+    ids, mask = padded_batch()
+    ids[1], mask[1] = 1, 0
+    logits = model(ids, mask).logits
+    assert torch.isfinite(logits).all()
+    # ...and the other rows are unaffected by it.
+    torch.testing.assert_close(logits[0], model(ids[:1], mask[:1]).logits[0], atol=TOL, rtol=0)
+
+
+def test_positions_start_after_the_padding_index():
+    model = RobertaModel(tiny_config()).eval()
+    ids, mask = padded_batch()
+    # The left-padded row's tokens get the same positions as the same tokens without the padding.
+    unpadded = model(ids[2:, 4:])
+    torch.testing.assert_close(model(ids, mask)[2, 4:], unpadded[0], atol=TOL, rtol=0)
+    # A full row of T tokens uses positions 2 .. T+1; one more token than the table holds is refused.
+    assert model.config.max_sequence_length == T + 3
+    with pytest.raises(ValueError, match="longer than the position table"):
+        model(torch.full((1, T + 4), 5))
+
+
+def test_initialisation_follows_roberta():
+    torch.manual_seed(9)
+    config = tiny_config(vocab_size=2000, hidden_size=96, num_attention_heads=4)
+    model = RobertaForMaskedLM(config)
+    emb = model.roberta.embeddings
+    assert emb.word_embeddings.weight[config.pad_token_id].abs().max() == 0
+    assert emb.position_embeddings.weight[config.pad_token_id].abs().max() == 0
+    assert abs(emb.word_embeddings.weight.std().item() - 0.02) < 0.002
+    layer = model.roberta.encoder.layer[0]
+    assert abs(layer.intermediate.dense.weight.std().item() - 0.02) < 0.002
+    assert layer.intermediate.dense.bias.abs().max() == 0 and model.lm_head.bias.abs().max() == 0
+    assert (layer.output.LayerNorm.weight == 1).all() and (layer.output.LayerNorm.bias == 0).all()
+
+
+def test_parameter_counts_agree_with_transformers(mlm_pair):
+    ours, theirs = mlm_pair
+    assert ours.num_parameters() == theirs.num_parameters()
+    c = ours.config
+    embeddings = (c.vocab_size + c.max_position_embeddings + c.type_vocab_size) * c.hidden_size
+    assert ours.num_parameters() - ours.num_parameters(exclude_embeddings=True) == embeddings
+
+
+def test_config_round_trips_through_transformers_config_json(tmp_path):
+    config = tiny_config(layer_norm_eps=1e-6, initializer_range=0.01)
+    transformers.RobertaConfig(**config.to_dict()).save_pretrained(tmp_path)
+    assert RobertaConfig.from_pretrained(tmp_path) == config
+    assert RobertaConfig.from_dict(config.to_dict(), hidden_dropout_prob=0.3).hidden_dropout_prob == 0.3
+
+
+def test_bad_configs_name_the_value_and_the_fix():
+    with pytest.raises(ValueError, match="hidden_size 50 does not divide by num_attention_heads 3"):
+        tiny_config(hidden_size=50)
+    with pytest.raises(ValueError, match="attention_probs_dropout_prob"):
+        tiny_config(attention_probs_dropout_prob=1.5)
+    with pytest.raises(ValueError, match="model_type"):
+        RobertaConfig.from_dict({"model_type": "gpt2"})
+
+
+def test_missing_and_mis_shaped_weights_are_named(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    RobertaForMaskedLM(tiny_config()).save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    del weights["roberta.encoder.layer.1.output.dense.weight"]
+    weights["roberta.embeddings.position_embeddings.weight"] = torch.zeros(7, 48)
+    save_file(weights, tmp_path / "model.safetensors")
+    with pytest.raises(ValueError) as error:
+        RobertaForMaskedLM.from_pretrained(tmp_path)
+    assert "missing weights roberta.encoder.layer.1.output.dense.weight" in str(error.value)
+    assert "roberta.embeddings.position_embeddings.weight: checkpoint (7, 48), model (18, 48)" in str(error.value)
+
+
+def test_folders_without_a_model_and_unreachable_hub_ids_fail_clearly(tmp_path):
+    with pytest.raises(ValueError, match="holds no config.json"):
+        RobertaForMaskedLM.from_pretrained(tmp_path)
+    transformers.RobertaConfig(**tiny_config().to_dict()).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="holds no weights"):
+        RobertaForMaskedLM.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="could not get 'no-such-user/no-such-model' from the Hugging Face Hub"):
+        RobertaForMaskedLM.from_pretrained("no-such-user/no-such-model")
+
+
+def test_bf16_autocast_stays_close_to_float32():
+    torch.manual_seed(10)
+    model = RobertaForMaskedLM(tiny_config()).eval()
+    ids, mask = padded_batch()
+    labels = random_labels(ids, mask)
+    full = model(ids, mask, labels=labels).loss
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        half = model(ids, mask, labels=labels)
+    assert half.loss.dtype == torch.float32  # the loss is computed in float32 under autocast
+    assert abs(half.loss.item() - full.item()) < 0.05
+
+
+def test_compiled_model_matches_eager_and_does_not_recompile_every_step(monkeypatch):
+    torch._dynamo.reset()
+    torch.manual_seed(11)
+    model = RobertaForMaskedLM(tiny_config())
+    compiled = torch.compile(model, backend="aot_eager")
+    ids = torch.randint(3, V, (B, T))
+
+    def step(seed):  # a different number of predicted tokens at every step
+        labels = random_labels(ids, torch.ones_like(ids), seed=seed)
+        loss = compiled(ids, labels=labels).loss
+        torch.testing.assert_close(loss, model(ids, labels=labels).loss, atol=TOL, rtol=0)
+        loss.backward()
+
+    step(20)
+    step(21)  # the varying count of predicted tokens may cost one recompile, after which it is dynamic...
+    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+    for seed in range(22, 26):  # ...and never another
+        step(seed)
+
+
+def test_flops_per_token_matches_the_guide_for_roberta_base():
+    # GUIDE.md: ~0.60 GFLOP per token at roberta-base shape and sequence 512 with the head on 15% of tokens.
+    assert abs(flops_per_token(RobertaConfig(), 512) / 1e9 - 0.60) < 0.01
