@@ -1,0 +1,27 @@
+# The two commands of the README, and the helpers they use. `.ci/run` runs `make test`.
+PYTHON ?= python3
+# A CPU build of torch where none is installed: a bare `pip install torch` would pull a multi-gigabyte CUDA
+# build. On a GPU machine, install the CUDA build of torch first and this step leaves it alone.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: demo test install install-dev lint benchmark
+
+install:
+	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "$(TORCH_SPEC)"
+	$(PYTHON) -m pip install -q -r requirements.txt
+
+install-dev: install
+	$(PYTHON) -m pip install -q -r requirements-dev.txt
+
+## demo: the whole pipeline offline on the built-in demo world (about 12 minutes on a 2-core CPU)
+demo: install
+	HF_HUB_OFFLINE=1 $(PYTHON) demo.py
+
+## test: lint, then the whole test suite (unit tests, end-to-end runs of each script, the notebook)
+test: install-dev
+	$(PYTHON) -m ruff check .
+	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -q
+
+## benchmark: one training step of our model against transformers' (CPU or GPU)
+benchmark: install
+	$(PYTHON) benchmarks/throughput.py
