@@ -432,7 +432,7 @@ class RobertaForMaskedLM(RobertaPreTrainedModel):
         super().__init__(config)
         self.roberta = RobertaModel(config)
         self.lm_head = RobertaLMHead(config, self.roberta.embeddings.word_embeddings)
-        self.init_weights()
+        self.lm_head.apply(self._init_weights)  # the encoder initialised itself
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None) -> ModelOutput:
@@ -467,7 +467,7 @@ class RobertaForQuestionAnswering(RobertaPreTrainedModel):
         super().__init__(config)
         self.roberta = RobertaModel(config)
         self.qa_outputs = nn.Linear(config.hidden_size, 2)
-        self.init_weights()
+        self.qa_outputs.apply(self._init_weights)  # the encoder initialised itself
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 start_positions: torch.Tensor | None = None, end_positions: torch.Tensor | None = None
