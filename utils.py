@@ -9,6 +9,7 @@ Sections:
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -34,6 +35,13 @@ def run_cli(main: Callable[[], object]) -> None:
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad flag is a one-line UsageError (exit code 2) rather than usage text plus an error."""
+
+    def error(self, message: str) -> None:
+        raise UsageError(f"{message} (see --help)")
 
 
 def write_json(path: str | os.PathLike, obj: object) -> None:
@@ -91,7 +99,282 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, model_max_length:
 # Dynamic masking (train.py)
 # ----------------------------------------------------------------------------------------------------------------
 
+_MASKING_TABLES: dict = {}  # (special ids, vocabulary size, device) -> (special ids, ordinary ids) on that device
+
+
+def _masking_tables(tokenizer, device):
+    """The special ids and the ordinary (non-special) ids as tensors on `device`, built once per device.
+
+    Cached because building them means a host-to-device copy, which would make every step wait for the GPU."""
+    import torch
+
+    special = tuple(sorted(set(tokenizer.all_special_ids)))
+    key = (special, len(tokenizer), str(device))
+    if key not in _MASKING_TABLES:
+        special_ids = torch.tensor(special, dtype=torch.long)
+        ordinary = torch.ones(len(tokenizer), dtype=torch.bool)
+        ordinary[special_ids[special_ids < len(tokenizer)]] = False
+        _MASKING_TABLES[key] = (special_ids.to(device), ordinary.nonzero().squeeze(-1).to(device))
+    return _MASKING_TABLES[key]
+
+
+def mask_tokens(input_ids, tokenizer, mlm_probability: float = 0.15, generator=None):
+    """BERT/RoBERTa's dynamic masking: returns `(inputs, labels)` and leaves `input_ids` untouched.
+
+    Each non-special token is chosen with probability `mlm_probability` (special tokens, padding included,
+    never are); a chosen token becomes `<mask>` 80% of the time, a random non-special token 10%, and stays
+    as it is 10%. `labels` holds the original id at chosen positions and -100 elsewhere. Runs on the tensor's
+    device without host synchronisation; `generator` (on that same device) makes the draw reproducible.
+    """
+    import torch
+
+    special_ids, ordinary_ids = _masking_tables(tokenizer, input_ids.device)
+    draw = dict(device=input_ids.device, generator=generator)
+    chosen = torch.rand(input_ids.shape, **draw) < mlm_probability
+    chosen &= ~torch.isin(input_ids, special_ids)
+    labels = torch.where(chosen, input_ids, torch.full_like(input_ids, -100))
+
+    action = torch.rand(input_ids.shape, **draw)  # < 0.8: <mask>; 0.8..0.9: random token; >= 0.9: unchanged
+    random_ids = ordinary_ids[torch.randint(len(ordinary_ids), input_ids.shape, **draw)].to(input_ids.dtype)
+    inputs = torch.where(chosen & (action < 0.8), torch.full_like(input_ids, tokenizer.mask_token_id), input_ids)
+    inputs = torch.where(chosen & (action >= 0.8) & (action < 0.9), random_ids, inputs)
+    return inputs, labels
+
 
 # ----------------------------------------------------------------------------------------------------------------
 # SQuAD: features, post-processing, metrics (finetune_roberta_qa.py)
 # ----------------------------------------------------------------------------------------------------------------
+# Data layout: an example is a row {id, context, question, answers: {text: [...], answer_start: [...]}} (the Hub's
+# `rajpurkar/squad` columns); a feature is one window of at most `max_length` tokens, `<s> question </s></s>
+# context-slice </s>`, consecutive windows of a long context overlapping by `doc_stride` tokens.
+
+
+def _qa_windows(examples, tokenizer, max_length: int, doc_stride: int):
+    """Tokenize question/context pairs into overlapping windows (one encoding per window, question first)."""
+    questions = _fit_questions([q.lstrip() for q in examples["question"]], tokenizer, max_length, doc_stride)
+    return tokenizer(questions, list(examples["context"]), truncation="only_second", max_length=max_length,
+                     stride=doc_stride, return_overflowing_tokens=True, return_offsets_mapping=True,
+                     padding="max_length")
+
+
+def _fit_questions(questions: list[str], tokenizer, max_length: int, doc_stride: int) -> list[str]:
+    """Cut questions so long that no context window would fit beside them (the tokenizer would panic)."""
+    budget = max_length - doc_stride - tokenizer.num_special_tokens_to_add(pair=True) - 1
+    if budget < 1:
+        raise ValueError(f"doc_stride {doc_stride} leaves no room for a question in {max_length} tokens")
+    offsets = tokenizer(questions, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    return [q if len(o) <= budget else q[: o[budget - 1][1]] for q, o in zip(questions, offsets, strict=True)]
+
+
+def _context_span(sequence_ids: list) -> tuple[int, int]:
+    """First and last token index of the context (sequence 1) in one window."""
+    first = sequence_ids.index(1)
+    last = len(sequence_ids) - 1 - sequence_ids[::-1].index(1)
+    return first, last
+
+
+def _answer_tokens(offsets, sequence_ids, answers) -> tuple[int, int]:
+    """Token indices of the answer's first and last token (inclusive), or (0, 0) when it is not all in the window."""
+    if len(answers["answer_start"]) == 0:  # SQuAD 2.0 unanswerable question: point at <s>
+        return 0, 0
+    start_char = answers["answer_start"][0]
+    end_char = start_char + len(answers["text"][0])
+    first, last = _context_span(sequence_ids)
+    if offsets[first][0] > start_char or offsets[last][1] < end_char:
+        return 0, 0
+    start = first
+    while start <= last and offsets[start][0] <= start_char:  # overshoot by one, then step back
+        start += 1
+    end = last
+    while end >= first and offsets[end][1] >= end_char:
+        end -= 1
+    return start - 1, end + 1
+
+
+def prepare_qa_train_features(examples, tokenizer, max_length: int = 384, doc_stride: int = 128) -> dict:
+    """Batched `datasets.map` function: SQuAD examples -> training windows with answer labels.
+
+    Each window gets `start_positions`/`end_positions`, the indices of the answer's first and last token
+    (inclusive), or 0 (the `<s>` token) for both when the answer is not entirely inside the window or the
+    question has none. `tokenizer` must be a fast tokenizer (offsets mapping). Use with `remove_columns`.
+    """
+    encoded = _qa_windows(examples, tokenizer, max_length, doc_stride)
+    sample_map = encoded.pop("overflow_to_sample_mapping")
+    offset_mapping = encoded.pop("offset_mapping")
+    encoded["start_positions"], encoded["end_positions"] = [], []
+    for i, offsets in enumerate(offset_mapping):
+        start, end = _answer_tokens(offsets, encoded.sequence_ids(i), examples["answers"][sample_map[i]])
+        encoded["start_positions"].append(start)
+        encoded["end_positions"].append(end)
+    return dict(encoded)
+
+
+def prepare_qa_eval_features(examples, tokenizer, max_length: int = 384, doc_stride: int = 128) -> dict:
+    """Batched `datasets.map` function: SQuAD examples -> evaluation windows (the same windows, in the same order,
+    as `prepare_qa_train_features`).
+
+    Each window carries `example_id` (its example's `id`) and `offset_mapping`, the (start, end) character span of
+    each token in the context, None for tokens outside the context, so that `postprocess_qa_predictions` can map
+    a token span back to text and reject spans in the question.
+    """
+    encoded = _qa_windows(examples, tokenizer, max_length, doc_stride)
+    sample_map = encoded.pop("overflow_to_sample_mapping")
+    encoded["example_id"] = [examples["id"][s] for s in sample_map]
+    encoded["offset_mapping"] = [
+        [span if seq == 1 else None for span, seq in zip(offsets, encoded.sequence_ids(i), strict=True)]
+        for i, offsets in enumerate(encoded["offset_mapping"])
+    ]
+    return dict(encoded)
+
+
+def _window_offsets(features) -> list:
+    """Per window, an (T, 3) int array of (in context, start char, end char) per token, read from `offset_mapping`.
+
+    A datasets.Dataset is read through Arrow: turning ~400 (start, end) pairs per window into Python objects one
+    window at a time would cost more than the post-processing itself."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if hasattr(features, "with_format"):  # a datasets.Dataset: its Arrow column, in the dataset's row order
+        column = features.with_format("arrow")["offset_mapping"].combine_chunks()
+    else:
+        column = pa.array(list(features["offset_mapping"]), type=pa.list_(pa.list_(pa.int64())))
+    tokens = column.flatten()  # one [start, end] per token; null outside the context
+    table = np.stack([tokens.is_valid().to_numpy(zero_copy_only=False).astype(np.int64),
+                      pc.list_element(tokens, 0).fill_null(0).to_numpy(zero_copy_only=False),
+                      pc.list_element(tokens, 1).fill_null(0).to_numpy(zero_copy_only=False)], axis=1)
+    bounds = column.offsets.to_numpy() - column.offsets[0].as_py()
+    return [table[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def _best_span(start_logits, end_logits, offsets, n_best_size: int, max_answer_length: int):
+    """(score, start char, end char) of one window's best valid span, or None: among the top `n_best_size` starts
+    and ends, end not before start, at most `max_answer_length` tokens, both in the context."""
+    import numpy as np
+
+    starts = np.argsort(start_logits)[::-1][:n_best_size]
+    ends = np.argsort(end_logits)[::-1][:n_best_size]
+    scores = start_logits[starts][:, None] + end_logits[ends][None, :]  # (n_best, n_best)
+    length = ends[None, :] - starts[:, None] + 1
+    valid = (offsets[starts, 0] == 1)[:, None] & (offsets[ends, 0] == 1)[None, :] & (length >= 1)
+    valid &= length <= max_answer_length
+    if not valid.any():
+        return None
+    i, j = np.unravel_index(np.where(valid, scores, -np.inf).argmax(), scores.shape)
+    return float(scores[i, j]), int(offsets[starts[i], 1]), int(offsets[ends[j], 2])
+
+
+def postprocess_qa_predictions(examples, features, predictions, n_best_size: int = 20, max_answer_length: int = 30,
+                               version_2_with_negative: bool = False,
+                               null_score_diff_threshold: float = 0.0) -> dict[str, str]:
+    """Turn per-window start/end logits into one answer text per example: {example id: answer text}.
+
+    `examples` has columns `id` and `context`; `features` (the output of `prepare_qa_eval_features`, a
+    datasets.Dataset or a dict of columns) has columns `example_id` and `offset_mapping`; `predictions` is
+    `(start_logits, end_logits)`, each (num_features, seq_len), row i for feature i. The answer is the
+    best-scoring span (start logit + end logit) over all windows of the example, among the `n_best_size` top
+    starts and ends of each window, with end >= start, at most `max_answer_length` tokens, both ends in the
+    context. With `version_2_with_negative` the answer is "" when the null score (start and end at `<s>`, the
+    lowest over the windows) beats the best span by more than `null_score_diff_threshold`. An example with no
+    valid span gets "".
+    """
+    import numpy as np
+
+    start_logits, end_logits = np.asarray(predictions[0]), np.asarray(predictions[1])
+    windows: dict[str, list[int]] = {}
+    for i, example_id in enumerate(features["example_id"]):
+        windows.setdefault(example_id, []).append(i)
+    offsets = _window_offsets(features)
+    answers = {}
+    for example_id, context in zip(examples["id"], examples["context"], strict=True):
+        best, null_score = None, float("inf")
+        for i in windows.get(example_id, []):
+            null_score = min(null_score, float(start_logits[i, 0] + end_logits[i, 0]))
+            span = _best_span(start_logits[i], end_logits[i], offsets[i], n_best_size, max_answer_length)
+            if span is not None and (best is None or span[0] > best[0]):
+                best = span
+        if best is None or (version_2_with_negative and null_score - best[0] > null_score_diff_threshold):
+            answers[example_id] = ""
+        else:
+            answers[example_id] = context[best[1] : best[2]]
+    return answers
+
+
+def normalize_squad_answer(text: str) -> str:
+    """The official SQuAD normalisation: lowercase, drop punctuation and the articles a/an/the, squeeze spaces."""
+    import re
+    import string
+
+    text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def _squad_f1(prediction: str, gold: str) -> float:
+    """Token-overlap F1 of the official SQuAD v1.1 script (on normalised text)."""
+    from collections import Counter
+
+    pred_tokens, gold_tokens = normalize_squad_answer(prediction).split(), normalize_squad_answer(gold).split()
+    common = Counter(pred_tokens) & Counter(gold_tokens)
+    num_same = sum(common.values())
+    if num_same == 0:
+        return 0.0
+    precision, recall = num_same / len(pred_tokens), num_same / len(gold_tokens)
+    return 2 * precision * recall / (precision + recall)
+
+
+def _squad_scores(prediction: str, golds: list[str]) -> tuple[float, float]:
+    """(exact match, F1) of one prediction, each the max over the gold answers; no gold = unanswerable."""
+    if not golds:  # SQuAD 2.0: only an empty answer is right, as in the official v2.0 script
+        right = float(normalize_squad_answer(prediction) == "")
+        return right, right
+    exact = max(float(normalize_squad_answer(prediction) == normalize_squad_answer(g)) for g in golds)
+    return exact, max(_squad_f1(prediction, g) for g in golds)
+
+
+def _builtin_squad_metrics(predictions: dict[str, str], references: dict[str, list[str]]) -> dict[str, float]:
+    scores = [_squad_scores(predictions.get(qid, ""), golds) for qid, golds in references.items()]
+    n = max(len(scores), 1)
+    return {"exact_match": 100.0 * sum(s[0] for s in scores) / n, "f1": 100.0 * sum(s[1] for s in scores) / n}
+
+
+_EVALUATE_SQUAD: list = []  # evaluate's "squad" metric (or None), loaded once per process
+
+
+def _load_evaluate_squad():
+    """evaluate's "squad" metric, or None where it cannot be loaded (it fetches its code from the Hub)."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:  # would fail after a slow import and a lookup; the built-in scorer is the same
+        return None
+    if not _EVALUATE_SQUAD:
+        try:
+            import evaluate
+
+            _EVALUATE_SQUAD.append(evaluate.load("squad"))
+        except Exception:  # no network, no cached module: fall back to the built-in algorithm
+            _EVALUATE_SQUAD.append(None)
+    return _EVALUATE_SQUAD[0]
+
+
+def compute_squad_metrics(predictions: dict[str, str], references: dict[str, list[str]]) -> dict[str, float]:
+    """Official SQuAD scores, {"exact_match", "f1"} on 0-100, averaged over the questions in `references`.
+
+    `predictions` maps a question id to the predicted answer text ({id: text}; a missing id counts as "").
+    `references` maps a question id to its list of gold answer texts ({id: [text, ...]}); an empty list marks a
+    SQuAD 2.0 unanswerable question, which only an empty prediction answers (exact match and F1 both 1).
+    Scoring follows the official v1.1 script: answers normalised (lowercase, no punctuation, no articles a/an/the,
+    single spaces), exact match and token F1 each the maximum over the gold answers. evaluate's "squad" metric
+    is used where it can be loaded (it cannot offline, nor for unanswerable questions, which it does not score);
+    the built-in algorithm gives the same numbers.
+    """
+    metric = _load_evaluate_squad() if all(references.values()) else None
+    if metric is None or not references:
+        return _builtin_squad_metrics(predictions, references)
+    scores = metric.compute(
+        predictions=[{"id": qid, "prediction_text": predictions.get(qid, "")} for qid in references],
+        references=[{"id": qid, "answers": {"text": list(golds), "answer_start": [0] * len(golds)}}
+                    for qid, golds in references.items()],
+    )
+    return {"exact_match": float(scores["exact_match"]), "f1": float(scores["f1"])}
