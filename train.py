@@ -325,6 +325,13 @@ class EpochBatches(torch.utils.data.Sampler):
             yield order[first:first + self.batch_size].tolist()
 
 
+def loader_workers(requested: int, accelerator) -> int:
+    """At most one worker per spare core of this process: reading packed rows is light, and workers that
+    outnumber the cores take CPU time from the training process they feed (PyTorch warns about it too)."""
+    cores_per_process = (os.cpu_count() or 1) // max(1, accelerator.num_processes)
+    return max(0, min(requested, cores_per_process - 1))
+
+
 def train_batches(dataset: PackedBlocks, args, accelerator, epoch: int, samples_in_epoch: int):
     """Endless (epoch, samples consumed in the epoch after this batch, input_ids on the device), from a position."""
     global_batch = args.per_gpu_batch_size * accelerator.num_processes
@@ -336,7 +343,8 @@ def train_batches(dataset: PackedBlocks, args, accelerator, epoch: int, samples_
         # A private generator: DataLoader draws a worker seed from it at every epoch, and drawing from the global
         # RNG instead would shift dropout's random stream between a resumed run and an uninterrupted one.
         loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=_stacked,
-                                             num_workers=args.num_workers, pin_memory=on_gpu,
+                                             num_workers=loader_workers(args.num_workers, accelerator),
+                                             pin_memory=on_gpu,
                                              generator=torch.Generator(), persistent_workers=False)
         for g, batch in enumerate(loader, start=start):
             yield epoch, (g + 1) * global_batch, batch.to(accelerator.device, non_blocking=True).long()
