@@ -34,6 +34,7 @@ import sys
 from pathlib import Path
 
 from utils import (
+    ArgumentParser,
     UsageError,
     compute_squad_metrics,
     library_versions,
@@ -52,7 +53,7 @@ MIN_QUESTION_TOKENS = 16  # room a window must leave for the question beside the
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p = ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     run = p.add_argument_group("run")
     run.add_argument("--experiment_name", default="roberta_squad", help="name of the run folder")
     run.add_argument("--working_directory", default="runs", help="parent folder of the run folder")

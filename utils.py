@@ -75,7 +75,7 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, model_max_length:
 
     Special tokens get RoBERTa's ids: `<s>` 0, `<pad>` 1, `</s>` 2, `<unk>` 3, `<mask>` 4.
     """
-    from tokenizers import ByteLevelBPETokenizer
+    from tokenizers import AddedToken, ByteLevelBPETokenizer
     from transformers import RobertaTokenizer
 
     if vocab_size < 256 + len(SPECIAL_TOKENS):
@@ -88,10 +88,20 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, model_max_length:
     # transformers 5 takes the vocabulary and merges as objects (`vocab=`, `merges=`); the old
     # `vocab_file=`/`merges_file=` keywords are silently ignored and give a tokenizer of special tokens only.
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
-    tokenizer = RobertaTokenizer(vocab=model["vocab"], merges=merges, model_max_length=model_max_length)
+    # As in roberta-base, `<mask>` swallows the space before it: "known <mask> of" must encode as
+    # ["known", "<mask>", "Ġof"], since the masked token was "Ġword" in training; without lstrip a lone "Ġ"
+    # token would precede the mask and fill-mask predictions would be nonsense.
+    mask = AddedToken("<mask>", lstrip=True, rstrip=False, normalized=False, special=True)
+    tokenizer = RobertaTokenizer(vocab=model["vocab"], merges=merges, mask_token=mask,
+                                 model_max_length=model_max_length)
     sample = "Hello world, this is a tokenizer round trip."
     if tokenizer.decode(tokenizer(sample)["input_ids"], skip_special_tokens=True) != sample:
         raise RuntimeError("the trained tokenizer does not round-trip text; please report this as a bug")
+    def encode(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    if encode("the <mask>") != encode("the") + [tokenizer.mask_token_id]:
+        raise RuntimeError("the trained tokenizer does not strip the space before <mask>; please report this as a bug")
     return tokenizer
 
 
