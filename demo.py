@@ -1,0 +1,122 @@
+"""The whole pipeline, offline, on the built-in demo world: `make demo` (or `python demo.py`).
+
+1. prepare_data.py builds the demo corpus (encyclopedia articles about a fictional world), trains a byte-level
+   BPE tokenizer on it and packs it into blocks;
+2. train.py pretrains a small RoBERTa on it (on the GPU if there is one, else the CPU);
+3. the pretrained model fills in blanks about the world through transformers' own fill-mask pipeline;
+4. finetune_roberta_qa.py fine-tunes extractive QA on questions about held-out articles of the same world,
+   once from the pretrained backbone and once from random initialisation, with the same budget;
+5. both results are printed side by side, with the pretraining curves plotted to a PNG.
+
+Every step runs the real command line, printed before it runs, so each can be copied and changed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+
+# Sized for about 10 minutes on a 2-core laptop CPU. Small MLMs sit on a plateau (predicting frequent tokens)
+# for their first ~1,000 updates before they learn to use context; blocks of 64 tokens, batches of 16 and no
+# dropout get past it within a few minutes on a CPU, where longer blocks or bigger batches did not.
+CONTEXT_LENGTH = "64"
+MODEL_FLAGS = ["--num_transformer_blocks", "4", "--embedding_dimension", "128", "--num_attention_heads", "4",
+               "--mlp_ratio", "4", "--hidden_dropout_p", "0", "--attention_dropout_p", "0"]
+FILL_MASK_SENTENCES = [  # in the style of the demo world's articles
+    "Draius Manuthett was a painter from Theiciaia, born in 1617 and <mask> in 1707.",
+    "Draius Manuthett died in 1707. His wife was Beimwen Tiaard, whom he <mask> in 1637.",
+    "Draius Manuthett was a painter from Theiciaia. His teacher was the <mask> Padan Bouroding.",
+    "The Haendholm Conservatory was <mask> in 1640 in Haendholm.",
+]
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--output_dir", type=Path, default=ROOT / "demo_output", help="where everything is written")
+    p.add_argument("--pretraining_steps", type=int, default=3000)
+    p.add_argument("--qa_epochs", type=float, default=2.0)
+    p.add_argument("--qa_train_samples", type=int, default=2000,
+                   help="questions to fine-tune on: pretraining helps most where labelled data is scarce")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args()
+
+
+def run(step: str, command: list[str]) -> float:
+    """Run one of the repository's scripts, printing the command first; stop the demo if it fails."""
+    print(f"\n=== {step}\n$ {shlex.join(['python', *command[1:]])}", flush=True)
+    start = time.perf_counter()
+    if subprocess.run(command, cwd=ROOT).returncode != 0:
+        sys.exit(f"demo: the step '{step}' failed (see above)")
+    return time.perf_counter() - start
+
+
+def prepare(args, store: Path) -> float:
+    return run("prepare the demo corpus and train a tokenizer", [
+        sys.executable, "prepare_data.py", "--dataset", "demo", "--train_tokenizer", "4000", "--context_length",
+        CONTEXT_LENGTH, "--path_to_data_store", str(store), "--overwrite"])
+
+
+def pretrain(args, store: Path) -> float:
+    steps = args.pretraining_steps
+    return run("pretrain a small RoBERTa (masked language modelling)", [
+        sys.executable, "train.py", "--experiment_name", "pretrain", "--working_directory", str(args.output_dir),
+        "--path_to_prepped_data", str(store), "--context_length", CONTEXT_LENGTH,
+        *MODEL_FLAGS, "--per_gpu_batch_size", "16", "--num_training_steps", str(steps),
+        "--num_warmup_steps", str(steps // 20), "--learning_rate", "1e-3", "--evaluation_interval", str(steps // 6),
+        "--checkpoint_interval", str(steps // 2), "--logging_steps", str(steps // 12), "--max_eval_batches", "20",
+        "--seed", str(args.seed), "--overwrite"])
+
+
+def fill_mask(model_dir: Path) -> None:
+    from transformers import pipeline
+
+    print("\n=== fill in the blanks with the pretrained model (transformers' own fill-mask pipeline)")
+    fill = pipeline("fill-mask", model=str(model_dir), device=-1)
+    for sentence in FILL_MASK_SENTENCES:
+        guesses = ", ".join(f"{g['token_str'].strip()!r} {g['score']:.2f}" for g in fill(sentence, top_k=5))
+        print(f"{sentence}\n    -> {guesses}")
+
+
+def finetune(args, backbone: str, pretrained_dir: Path) -> float:
+    return run(f"fine-tune question answering from the {backbone} backbone", [
+        sys.executable, "finetune_roberta_qa.py", "--experiment_name", f"qa_{backbone}", "--working_directory",
+        str(args.output_dir), "--dataset", "demo", "--pretrained_backbone", backbone,
+        "--path_to_pretrained_backbone", str(pretrained_dir), "--num_train_epochs", str(args.qa_epochs),
+        "--max_train_samples", str(args.qa_train_samples), "--per_device_batch_size", "16",
+        "--gradient_accumulation_steps", "1", "--learning_rate", "3e-4", "--warmup_steps", "0.1",
+        "--max_seq_length", CONTEXT_LENGTH, "--doc_stride", "24", "--eval_steps", "0", "--save_steps", "0",
+        "--seed", str(args.seed), "--overwrite"])
+
+
+def summary(args, timings: dict[str, float]) -> None:
+    results = {b: json.loads((args.output_dir / f"qa_{b}" / "eval_results.json").read_text())
+               for b in ("pretrained", "random")}
+    print("\n=== results on held-out demo questions (same fine-tuning budget)")
+    print(f"{'backbone':28s} {'exact match':>12s} {'F1':>8s}")
+    for backbone, label in (("pretrained", "pretrained by train.py"), ("random", "random initialisation")):
+        r = results[backbone]
+        print(f"{label:28s} {r['exact_match']:12.1f} {r['f1']:8.1f}")
+    print("\ntime per step: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in timings.items()))
+    print(f"pretraining curves: {args.output_dir / 'pretrain'}/*.png; everything else under {args.output_dir}/")
+
+
+def main() -> None:
+    args = parse_args()
+    store = args.output_dir / "data"
+    pretrained_dir = args.output_dir / "pretrain" / "final_model"
+    timings = {"prepare": prepare(args, store), "pretrain": pretrain(args, store)}
+    fill_mask(pretrained_dir)
+    for backbone in ("pretrained", "random"):
+        timings[f"qa {backbone}"] = finetune(args, backbone, pretrained_dir)
+    summary(args, timings)
+
+
+if __name__ == "__main__":
+    main()
