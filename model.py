@@ -509,17 +509,23 @@ def _resolve_checkpoint(path_or_hub_id: str | os.PathLike, need_weights: bool) -
 
 
 def _download_from_hub(hub_id: str, need_weights: bool) -> Path:
+    """Fetch config.json and one weight file (safetensors when the repository has it, else the .bin)."""
+    folder = _snapshot(hub_id, ["config.json", *(["model.safetensors"] if need_weights else [])])
+    if need_weights and not (folder / "model.safetensors").is_file():
+        folder = _snapshot(hub_id, ["pytorch_model.bin"])
+    return _resolve_checkpoint(folder, need_weights)
+
+
+def _snapshot(hub_id: str, patterns: list[str]) -> Path:
     from huggingface_hub import snapshot_download
 
-    patterns = ["config.json", *(_WEIGHT_FILES if need_weights else ())]
     try:
-        folder = Path(snapshot_download(hub_id, allow_patterns=patterns))
+        return Path(snapshot_download(hub_id, allow_patterns=patterns))
     except Exception as error:  # offline, unknown id, gated repo, network error: all end the same way for a user
         raise ValueError(
             f"could not get {hub_id!r} from the Hugging Face Hub ({type(error).__name__}: {str(error)[:200]}); "
             "check the id and the network, or pass a local transformers-format folder"
         ) from None
-    return _resolve_checkpoint(folder, need_weights)
 
 
 def _read_state_dict(folder: Path) -> dict[str, torch.Tensor]:

@@ -277,3 +277,32 @@ def test_compiled_model_matches_eager_and_does_not_recompile_every_step(monkeypa
 def test_flops_per_token_matches_the_guide_for_roberta_base():
     # GUIDE.md: ~0.60 GFLOP per token at roberta-base shape and sequence 512 with the head on 15% of tokens.
     assert abs(flops_per_token(RobertaConfig(), 512) / 1e9 - 0.60) < 0.01
+
+
+def test_hub_ids_download_config_and_one_weight_file(tmp_path, monkeypatch):
+    """The Hub path, with snapshot_download replaced by a local stand-in that serves a .bin-only repository."""
+    import huggingface_hub
+
+    repo = tmp_path / "repo"
+    torch.manual_seed(12)
+    original = RobertaForMaskedLM(tiny_config()).eval()
+    original.save_pretrained(repo)
+    state = {k: v for k, v in original.state_dict().items() if k != "lm_head.decoder.weight"}
+    torch.save(state, repo / "pytorch_model.bin")
+    (repo / "model.safetensors").unlink()
+    requests = []
+
+    def fake_snapshot_download(repo_id, allow_patterns):
+        requests.append(allow_patterns)
+        cache = tmp_path / "cache"
+        cache.mkdir(exist_ok=True)
+        for name in allow_patterns:
+            if (repo / name).is_file():
+                (cache / name).write_bytes((repo / name).read_bytes())
+        return str(cache)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    loaded = RobertaForMaskedLM.from_pretrained("some-user/some-model").eval()
+    assert requests == [["config.json", "model.safetensors"], ["pytorch_model.bin"]]  # never both weight files
+    ids, mask = padded_batch()
+    torch.testing.assert_close(loaded(ids, mask).logits, original(ids, mask).logits, atol=0, rtol=0)
