@@ -40,8 +40,8 @@ FILL_MASK_SENTENCES = [  # in the style of the demo world's articles
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output_dir", type=Path, default=ROOT / "demo_output", help="where everything is written")
-    p.add_argument("--pretraining_steps", type=int, default=3000)
-    p.add_argument("--qa_epochs", type=float, default=2.0)
+    p.add_argument("--pretraining_steps", type=int, default=4500)
+    p.add_argument("--qa_epochs", type=float, default=3.0)
     p.add_argument("--qa_train_samples", type=int, default=2000,
                    help="questions to fine-tune on: pretraining helps most where labelled data is scarce")
     p.add_argument("--seed", type=int, default=0)

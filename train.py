@@ -772,7 +772,10 @@ def train(s: Setup, state: TrainState, window_loss: torch.Tensor) -> bool:
     args, accelerator = s.args, s.accelerator
     batches = train_batches(s.train_data, args, accelerator, state.epoch, state.samples_in_epoch)
     mask_generator = torch.Generator(device=accelerator.device)
-    progress = tqdm(total=args.num_training_steps, initial=state.step, disable=not accelerator.is_main_process,
+    # The bar shows on the main process in a terminal; in a log file (disable=None: not a TTY) it would only
+    # interleave carriage returns with the log lines, which say the same every --logging_steps.
+    progress = tqdm(total=args.num_training_steps, initial=state.step,
+                    disable=None if accelerator.is_main_process else True,
                     desc="training", dynamic_ncols=True, mininterval=1.0)
     if state.step == 0:
         run_evaluation(s, 0)
