@@ -376,8 +376,6 @@ class RobertaModel(RobertaPreTrainedModel):
 
     transformers' `RobertaModel` also has a pooler (used by sentence classification); this one has none."""
 
-    base_model_prefix = ""
-
     def __init__(self, config: RobertaConfig):
         super().__init__(config)
         self.embeddings = RobertaEmbeddings(config)

@@ -136,6 +136,15 @@ def test_qa_loads_from_a_masked_lm_checkpoint_with_a_fresh_head(tmp_path):
     assert 0.01 < qa.qa_outputs.weight.std() < 0.03
 
 
+def test_bare_encoder_loads_from_a_task_checkpoint(tmp_path):
+    torch.manual_seed(13)
+    mlm = RobertaForMaskedLM(tiny_config()).eval()
+    mlm.save_pretrained(tmp_path)
+    encoder = RobertaModel.from_pretrained(tmp_path).eval()  # keys lose their `roberta.` prefix
+    ids, mask = padded_batch()
+    torch.testing.assert_close(encoder(ids, mask), mlm.roberta(ids, mask), atol=0, rtol=0)
+
+
 def test_fused_attention_equals_softmax_attention_written_out():
     torch.manual_seed(8)
     config = tiny_config()
