@@ -33,6 +33,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from folders import write_json
 from utils import (
     ArgumentParser,
     UsageError,
@@ -42,7 +43,6 @@ from utils import (
     prepare_qa_eval_features,
     prepare_qa_train_features,
     run_cli,
-    write_json,
 )
 
 BACKBONES = ("pretrained_huggingface", "pretrained", "random")

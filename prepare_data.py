@@ -49,7 +49,8 @@ from pathlib import Path
 
 import numpy as np
 
-from utils import ArgumentParser, UsageError, library_versions, run_cli, train_bpe_tokenizer, write_json
+from folders import write_json
+from utils import ArgumentParser, UsageError, library_versions, run_cli, train_bpe_tokenizer
 
 DATASETS = ["wikipedia_bookcorpus", "demo"]
 WIKIPEDIA = ("wikimedia/wikipedia", "20231101.en")

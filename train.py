@@ -61,7 +61,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from utils import ArgumentParser, UsageError, library_versions, mask_tokens, run_cli, write_json
+from folders import write_json
+from utils import ArgumentParser, UsageError, library_versions, mask_tokens, run_cli
 
 SCHEDULERS = ["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
               "inverse_sqrt"]

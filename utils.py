@@ -2,7 +2,9 @@
 
 Sections:
   * command-line errors: `UsageError` and `run_cli`, so that bad input ends in one clear line (exit code 2)
-  * tokenizer: `train_bpe_tokenizer`, RoBERTa's byte-level BPE trained on our own text
+  * tokenizer: `load_tokenizer` (the one loader of all three scripts), `train_bpe_tokenizer` (RoBERTa's
+    byte-level BPE trained on our own text) and `tokenizer_fingerprint`
+  * the data store: the layout prepare_data.py writes and train.py and the notebook read (`STORE_*`, `open_store`)
   * dynamic masking: `mask_tokens` (BERT/RoBERTa's 80/10/10 recipe), used by train.py
   * SQuAD: feature preparation, post-processing and the official metric, used by finetune_roberta_qa.py
 """
@@ -17,6 +19,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # ids 0..4, as in RoBERTa's vocabulary
+BPE_MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS)  # a byte-level BPE holds every byte, then the special tokens
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer_config.json")  # any one marks a tokenizer folder
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -44,14 +48,6 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see --help)")
 
 
-def write_json(path: str | os.PathLike, obj: object) -> None:
-    """Write `obj` as indented JSON (atomically: a reader never sees half a file)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-
-
 def library_versions() -> dict[str, str]:
     """Versions of the libraries a run depends on, for the record written beside its outputs."""
     import importlib.metadata as md
@@ -70,6 +66,52 @@ def library_versions() -> dict[str, str]:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def load_tokenizer(name_or_path: str | os.PathLike, *, flag: str, cache_dir: str | None = None):
+    """The tokenizer in a local folder or of a Hub id; any failure is one UsageError naming `flag` and the value.
+
+    The one tokenizer loader of the three scripts. A folder must hold tokenizer files: from a model folder without
+    them, transformers would quietly build a tokenizer of special tokens only, and all that follows would run on
+    garbage. Callers check what their task needs on top (a <mask> token, a fast tokenizer with offsets)."""
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    name = str(name_or_path)
+    folder = Path(name).expanduser()
+    looks_local = folder.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1
+    if looks_local and not folder.is_dir():
+        raise UsageError(f"{flag} {name} is not a folder: give a tokenizer folder or a Hub id")
+    if folder.is_dir() and not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        raise UsageError(f"{flag} {name} holds no tokenizer ({' or '.join(TOKENIZER_FILES)}): save the tokenizer "
+                         "in that folder (tokenizer.save_pretrained) or give another")
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the failure is reported below, in one line
+    try:
+        return AutoTokenizer.from_pretrained(str(folder) if folder.is_dir() else name, cache_dir=cache_dir)
+    except Exception as error:  # OSError, ValueError, HTTP errors...: all mean "cannot use this name"
+        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        where = "the folder's tokenizer files could not be read" if folder.is_dir() else (
+            "not a reachable Hub id; check the name and the network, or give a local tokenizer folder")
+        raise UsageError(f"{flag} {name}: {where} ({reason})") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A short hash of what maps text to ids (vocabulary, merges, added tokens), to tell two tokenizers apart.
+
+    Recorded in a store's prepare_data.json so that training with another tokenizer than the one that made the
+    store's ids is refused. Independent of how the tokenizer was loaded (max length, padding side...)."""
+    import hashlib
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        model = json.loads(backend.to_str())["model"]
+        content = {"model": model, "added": sorted(tokenizer.get_added_vocab().items())}
+    else:
+        content = {"vocab": sorted(tokenizer.get_vocab().items())}
+    return hashlib.blake2b(json.dumps(content, sort_keys=True).encode(), digest_size=8).hexdigest()
+
+
 def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, model_max_length: int = 512):
     """Train RoBERTa's byte-level BPE on `texts` and return it as a transformers `RobertaTokenizer`.
 
@@ -78,9 +120,9 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, model_max_length:
     from tokenizers import AddedToken, ByteLevelBPETokenizer
     from transformers import RobertaTokenizer
 
-    if vocab_size < 256 + len(SPECIAL_TOKENS):
-        minimum = 256 + len(SPECIAL_TOKENS)
-        raise UsageError(f"a byte-level BPE vocabulary needs at least {minimum} entries, got {vocab_size}")
+    if vocab_size < BPE_MIN_VOCAB_SIZE:
+        raise UsageError(f"a byte-level BPE vocabulary needs at least {BPE_MIN_VOCAB_SIZE} entries (256 bytes + "
+                         f"{len(SPECIAL_TOKENS)} special tokens), got {vocab_size}")
     bpe = ByteLevelBPETokenizer(add_prefix_space=False, trim_offsets=True)
     bpe.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2, special_tokens=SPECIAL_TOKENS,
                             show_progress=False)
@@ -103,6 +145,49 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, model_max_length:
     if encode("the <mask>") != encode("the") + [tokenizer.mask_token_id]:
         raise RuntimeError("the trained tokenizer does not strip the space before <mask>; please report this as a bug")
     return tokenizer
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The data store: written by prepare_data.py, read by train.py and the notebook
+# ----------------------------------------------------------------------------------------------------------------
+# `datasets.DatasetDict.save_to_disk` with splits STORE_SPLITS, one column STORE_COLUMN of blocks of exactly
+# `context_length` token ids (`<s> ... </s>`), the tokenizer that made the ids in STORE_TOKENIZER_DIR, and the
+# record of the run (arguments, counts, tokenizer fingerprint) in STORE_RECORD.
+
+STORE_SPLITS = ("train", "test")
+STORE_COLUMN = "input_ids"
+STORE_TOKENIZER_DIR = "tokenizer"
+STORE_RECORD = "prepare_data.json"
+
+
+def open_store(path: str | os.PathLike, *, flag: str = "--path_to_prepped_data", context_length: int | None = None):
+    """(DatasetDict, record) of a store, checked against the layout above; one UsageError on any problem.
+
+    `record` is the parsed STORE_RECORD ({} for a store written before records existed). With `context_length`,
+    the blocks must have that length."""
+    import datasets
+
+    store = Path(path)
+    hint = f"write one with `python prepare_data.py --path_to_data_store {path} ...`"
+    if not store.is_dir():
+        raise UsageError(f"{flag} {path} does not exist; {hint}")
+    if not (store / "dataset_dict.json").is_file():
+        raise UsageError(f"{flag} {path} is not a data store (no dataset_dict.json); {hint}")
+    try:
+        data = datasets.load_from_disk(str(store))
+        record = json.loads((store / STORE_RECORD).read_text()) if (store / STORE_RECORD).is_file() else {}
+    except Exception as error:  # a damaged store fails in many ways; all mean the same to a user
+        raise UsageError(f"{flag} {path} could not be read ({type(error).__name__}: {str(error)[:200]}); "
+                         f"{hint}") from None
+    for split in STORE_SPLITS:
+        if split not in data or STORE_COLUMN not in data[split].column_names or len(data[split]) == 0:
+            raise UsageError(f"{flag} {path} needs a non-empty '{split}' split with an {STORE_COLUMN} column (it has "
+                             f"{dict(data.num_rows)}); {hint}")
+        block = len(data[split][0][STORE_COLUMN])
+        if context_length is not None and block != context_length:
+            raise UsageError(f"--context_length {context_length} does not match the store's blocks of {block} "
+                             f"tokens; pass --context_length {block} or prepare a store of {context_length}")
+    return data, record
 
 
 # ----------------------------------------------------------------------------------------------------------------

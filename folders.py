@@ -1,0 +1,280 @@
+"""The folders the scripts write, and the rules that keep a user's files safe. Used by all three scripts.
+
+Each script writes one kind of output folder: prepare_data.py a data store, train.py a pretraining run folder,
+finetune_roberta_qa.py a question-answering run folder. Three promises hold for every one of them:
+
+* `--overwrite` replaces only a folder the script can recognise as its own output, by the record it wrote
+  there (`prepare_data.json`, `args.json`/`metrics.jsonl`, `finetune_args.json`), and then removes only the
+  entries the script itself makes: anything else in the folder (a log the user redirected there, notes) stays.
+  It never replaces the current directory, a parent of it, the home folder, a git repository, a folder that
+  is or holds an input of the same run, or a folder another run is using.
+* One run per folder: `FolderLock` holds a lock file (`.lock`) for the life of the run. A second run into the
+  same folder is refused before it touches anything. The lock is `flock`, which the kernel releases when the
+  process dies (so a killed run leaves no stale lock) and which Linux maps onto NFS byte-range locks; where a
+  filesystem supports no locking at all, a lock file holding the owner's host and pid is used instead, and a
+  lock of a dead process on this host is taken over.
+* Files are written atomically (`write_json`), and `file_manifest`/`verify_manifest` record and check each
+  file's size and checksum, so that a damaged checkpoint is detected before it is loaded.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from utils import UsageError
+
+LOCK_FILE = ".lock"
+
+
+@dataclass(frozen=True)
+class OutputKind:
+    """What one script writes: how its folders are recognised (`records`) and what it makes in them (`made`)."""
+
+    description: str  # "data store", for messages
+    script: str  # "prepare_data.py"
+    records: tuple[str, ...]  # any one of these files marks a folder as this script's output
+    made: tuple[str, ...]  # every entry the script may create in its folder (removed by --overwrite)
+
+
+STORE = OutputKind("data store", "prepare_data.py", records=("prepare_data.json",),
+                   made=("prepare_data.json", "dataset_dict.json", "train", "test", "tokenizer", LOCK_FILE))
+PRETRAINING_RUN = OutputKind(
+    "pretraining run folder", "train.py", records=("args.json", "metrics.jsonl"),
+    made=("args.json", "args.json.tmp", "metrics.jsonl", "metrics.jsonl.tmp", "curves.png", "curves.tmp.png",
+          "checkpoints", "final_model", "final_model.tmp", "wandb", "README.md", LOCK_FILE))
+QA_RUN = OutputKind(
+    "question-answering run folder", "finetune_roberta_qa.py", records=("finetune_args.json",),
+    made=("finetune_args.json", "eval_results.json", "predictions.json", "predictions_detail.json", "checkpoints",
+          "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+          "vocab.json", "merges.txt", "training_args.bin", "README.md", "runs", "wandb", LOCK_FILE))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Which folders may be written and replaced
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def check_output_folder(folder: str | os.PathLike, kind: OutputKind, *, flag: str, overwrite: bool,
+                        inputs: dict[str, str | os.PathLike | None] | None = None, resuming: bool = False) -> Path:
+    """Check that `folder` may receive this run's output; raise UsageError (one line) if not. Changes nothing.
+
+    `flag` names the folder in messages (e.g. "--path_to_data_store runs/x"); `inputs` maps each input's flag to
+    its path, so that an output folder that is, or holds, an input is refused; `resuming` allows a folder that
+    already holds this kind of output without `--overwrite` (train.py's `--resume_from_checkpoint`).
+    """
+    path = Path(folder).expanduser().absolute()
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{flag} is a file, not a folder")
+    refuse_precious(path, flag)
+    for input_flag, input_path in (inputs or {}).items():
+        if input_path and Path(input_path).expanduser().exists():
+            source = Path(input_path).expanduser().resolve()
+            if source == path.resolve() or source.is_relative_to(path.resolve()):
+                raise UsageError(f"{flag} is or holds {input_flag} {input_path}, an input of this run: writing "
+                                 "there could destroy it; choose another output folder")
+    if not path.is_dir() or not own_entries(path, kind) and not foreign_entries(path, kind):
+        return path  # new or empty (a lock file alone does not count)
+    if not is_output_of(path, kind):
+        raise UsageError(f"{flag} holds files that {kind.script} did not write (no {' or '.join(kind.records)}): "
+                         f"it is not a {kind.description}, so even --overwrite leaves it alone; choose an empty "
+                         "or new folder")
+    if not overwrite and not resuming:
+        hint = "--resume_from_checkpoint latest to continue it, " if kind is PRETRAINING_RUN else ""
+        raise UsageError(f"{flag} already holds a {kind.description}; pass {hint}--overwrite to replace it, or "
+                         "choose another folder")
+    return path
+
+
+def refuse_precious(path: Path, flag: str) -> None:
+    """Never write into (let alone replace) the current directory, its parents, home, / or a git repository."""
+    resolved = path.resolve()
+    cwd = Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents:
+        raise UsageError(f"{flag} is the current directory or one of its parents; give a folder of its own "
+                         "(e.g. runs/NAME)")
+    if resolved == Path.home().resolve() or resolved == Path(resolved.anchor):
+        raise UsageError(f"{flag} is your home folder or the filesystem root; give a folder of its own")
+    if (resolved / ".git").exists():
+        raise UsageError(f"{flag} is a git repository; give a folder of its own")
+
+
+def is_output_of(folder: Path, kind: OutputKind) -> bool:
+    return any((folder / name).exists() for name in kind.records)
+
+
+def own_entries(folder: Path, kind: OutputKind) -> list[Path]:
+    """Entries of `folder` that the script makes (the lock file not counted)."""
+    return sorted(p for p in folder.iterdir() if p.name in kind.made and p.name != LOCK_FILE)
+
+
+def foreign_entries(folder: Path, kind: OutputKind) -> list[Path]:
+    """Entries of `folder` that the script does not make: the user's, never removed."""
+    return sorted(p for p in folder.iterdir() if p.name not in kind.made)
+
+
+def remove_own_outputs(folder: Path, kind: OutputKind) -> list[str]:
+    """--overwrite, after every check passed: delete what the script made; return the names of what was kept."""
+    for entry in own_entries(folder, kind):
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    return [p.name for p in foreign_entries(folder, kind)]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One run per folder
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class FolderLock:
+    """An exclusive (or shared) lock on `folder`, held until `release()` or the process ends.
+
+    `acquire()` raises UsageError naming the holder when another run has it. A shared lock lets several readers
+    in (train.py reading a store) while keeping an exclusive writer (prepare_data.py --overwrite) out.
+    """
+
+    def __init__(self, folder: str | os.PathLike, *, flag: str, shared: bool = False):
+        self.folder, self.flag, self.shared = Path(folder), flag, shared
+        self.path = self.folder / LOCK_FILE
+        self.fd: int | None = None
+        self.pid_file = False  # True where flock is unsupported and the lock is the file's existence
+
+    def acquire(self) -> FolderLock:
+        import fcntl
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UsageError(f"{self.flag} is in use by another run ({self._holder()}); wait for it to finish, "
+                             "or choose another folder") from None
+        except OSError as error:  # ENOLCK, EOPNOTSUPP...: a filesystem without flock
+            os.close(fd)
+            if error.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                raise
+            return self._acquire_pid_file()
+        self.fd = fd
+        if not self.shared:
+            os.ftruncate(fd, 0)
+            os.write(fd, _owner().encode())
+        return self
+
+    def _acquire_pid_file(self) -> FolderLock:
+        owner = self._holder_record()
+        if owner and not _is_stale(owner):
+            raise UsageError(f"{self.flag} is in use by another run ({self._holder()}); wait for it to finish, or "
+                             f"delete {self.path} if that run is gone")
+        self.path.write_text(_owner())
+        self.pid_file = True
+        return self
+
+    def _holder_record(self) -> dict | None:
+        try:
+            return json.loads(self.path.read_text() or "null")
+        except (OSError, json.JSONDecodeError):
+            return None
+
+    def _holder(self) -> str:
+        owner = self._holder_record()
+        if not owner:
+            return "a reader holds it"
+        return f"pid {owner.get('pid')} on {owner.get('host')}, since {owner.get('since')}"
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor drops the flock
+            self.fd = None
+        if self.pid_file:
+            self.path.unlink(missing_ok=True)
+            self.pid_file = False
+
+
+def _owner() -> str:
+    return json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                       "since": time.strftime("%Y-%m-%d %H:%M:%S")})
+
+
+def _is_stale(owner: dict) -> bool:
+    """A pid-file lock of a process that no longer exists on this host."""
+    if owner.get("host") != socket.gethostname():
+        return False  # cannot tell from here
+    try:
+        os.kill(int(owner["pid"]), 0)
+    except (ProcessLookupError, ValueError, KeyError):
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Files that can be trusted
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def write_json(path: str | os.PathLike, obj: object) -> None:
+    """Write `obj` as indented JSON atomically: a reader (or a crash) never sees half a file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def file_checksum(path: Path, chunk_bytes: int = 1 << 22) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_manifest(folder: Path) -> dict[str, dict]:
+    """{relative path: {"bytes", "blake2b"}} of every file under `folder`."""
+    return {str(p.relative_to(folder)): {"bytes": p.stat().st_size, "blake2b": file_checksum(p)}
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def verify_manifest(folder: Path, manifest: dict[str, dict]) -> str | None:
+    """None when every file of `manifest` is in `folder` with its size and checksum; else what is wrong."""
+    for name, expected in manifest.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        size = path.stat().st_size
+        if size != expected["bytes"]:
+            return f"{name} has {size:,} bytes, {expected['bytes']:,} when saved (truncated or replaced)"
+        if file_checksum(path) != expected["blake2b"]:
+            return f"{name} does not match its checksum (corrupted)"
+    return None
+
+
+def is_disk_full(error: BaseException, folder: Path, needed_bytes: int = 0) -> bool:
+    """Whether a failed write ran out of space: ENOSPC, or a library's own error while the disk is (nearly) full.
+
+    torch.save and safetensors report a full disk as RuntimeError/SafetensorError with a C++ message, not ENOSPC."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    try:
+        free = shutil.disk_usage(folder if folder.exists() else folder.parent).free
+    except OSError:
+        return False
+    return free < max(needed_bytes, 1 << 20)
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"

@@ -1,0 +1,156 @@
+"""folders.py: which output folders may be written or replaced, one run per folder, verified files."""
+
+import json
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import folders
+from folders import PRETRAINING_RUN, QA_RUN, STORE, FolderLock, check_output_folder
+from utils import UsageError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def make_run(folder: Path, *extra: str) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "args.json").write_text("{}")
+    (folder / "checkpoints" / "step_5").mkdir(parents=True)
+    for name in extra:
+        (folder / name).write_text("the user's")
+    return folder
+
+
+def test_new_and_empty_folders_are_accepted(tmp_path):
+    assert check_output_folder(tmp_path / "new", STORE, flag="x", overwrite=False) == tmp_path / "new"
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / ".lock").write_text("")  # a lock file alone does not make a folder taken
+    check_output_folder(tmp_path / "empty", STORE, flag="x", overwrite=False)
+
+
+def test_a_folder_of_the_same_kind_needs_overwrite_or_resume(tmp_path):
+    run = make_run(tmp_path / "run")
+    with pytest.raises(UsageError, match="already holds a pretraining run folder; pass --resume_from_checkpoint"):
+        check_output_folder(run, PRETRAINING_RUN, flag="runs/run", overwrite=False)
+    check_output_folder(run, PRETRAINING_RUN, flag="runs/run", overwrite=True)
+    check_output_folder(run, PRETRAINING_RUN, flag="runs/run", overwrite=False, resuming=True)
+
+
+@pytest.mark.parametrize("kind", [STORE, PRETRAINING_RUN, QA_RUN])
+def test_overwrite_refuses_a_folder_that_is_not_the_scripts_own(tmp_path, kind):
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "mytext.txt").write_text("precious")
+    with pytest.raises(UsageError, match=f"{kind.script} did not write.*even --overwrite leaves it alone"):
+        check_output_folder(tmp_path / "corpus", kind, flag="out", overwrite=True)
+    assert (tmp_path / "corpus" / "mytext.txt").read_text() == "precious"
+    # a QA run folder is not a pretraining run: each script recognises only its own record
+    if kind is not PRETRAINING_RUN:
+        with pytest.raises(UsageError, match="did not write"):
+            check_output_folder(make_run(tmp_path / "pretraining"), kind, flag="out", overwrite=True)
+
+
+def test_precious_folders_are_refused_even_empty_or_with_overwrite(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub").mkdir()
+    for folder, message in [(".", "current directory"), (str(tmp_path.parent), "current directory or one of its"),
+                            ("/", "one of its parents"), (str(Path.home()), "home folder")]:
+        with pytest.raises(UsageError, match=message):
+            check_output_folder(folder, PRETRAINING_RUN, flag="f", overwrite=True)
+    (tmp_path / "repo" / ".git").mkdir(parents=True)
+    with pytest.raises(UsageError, match="git repository"):
+        check_output_folder(tmp_path / "repo", STORE, flag="f", overwrite=True)
+
+
+def test_an_output_folder_that_is_or_holds_an_input_is_refused(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "mytext.txt").write_text("precious")
+    for output in (corpus, tmp_path):
+        with pytest.raises(UsageError, match="is or holds --text_files .*an input of this run"):
+            check_output_folder(output, STORE, flag="--path_to_data_store", overwrite=True,
+                                inputs={"--text_files": corpus / "mytext.txt"})
+    # an output folder inside an input's folder destroys nothing
+    check_output_folder(corpus / "store", STORE, flag="s", overwrite=True,
+                        inputs={"--text_files": corpus / "mytext.txt"})
+
+
+def test_remove_own_outputs_keeps_what_the_script_did_not_make(tmp_path):
+    run = make_run(tmp_path / "run", "train.log", "notes.txt")
+    (run / "metrics.jsonl").write_text("")
+    kept = folders.remove_own_outputs(run, PRETRAINING_RUN)
+    assert kept == ["notes.txt", "train.log"]
+    assert sorted(p.name for p in run.iterdir()) == ["notes.txt", "train.log"]
+
+
+def _hold_lock_in_another_process(folder: Path, shared: bool = False) -> subprocess.Popen:
+    code = textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {str(ROOT)!r})
+        from folders import FolderLock
+        FolderLock({str(folder)!r}, flag="f", shared={shared}).acquire()
+        print("locked", flush=True)
+        time.sleep(60)
+    """)
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def test_a_second_writer_is_refused_while_the_first_lives_and_admitted_after(tmp_path):
+    holder = _hold_lock_in_another_process(tmp_path / "run")
+    try:
+        with pytest.raises(UsageError, match=f"in use by another run \\(pid {holder.pid} on "):
+            FolderLock(tmp_path / "run", flag="runs/run").acquire()
+        with pytest.raises(UsageError, match="in use"):
+            FolderLock(tmp_path / "run", flag="runs/run", shared=True).acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    FolderLock(tmp_path / "run", flag="runs/run").acquire().release()  # a killed holder leaves no stale lock
+
+
+def test_readers_share_a_lock_that_keeps_a_writer_out(tmp_path):
+    holder = _hold_lock_in_another_process(tmp_path / "store", shared=True)
+    try:
+        FolderLock(tmp_path / "store", flag="s", shared=True).acquire().release()
+        with pytest.raises(UsageError, match="in use by another run \\(a reader holds it\\)"):
+            FolderLock(tmp_path / "store", flag="s").acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_pid_file_lock_where_flock_is_unsupported(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    def no_flock(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    first = FolderLock(tmp_path, flag="f").acquire()
+    with pytest.raises(UsageError, match="in use by another run"):
+        FolderLock(tmp_path, flag="f").acquire()
+    first.release()
+    (tmp_path / ".lock").write_text(json.dumps({"pid": 999_999_999, "host": socket.gethostname(), "since": "x"}))
+    FolderLock(tmp_path, flag="f").acquire().release()  # the lock of a dead process on this host is taken over
+
+
+def test_manifest_detects_truncation_corruption_and_missing_files(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.bin").write_bytes(b"x" * 1000)
+    (tmp_path / "sub" / "b.json").write_text("{}")
+    manifest = folders.file_manifest(tmp_path)
+    assert set(manifest) == {"a.bin", "sub/b.json"} and manifest["a.bin"]["bytes"] == 1000
+    assert folders.verify_manifest(tmp_path, manifest) is None
+    (tmp_path / "a.bin").write_bytes(b"x" * 999 + b"y")
+    assert "does not match its checksum" in folders.verify_manifest(tmp_path, manifest)
+    (tmp_path / "a.bin").write_bytes(b"x" * 10)
+    assert "has 10 bytes, 1,000 when saved" in folders.verify_manifest(tmp_path, manifest)
+    (tmp_path / "sub" / "b.json").unlink()
+    (tmp_path / "a.bin").write_bytes(b"x" * 1000)
+    assert folders.verify_manifest(tmp_path, manifest) == "sub/b.json is missing"
