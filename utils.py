@@ -48,6 +48,10 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see --help)")
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """--help keeps the description's layout (examples, tables) and shows every flag's default."""
+
+
 def library_versions() -> dict[str, str]:
     """Versions of the libraries a run depends on, for the record written beside its outputs."""
     import importlib.metadata as md
@@ -188,6 +192,76 @@ def open_store(path: str | os.PathLike, *, flag: str = "--path_to_prepped_data",
             raise UsageError(f"--context_length {context_length} does not match the store's blocks of {block} "
                              f"tokens; pass --context_length {block} or prepare a store of {context_length}")
     return data, record
+
+
+def store_tokenizer(path: str | os.PathLike, record: dict, fallback: str | None = None, *,
+                    fallback_flag: str = "--hf_model_name"):
+    """The tokenizer that made a store's ids: its own STORE_TOKENIZER_DIR, else `fallback`, checked against the
+    fingerprint the store recorded, so that no run reads the ids as other tokens."""
+    folder = Path(path) / STORE_TOKENIZER_DIR
+    if folder.is_dir():
+        source, tokenizer = str(folder), load_tokenizer(folder, flag="the store's tokenizer")
+    elif fallback:
+        source = fallback
+        tokenizer = load_tokenizer(fallback, flag=f"{fallback_flag} (the store has no {STORE_TOKENIZER_DIR}/ folder)")
+    else:
+        raise UsageError(f"the store {path} has no {STORE_TOKENIZER_DIR}/ folder; give the tokenizer that made it")
+    recorded = record.get("tokenizer", {})
+    if recorded.get("fingerprint") and recorded["fingerprint"] != tokenizer_fingerprint(tokenizer):
+        raise UsageError(f"the tokenizer from {source} is not the one that made the store {path} (recorded: "
+                         f"{recorded.get('from')}, vocabulary {recorded.get('vocab_size')}; this one: vocabulary "
+                         f"{len(tokenizer)}): the store's ids would be read as other tokens")
+    return tokenizer
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training curves and the GPU's matrix rate (train.py, benchmarks)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def plot_training_curves(records: list[dict], path: str | os.PathLike) -> None:
+    """Loss and eval-accuracy curves of train.py's metrics.jsonl records, written atomically to a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(r["step"], r["loss"]) for r in records if "loss" in r]
+    evals = [(r["step"], r["eval_loss"], r["eval_accuracy"]) for r in records if "eval_loss" in r]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    if train:
+        ax_loss.plot(*zip(*train, strict=True), label="train loss", alpha=0.7)
+    if evals:
+        steps, losses, accuracies = zip(*evals, strict=True)
+        ax_loss.plot(steps, losses, "o-", label="eval loss")
+        ax_acc.plot(steps, [100 * a for a in accuracies], "o-", color="tab:green")
+    ax_loss.set(xlabel="update", ylabel="masked-LM loss (nats)", title="loss")
+    ax_loss.legend()
+    ax_acc.set(xlabel="update", ylabel="masked-token accuracy (%)", title="eval accuracy")
+    fig.tight_layout()
+    tmp = Path(path).with_name(Path(path).stem + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def matmul_flops_per_second(device, dtype) -> float:
+    """A GPU's measured rate of large matrix multiplies in `dtype`: the denominator of MFU. Uses a private RNG."""
+    import time
+
+    import torch
+
+    n = 8192
+    generator = torch.Generator(device=device).manual_seed(0)
+    a, b = (torch.randn(n, n, device=device, dtype=dtype, generator=generator) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(10):
+        a @ b
+    torch.cuda.synchronize(device)
+    return 10 * 2 * n**3 / (time.perf_counter() - start)
 
 
 # ----------------------------------------------------------------------------------------------------------------

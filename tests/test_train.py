@@ -1,26 +1,35 @@
-"""train.py: optimizer groups, data order, checkpoints, and end-to-end runs through the real command line.
+"""train.py: optimizer groups, schedule, data order, resume rules and bad input in process (fast); end-to-end runs
+through the real command line (slow): learning, exact resume after SIGKILL/SIGTERM/Ctrl-C, changed flags on
+resume, damaged checkpoints, a full disk, the NaN stop, two runs into one folder, two processes.
 
-The runs use a tiny model (2 layers, hidden 48, 3 heads, blocks of 16) on a store built here with `datasets`
-from the session's tiny tokenizer. Subprocesses get OMP_NUM_THREADS=1: on a busy 2-core machine, two
-OpenMP threads spinning against each other make each step ~50x slower.
+The runs use a tiny model (2 layers, hidden 48, 3 heads, blocks of 16) on a store that prepare_data.py builds
+from generated text with the session's tiny tokenizer. Subprocesses get OMP_NUM_THREADS=1: on a busy 2-core
+machine, two OpenMP threads spinning against each other make each step ~50x slower.
 """
 
 import json
 import math
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+import batches
+import checkpoints as ckpt
+import prepare_data
 import train
 from utils import UsageError
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTEXT = 16
+WORDS = "the a of on in river city king queen born died lived wrote painted built north south".split()
 TINY = ["--context_length", str(CONTEXT), "--num_transformer_blocks", "2", "--embedding_dimension", "48",
         "--num_attention_heads", "3", "--per_gpu_batch_size", "3", "--num_workers", "0", "--seed", "7"]
 # Checkpoints at 4 and 8 inside logging windows of 3 updates, so a resume must carry a half-filled window.
@@ -29,24 +38,20 @@ RESUMABLE = ["--num_training_steps", "12", "--gradient_accumulation_steps", "2",
              "--checkpoint_interval", "4"]
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory, tiny_tokenizer):
-    """A data store as prepare_data.py writes it: packed <s> ... </s> blocks, train/test, tokenizer/ beside."""
-    import datasets
+def sentences(count: int, offset: int = 0) -> str:
+    return "\n".join(" ".join(WORDS[(i * 7 + j * 3) % len(WORDS)] for j in range(12)) + f" {i}."
+                     for i in range(offset, offset + count))
 
-    words = "the a of on in river city king queen born died lived wrote painted built north south".split()
-    ids = []
-    for i in range(1500):
-        text = " ".join(words[(i * 7 + j * 3) % len(words)] for j in range(12)) + f" {i}."
-        ids += tiny_tokenizer(text, add_special_tokens=False)["input_ids"] + [tiny_tokenizer.eos_token_id]
-    body = CONTEXT - 2
-    blocks = [[tiny_tokenizer.bos_token_id, *ids[k * body:(k + 1) * body], tiny_tokenizer.eos_token_id]
-              for k in range(len(ids) // body)]
-    path = tmp_path_factory.mktemp("store")
-    datasets.DatasetDict(train=datasets.Dataset.from_dict({"input_ids": blocks[:240]}),
-                         test=datasets.Dataset.from_dict({"input_ids": blocks[240:263]})).save_to_disk(path)
-    tiny_tokenizer.save_pretrained(path / "tokenizer")
-    return path
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, tiny_tokenizer_dir):
+    """A data store made by prepare_data.py itself (one document a line, blocks of 16, the tiny tokenizer)."""
+    folder = tmp_path_factory.mktemp("store")
+    (folder / "corpus.txt").write_text(sentences(280) + "\n")
+    prepare_data.main(["--text_files", str(folder / "corpus.txt"), "--hf_model_name", str(tiny_tokenizer_dir),
+                       "--context_length", str(CONTEXT), "--test_split_pct", "0.1", "--num_workers", "1",
+                       "--path_to_data_store", str(folder / "store")])
+    return folder / "store"
 
 
 def run_train(store, workdir, name, *extra, env=None, launcher=None, check=True):
@@ -57,6 +62,15 @@ def run_train(store, workdir, name, *extra, env=None, launcher=None, check=True)
     if check:
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return result
+
+
+def validate(store, workdir, *extra):
+    """train.validate in process; the locks it takes are released again."""
+    plan = train.validate(train.parse_args(["--path_to_prepped_data", str(store), "--working_directory",
+                                            str(workdir), *TINY, *extra]))
+    for lock in plan.locks:
+        lock.release()
+    return plan
 
 
 def metrics(run_dir):
@@ -88,106 +102,185 @@ def test_weight_decay_only_on_matrices():
     name = {id(p): n for n, p in model.named_parameters()}
     decayed, not_decayed = {name[id(p)] for p in decay["params"]}, {name[id(p)] for p in no_decay["params"]}
     assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
-    assert {"roberta.embeddings.word_embeddings.weight", "roberta.encoder.layer.1.attention.self.query.weight",
-            "roberta.encoder.layer.0.intermediate.dense.weight", "lm_head.dense.weight"} <= decayed
+    assert {"roberta.embeddings.word_embeddings.weight", "roberta.encoder.layer.0.intermediate.dense.weight",
+            "lm_head.dense.weight"} <= decayed
     assert {"roberta.embeddings.LayerNorm.weight", "roberta.encoder.layer.1.output.LayerNorm.bias",
-            "roberta.encoder.layer.0.attention.self.query.bias", "lm_head.bias", "lm_head.layer_norm.weight"
-            } <= not_decayed
+            "lm_head.bias", "lm_head.layer_norm.weight"} <= not_decayed
     assert all(p.ndim >= 2 for p in decay["params"]) and all(p.ndim == 1 for p in no_decay["params"])
     # Every parameter exactly once (the decoder tied to the word embeddings is not a second parameter).
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
-    assert not decayed & not_decayed
 
 
-def test_optimizer_and_schedule_follow_the_flags():
-    from model import RobertaConfig, RobertaForMaskedLM
+def test_learning_rate_is_a_pure_function_of_the_step_and_the_flags():
+    args = train.parse_args(["--path_to_prepped_data", "x", "--learning_rate", "1e-3", "--num_warmup_steps", "4",
+                             "--num_training_steps", "8"])
+    rate = train.lr_schedule(args)
+    assert [rate(s) for s in range(8)] == pytest.approx([0, 2.5e-4, 5e-4, 7.5e-4, 1e-3, 7.5e-4, 5e-4, 2.5e-4])
+    # The same numbers as stepping transformers' scheduler, which is what an uninterrupted run used to follow.
+    from transformers import get_scheduler
 
-    model = RobertaForMaskedLM(RobertaConfig(vocab_size=50, hidden_size=12, num_hidden_layers=1,
-                                             num_attention_heads=3, intermediate_size=20, max_position_embeddings=10))
-    args = train.parse_args(["--path_to_prepped_data", "x", "--learning_rate", "1e-3", "--adam_beta2", "0.97",
-                             "--adam_epsilon", "1e-7", "--num_warmup_steps", "4", "--num_training_steps", "8"])
-    optimizer, scheduler = train.build_optimizer(model, args, torch.device("cpu"))
-    assert optimizer.defaults["betas"] == (0.9, 0.97) and optimizer.defaults["eps"] == 1e-7
-    rates = []
-    for _ in range(8):
-        rates.append(scheduler.get_last_lr()[0])
+    optimizer = torch.optim.SGD([torch.zeros(1)], lr=1e-3)
+    scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=4, num_training_steps=8)
+    cosine = train.lr_schedule(train.parse_args(["--path_to_prepped_data", "x", "--learning_rate", "1e-3",
+                                                 "--num_warmup_steps", "4", "--num_training_steps", "8",
+                                                 "--lr_scheduler", "cosine"]))
+    for step in range(8):
+        assert cosine(step) == scheduler.get_last_lr()[0]
         optimizer.step()
         scheduler.step()
-    assert rates == pytest.approx([0, 2.5e-4, 5e-4, 7.5e-4, 1e-3, 7.5e-4, 5e-4, 2.5e-4])  # linear warmup, decay
+
+
+def test_resumed_optimizer_takes_the_flags_settings():
+    model = torch.nn.Linear(3, 2)
+    args = train.parse_args(["--path_to_prepped_data", "x", "--weight_decay", "0.1", "--adam_beta2", "0.95"])
+    optimizer = train.build_optimizer(model, args, torch.device("cpu"))
+    saved = optimizer.state_dict()
+    changed = train.parse_args(["--path_to_prepped_data", "x", "--weight_decay", "0.3", "--adam_beta2", "0.9"])
+    optimizer.load_state_dict(saved)  # brings back weight decay 0.1 and beta2 0.95
+    train.apply_optimizer_flags(optimizer, changed)
+    decay, no_decay = optimizer.param_groups
+    assert decay["weight_decay"] == 0.3 and no_decay["weight_decay"] == 0.0 and decay["betas"] == (0.9, 0.9)
 
 
 def test_epoch_batches_partition_reshuffle_and_skip():
-    def batches(process, epoch=0, start=0, seed=1):
-        return list(train.EpochBatches(50, 3, 2, process, seed=seed, epoch=epoch, start=start))
+    def order(process, epoch=0, start=0, seed=1):
+        return list(batches.EpochBatches(50, 3, 2, process, seed=seed, epoch=epoch, start=start))
 
-    first, second = batches(0), batches(1)
+    first, second = order(0), order(1)
     assert len(first) == len(second) == 50 // 6  # the incomplete last global batch is dropped
-    assert all(len(b) == 3 for b in first + second)
     seen = [i for b in first + second for i in b]
-    assert len(set(seen)) == len(seen)  # the processes never share a block
-    assert batches(0) == first  # the order is a function of (seed, epoch) alone: resumable
-    assert batches(0, epoch=1) != first and batches(0, seed=2) != first
-    assert batches(0, start=3) == first[3:]  # resuming skips the consumed global batches
+    assert len(set(seen)) == len(seen) and all(len(b) == 3 for b in first + second)  # no block shared
+    assert order(0) == first  # the order is a function of (seed, epoch) alone: resumable
+    assert order(0, epoch=1) != first and order(0, seed=2) != first
+    assert order(0, start=3) == first[3:]  # resuming skips the consumed global batches
 
 
-def test_latest_checkpoint_ignores_incomplete_folders(tmp_path):
-    for name, complete in [("step_2", True), ("step_10", True), ("step_12", False), ("tmp-step_14", True),
-                           ("step_9x", True)]:
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "config.json").write_text("{}")
-        if complete:
-            (tmp_path / name / "trainer_state.json").write_text("{}")
-    assert train.find_latest_checkpoint(tmp_path) == tmp_path / "step_10"
-    assert train.find_latest_checkpoint(tmp_path / "nothing_here") is None
+def test_checkpoint_verification_reports_damage_and_falls_back(tmp_path):
+    folder = tmp_path / "checkpoints"
+    for step in (4, 8, 12):
+        path = folder / f"step_{step}"
+        path.mkdir(parents=True)
+        (path / "model.safetensors").write_bytes(bytes(range(200)) * 5)
+        (path / "config.json").write_text("{}")
+        (path / ckpt.STATE_FILE).write_text(json.dumps({"step": step, "loss": 1.0}))
+        (path / ckpt.MANIFEST_FILE).write_text(json.dumps({"files": ckpt.file_manifest(path)}))
+    (folder / "step_12" / "model.safetensors").write_bytes(b"short")  # truncated
+    (folder / "step_8" / ckpt.STATE_FILE).write_text('{"step": 8, "loss": 2.0}')  # changed after saving
+    (folder / "step_16").mkdir()  # cut off before its manifest
+    reports = []
+    assert ckpt.find_intact_checkpoint(folder, report=reports.append) == folder / "step_4"
+    assert [r.split(": ")[1] for r in reports] == [f"skipping checkpoint {folder / s}" for s in
+                                                   ("step_16", "step_12", "step_8")]
+    assert "cut off while being saved" in reports[0] and "has 5 bytes, 1,000 when saved" in reports[1]
+    assert "does not match its checksum" in reports[2]
+    with pytest.raises(UsageError, match="step_12 cannot be used: model.safetensors has 5 bytes.*the newest intact "
+                                         "checkpoint beside it is .*step_4"):
+        ckpt.resolve_resume(str(folder / "step_12"), folder)
+    assert ckpt.resolve_resume("latest", tmp_path / "no_run_yet") is None  # a fresh start
 
 
 def test_rotation_keeps_the_newest_complete_checkpoints(tmp_path):
     for step in [1, 2, 3, 4, 5]:
         (tmp_path / f"step_{step}").mkdir()
-        (tmp_path / f"step_{step}" / "trainer_state.json").write_text("{}")
+        (tmp_path / f"step_{step}" / ckpt.MANIFEST_FILE).write_text("{}")
     (tmp_path / "step_6").mkdir()  # incomplete: neither counted nor deleted
-    (tmp_path / "tmp-step_7").mkdir()  # left by a crash mid-write
-    train.rotate_checkpoints(tmp_path, num_keep=2, keep=tmp_path / "step_5")
+    ckpt.rotate(tmp_path, num_keep=2, keep=tmp_path / "step_5")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step_4", "step_5", "step_6"]
 
 
+def test_deepspeed_config_gets_our_batch_and_clipping_or_is_refused():
+    from distributed import configure_deepspeed
+
+    config = {"train_micro_batch_size_per_gpu": "auto", "gradient_clipping": "auto"}
+    configure_deepspeed(config, max_grad_norm=0.5, per_process_batch=24, compile=False)
+    assert config == {"train_micro_batch_size_per_gpu": 24, "gradient_clipping": 0.5}
+    with pytest.raises(UsageError, match="clips gradients at 1.0 but --max_grad_norm is 0.5"):
+        configure_deepspeed({"gradient_clipping": 1.0}, 0.5, 24, False)
+    with pytest.raises(UsageError, match="stage3_gather_16bit_weights_on_model_save"):
+        configure_deepspeed({"zero_optimization": {"stage": 3}}, 1.0, 24, False)
+    with pytest.raises(UsageError, match="--compile is not supported under DeepSpeed"):
+        configure_deepspeed({}, 1.0, 24, True)
+
+
+def test_help_shows_every_flag_with_help_and_default(capsys):
+    with pytest.raises(SystemExit):
+        train.parse_args(["--help"])
+    text = capsys.readouterr().out
+    parser_flags = [a for a in train.parse_args.__code__.co_consts if isinstance(a, str) and a.startswith("--")]
+    assert len(parser_flags) > 35
+    for flag in parser_flags:
+        assert flag in text, flag
+    assert text.count("(default:") >= len(parser_flags) - 1  # every flag but the required store
+    assert "100,000 updates" in text and "examples:" in text
+
+
 # ----------------------------------------------------------------------------------------------------------------
-# Bad input: one clear line, before any model is built
+# Bad input: one clear line, before anything is built or written
 # ----------------------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("extra, message", [
     (["--context_length", "32"], "does not match the store's blocks of 16"),
-    (["--embedding_dimension", "50"], "does not divide by --num_attention_heads 3"),
+    (["--embedding_dimension", "50"], "--embedding_dimension 50 does not divide by --num_attention_heads 3"),
     (["--masking_probability", "0"], "--masking_probability must be in \\(0, 1\\)"),
-    (["--masking_probability", "1.5"], "--masking_probability must be in \\(0, 1\\)"),
     (["--num_keep_checkpoints", "1"], "at least 2"),
-    (["--resume_from_checkpoint", "/no/such/step_5"], "--resume_from_checkpoint /no/such/step_5 does not exist"),
+    (["--resume_from_checkpoint", "/no/such/step_5"], "/no/such/step_5 cannot be used: it does not exist"),
+    (["--resume_from_checkpoint", "latest", "--overwrite"], "contradict each other"),
+    (["--per_gpu_batch_size", "5000"], "fewer than one global batch of 5000"),
 ])
 def test_bad_arguments(store, tmp_path, extra, message):
-    args = train.parse_args(["--path_to_prepped_data", str(store), "--working_directory", str(tmp_path),
-                             *TINY, *extra])
     with pytest.raises(UsageError, match=message):
-        train.validate(args)
+        validate(store, tmp_path, *extra)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_bad_paths(store, tmp_path):
     def check(message, *argv):
-        args = train.parse_args(["--working_directory", str(tmp_path / "work"), "--path_to_prepped_data",
-                                 str(store), *TINY, *argv])
         with pytest.raises(UsageError, match=message):
-            train.validate(args)
+            validate(store, tmp_path / "work", *argv)
 
     check("does not exist", "--path_to_prepped_data", str(tmp_path / "missing"))
     (tmp_path / "not_a_store").mkdir()
     check("is not a data store", "--path_to_prepped_data", str(tmp_path / "not_a_store"))
-    (tmp_path / "a_file").write_text("")
-    check("cannot be written", "--working_directory", str(tmp_path / "a_file" / "runs"))
-    (tmp_path / "cut_off").mkdir()
-    check("not a complete checkpoint", "--resume_from_checkpoint", str(tmp_path / "cut_off"))
     (tmp_path / "work" / "taken").mkdir(parents=True)
     (tmp_path / "work" / "taken" / "metrics.jsonl").write_text("")
-    check("already holds a run", "--experiment_name", "taken")
+    check("already holds a pretraining run folder; pass --resume_from_checkpoint latest", "--experiment_name", "taken")
+
+
+def test_overwrite_never_reaches_what_is_not_a_run(store, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("precious")
+    cases = [(["--working_directory", ".", "--experiment_name", "."], "current directory"),
+             (["--working_directory", str(store.parent), "--experiment_name", store.name], "is or holds "
+              "--path_to_prepped_data"),
+             (["--working_directory", str(tmp_path), "--experiment_name", "papers"], "did not write")]
+    (tmp_path / "papers").mkdir()
+    (tmp_path / "papers" / "draft.tex").write_text("precious")
+    for argv, message in cases:
+        with pytest.raises(UsageError, match=message):
+            train.validate(train.parse_args(["--path_to_prepped_data", str(store), *TINY, *argv, "--overwrite"]))
+    assert (tmp_path / "notes.txt").read_text() == "precious" and (tmp_path / "papers" / "draft.tex").is_file()
+    assert (store / "dataset_dict.json").is_file()
+
+
+def test_a_store_read_with_another_tokenizer_is_refused(store, tmp_path, tiny_tokenizer):
+    from utils import train_bpe_tokenizer
+
+    swapped = tmp_path / "swapped_store"
+    shutil.copytree(store, swapped)
+    other = train_bpe_tokenizer([sentences(300, offset=5000), "other words entirely"], vocab_size=300)
+    shutil.rmtree(swapped / "tokenizer")
+    other.save_pretrained(swapped / "tokenizer")
+    with pytest.raises(UsageError, match="is not the one that made the store"):
+        validate(swapped, tmp_path / "runs", "--path_to_prepped_data", str(swapped))
+    shutil.rmtree(swapped / "tokenizer")  # no tokenizer folder: --hf_model_name must be the right one
+    other.save_pretrained(tmp_path / "other_tokenizer")
+    with pytest.raises(UsageError, match="is not the one that made the store"):
+        validate(swapped, tmp_path / "runs", "--path_to_prepped_data", str(swapped), "--hf_model_name",
+                 str(tmp_path / "other_tokenizer"))
+    tiny_tokenizer.save_pretrained(tmp_path / "right_tokenizer")
+    validate(swapped, tmp_path / "runs", "--path_to_prepped_data", str(swapped), "--hf_model_name",
+             str(tmp_path / "right_tokenizer"))
 
 
 def test_bad_input_exits_2_with_one_line(store, tmp_path):
@@ -202,6 +295,7 @@ def test_bad_input_exits_2_with_one_line(store, tmp_path):
 # ----------------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cli_run_learns_and_writes_its_folder(store, tmp_path, tiny_tokenizer):
     run_train(store, tmp_path, "learn", "--num_training_steps", "60", "--num_warmup_steps", "6",
               "--learning_rate", "3e-3", "--logging_steps", "10", "--evaluation_interval", "30",
@@ -211,23 +305,26 @@ def test_cli_run_learns_and_writes_its_folder(store, tmp_path, tiny_tokenizer):
     evals = [r for r in records if "eval_loss" in r]
     steps = [r for r in records if "loss" in r]
     assert [r["step"] for r in evals] == [0, 30, 60] and [r["step"] for r in steps] == [10, 20, 30, 40, 50, 60]
-    assert evals[-1]["eval_loss"] < evals[0]["eval_loss"] - 1.0, evals
-    assert evals[-1]["eval_accuracy"] > 0.1
+    assert evals[-1]["eval_loss"] < evals[0]["eval_loss"] - 1.5, evals  # from ln(vocabulary) towards the words'
+    assert evals[-1]["eval_accuracy"] > evals[0]["eval_accuracy"]
     assert all(r["eval_perplexity"] == pytest.approx(math.exp(r["eval_loss"])) for r in evals)
     assert all({"step", "loss", "lr", "grad_norm", "tokens_per_second"} <= r.keys() for r in steps)
     assert steps[-1]["loss"] < steps[0]["loss"]
     assert (run / "curves.png").read_bytes()[:4] == b"\x89PNG"
-    assert json.loads((run / "args.json").read_text())["summary"]["global_batch_size"] == 3
+    assert json.loads((run / "args.json").read_text())["global_batch_size"] == 3
+    assert "metrics.jsonl" in (run / "README.md").read_text()
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_30", "step_60"]
+    assert ckpt.read_state(run / "checkpoints" / "step_60").loss == pytest.approx(
+        sum(r["loss"] for r in steps[3:]) / 3)  # the mean training loss since the previous checkpoint
     assert any((run / "wandb").iterdir())
 
     # The evaluation is the mean over every predicted token of the test split: recompute it from final_model.
     from model import RobertaForMaskedLM
 
     model = RobertaForMaskedLM.from_pretrained(run / "final_model").eval()
-    args = train.parse_args(["--path_to_prepped_data", str(store), *TINY])
-    batches = train.make_eval_batches(train.open_store(str(store), CONTEXT)["test"], tiny_tokenizer, args, 1, 0)
-    inputs, labels = torch.cat([b[0] for b in batches]).long(), torch.cat([b[1] for b in batches]).long()
+    test = prepare_data_split(store, "test")
+    pairs = batches.eval_batches(test, tiny_tokenizer, 3, 0.15, 7, num_processes=1, process_index=0)
+    inputs, labels = torch.cat([b[0] for b in pairs]).long(), torch.cat([b[1] for b in pairs]).long()
     with torch.no_grad():
         loss = model(inputs, labels=labels).loss.item()
     assert evals[-1]["eval_tokens"] == (labels != -100).sum().item()
@@ -243,6 +340,19 @@ def test_cli_run_learns_and_writes_its_folder(store, tmp_path, tiny_tokenizer):
     RobertaForQuestionAnswering.from_pretrained(run / "checkpoints" / "step_30")
     transformers.AutoTokenizer.from_pretrained(run / "checkpoints" / "step_30")
 
+    # --overwrite replaces the run, removing only what train.py wrote.
+    (run / "my_notes.txt").write_text("keep me")
+    result = run_train(store, tmp_path, "learn", "--num_training_steps", "2", "--num_warmup_steps", "1",
+                       "--overwrite")
+    assert "kept my_notes.txt" in result.stdout and (run / "my_notes.txt").read_text() == "keep me"
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_2"]
+
+
+def prepare_data_split(store, split):
+    from utils import open_store
+
+    return open_store(store)[0][split]
+
 
 @pytest.fixture(scope="module")
 def reference(store, tmp_path_factory):
@@ -252,68 +362,191 @@ def reference(store, tmp_path_factory):
     return workdir / "ref"
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_equals_uninterrupted(store, tmp_path, reference):
     killed = run_train(store, tmp_path, "run", *RESUMABLE, env={"TRAIN_TEST_SIGNAL_AT_STEP": "7:KILL"}, check=False)
     assert killed.returncode == -9
     checkpoints = tmp_path / "run" / "checkpoints"
     assert sorted(p.name for p in checkpoints.iterdir()) == ["step_4"]
     assert max(r["step"] for r in metrics(tmp_path / "run")) == 6  # logged past the checkpoint before dying
-    # Half-written checkpoints, as a kill during saving leaves them: resume must not pick either.
+    # Half-written checkpoints, as a kill during saving leaves them: resume must pick neither.
     (checkpoints / "step_8").mkdir()
     (checkpoints / "step_8" / "config.json").write_text("{}")
     (checkpoints / "tmp-step_8").mkdir()
-    (checkpoints / "tmp-step_8" / "trainer_state.json").write_text("{}")
+    (checkpoints / "tmp-step_8" / ckpt.MANIFEST_FILE).write_text("{}")
 
     resumed = run_train(store, tmp_path, "run", *RESUMABLE, "--resume_from_checkpoint", "latest")
     assert f"resumed from {checkpoints / 'step_4'} at step 4" in resumed.stdout
+    assert "skipping checkpoint" in resumed.stdout and "removed" in resumed.stdout  # step_8 named, tmp cleaned
     assert_same_weights(reference / "final_model", tmp_path / "run" / "final_model")
     assert without_timing(metrics(tmp_path / "run")) == without_timing(metrics(reference))
     assert sorted(p.name for p in checkpoints.iterdir()) == ["step_12", "step_4", "step_8"]
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_cleanly(store, tmp_path, reference):
-    stopped = run_train(store, tmp_path, "run", *RESUMABLE, env={"TRAIN_TEST_SIGNAL_AT_STEP": "5:TERM"})
-    assert "SIGTERM" in stopped.stdout and not (tmp_path / "run" / "final_model").exists()
-    assert train.find_latest_checkpoint(tmp_path / "run" / "checkpoints") == tmp_path / "run" / "checkpoints" / "step_5"
+@pytest.mark.slow
+@pytest.mark.parametrize("signal_name", ["TERM", "INT"])
+def test_sigterm_and_ctrl_c_save_a_checkpoint_and_exit_cleanly(store, tmp_path, reference, signal_name):
+    stopped = run_train(store, tmp_path, "run", *RESUMABLE, env={"TRAIN_TEST_SIGNAL_AT_STEP": f"5:{signal_name}"})
+    assert f"SIG{signal_name}: saved a checkpoint at step 5" in stopped.stdout
+    assert not (tmp_path / "run" / "final_model").exists()
+    assert ckpt.find_intact_checkpoint(tmp_path / "run" / "checkpoints") == tmp_path / "run" / "checkpoints" / "step_5"
     run_train(store, tmp_path, "run", *RESUMABLE, "--resume_from_checkpoint", "latest")
     assert_same_weights(reference / "final_model", tmp_path / "run" / "final_model")
     assert without_timing(metrics(tmp_path / "run")) == without_timing(metrics(reference))
 
-    # A checkpoint of another architecture is refused up front, naming the difference.
-    args = train.parse_args(["--path_to_prepped_data", str(store), "--working_directory", str(tmp_path), *TINY,
-                             "--embedding_dimension", "60", "--resume_from_checkpoint",
-                             str(reference / "checkpoints" / "step_12")])
-    with pytest.raises(UsageError, match="hidden_size 48 \\(flags give 60\\)"):
-        train.validate(args)
+
+@pytest.mark.slow
+def test_damaged_checkpoints_are_named_and_latest_falls_back(store, tmp_path, reference):
+    shutil.copytree(reference, tmp_path / "run")
+    checkpoints = tmp_path / "run" / "checkpoints"
+    weights = checkpoints / "step_12" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # truncated
+    optimizer = checkpoints / "step_8" / ckpt.ACCELERATE_STATE / "optimizer.bin"
+    data = bytearray(optimizer.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte
+    optimizer.write_bytes(bytes(data))
+    explicit = run_train(store, tmp_path, "run2", *RESUMABLE, "--resume_from_checkpoint", str(weights.parent),
+                         check=False)
+    assert explicit.returncode == 2 and "step_12 cannot be used: model.safetensors has" in explicit.stderr
+    assert f"the newest intact checkpoint beside it is {checkpoints / 'step_4'}" in explicit.stderr
+    result = run_train(store, tmp_path, "run", *RESUMABLE, "--resume_from_checkpoint", "latest")
+    assert f"skipping checkpoint {checkpoints / 'step_12'}: model.safetensors has 1,000 bytes" in result.stdout
+    assert f"skipping checkpoint {checkpoints / 'step_8'}: accelerate_state/optimizer.bin does not match" in \
+        result.stdout
+    assert f"resumed from {checkpoints / 'step_4'} at step 4" in result.stdout
+    assert_same_weights(reference / "final_model", tmp_path / "run" / "final_model")
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(store, tmp_path):
-    result = run_train(store, tmp_path, "nan", "--num_training_steps", "6", "--num_warmup_steps", "0",
-                       "--learning_rate", "1e30", "--max_grad_norm", "0", "--logging_steps", "1",
-                       "--checkpoint_interval", "1", check=False)
-    assert result.returncode == 1
-    assert "error: the training loss became nan by step 2" in result.stderr
-    assert str(tmp_path / "nan" / "checkpoints" / "step_1") in result.stderr
-    assert sorted(p.name for p in (tmp_path / "nan" / "checkpoints").iterdir()) == ["step_1"]
+@pytest.mark.slow
+def test_a_full_disk_leaves_no_partial_checkpoint_and_the_run_resumes(store, tmp_path, reference):
+    full = run_train(store, tmp_path, "run", *RESUMABLE, env={"TRAIN_TEST_DISK_FULL_AT_STEP": "8"}, check=False)
+    assert full.returncode == 1
+    error = full.stderr.strip().splitlines()[-1]
+    assert error.startswith("error: the disk is full: could not write checkpoint step_8 to ") and \
+        "a checkpoint needs about" in error and "--resume_from_checkpoint latest" in error
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step_4"]
+    run_train(store, tmp_path, "run", *RESUMABLE, "--resume_from_checkpoint", "latest")
+    assert_same_weights(reference / "final_model", tmp_path / "run" / "final_model")
 
 
-def test_two_processes_write_everything_once(store, tmp_path, reference):
-    # `accelerate launch --cpu --num_processes 2` starts a single process in accelerate 1.x (it needs mpirun
-    # for more); torchrun through --multi_gpu with ACCELERATE_USE_CPU=1 runs two real DDP processes on gloo.
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    result = run_train(store, tmp_path, "ddp", *RESUMABLE, launcher=launcher, env={"ACCELERATE_USE_CPU": "1"})
-    assert "processes: 2 on cpu" in result.stdout
+@pytest.mark.slow
+def test_resume_with_a_changed_learning_rate_follows_the_new_schedule(store, tmp_path):
+    run_train(store, tmp_path, "run", *RESUMABLE, env={"TRAIN_TEST_SIGNAL_AT_STEP": "5:TERM"})
+    resumed = run_train(store, tmp_path, "run", *RESUMABLE, "--resume_from_checkpoint", "latest",
+                        "--learning_rate", "1e-3", "--num_training_steps", "15")
+    assert "resume: --learning_rate 0.003 -> 0.001 (takes effect from step 5)" in resumed.stdout
+    args = train.parse_args(["--path_to_prepped_data", "x", *RESUMABLE, "--learning_rate", "1e-3",
+                             "--num_training_steps", "15"])
+    rate = train.lr_schedule(args)
+    logged = {r["step"]: r["lr"] for r in metrics(tmp_path / "run") if "lr" in r and r["step"] > 5}
+    assert logged == {step: rate(step - 1) for step in (6, 9, 12, 15)}  # the lr of the update that ended there
+    record = json.loads((tmp_path / "run" / "args.json").read_text())
+    assert record["args"]["learning_rate"] == 1e-3
+    assert record["resumes"][0]["step"] == 5 and "--learning_rate 0.003 -> 0.001" in record["resumes"][0]["changed"]
+    refused = run_train(store, tmp_path, "run", *RESUMABLE, "--resume_from_checkpoint", "latest", "--seed", "8",
+                        "--num_training_steps", "20", check=False)
+    assert refused.returncode == 2 and "was trained with --seed 7 (now 8)" in refused.stderr
+
+
+@pytest.mark.slow
+def test_non_finite_loss_stops_and_its_advice_works(store, tmp_path):
+    """A learning rate far too high, set on resume: the run stops at the first non-finite loss, names the last
+    checkpoint whose weights still gave a finite loss, and resuming from it with a sane rate completes."""
+    flags = ["--num_training_steps", "12", "--num_warmup_steps", "0", "--logging_steps", "1",
+             "--checkpoint_interval", "2", "--max_grad_norm", "0", "--hidden_dropout_p", "0"]
+    run_train(store, tmp_path, "nan", *flags, "--learning_rate", "1e-3", env={"TRAIN_TEST_SIGNAL_AT_STEP": "4:TERM"})
+    result = run_train(store, tmp_path, "nan", *flags, "--learning_rate", "1e30", "--resume_from_checkpoint",
+                       "latest", check=False)
+    assert result.returncode == 1, result.stderr
+    error = result.stderr.strip().splitlines()[-1]
+    checkpoints = tmp_path / "nan" / "checkpoints"
+    assert error.startswith("error: the training loss became nan by step 6") or \
+        error.startswith("error: the training loss became inf by step 6"), error
+    assert f"the last checkpoint whose weights gave a finite loss is {checkpoints / 'step_4'}" in error
+    assert "step_2 (loss " in error and "step_4 (loss " in error
+    assert all(math.isfinite(ckpt.read_state(path).loss) for path in checkpoints.iterdir())  # no NaN saved
+    # Following the advice: resume from step_4 with a sane learning rate, and the run completes.
+    resumed = run_train(store, tmp_path, "nan", *flags, "--learning_rate", "1e-3", "--resume_from_checkpoint",
+                        str(checkpoints / "step_4"))
+    assert f"resumed from {checkpoints / 'step_4'} at step 4" in resumed.stdout
+    assert [r["changed"] for r in json.loads((tmp_path / "nan" / "args.json").read_text())["resumes"]] == [
+        ["--learning_rate 0.001 -> 1e+30"], []]  # the rate that blew up, then back to the checkpoint's own
+    assert all(math.isfinite(r["loss"]) for r in metrics(tmp_path / "nan") if "loss" in r)
+    assert max(r["step"] for r in metrics(tmp_path / "nan")) == 12
+
+
+@pytest.mark.slow
+def test_a_second_run_into_a_folder_in_use_is_refused_and_touches_nothing(store, tmp_path):
+    command = [sys.executable, str(ROOT / "train.py"), "--path_to_prepped_data", str(store), "--working_directory",
+               str(tmp_path), "--experiment_name", "busy", *TINY, "--num_training_steps", "100000",
+               "--num_warmup_steps", "10", "--checkpoint_interval", "100000", "--evaluation_interval", "100000"]
+    first = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        wait_for_a_training_line(tmp_path / "busy")
+        before = {p: p.stat().st_mtime_ns for p in (tmp_path / "busy").iterdir() if p.name != "metrics.jsonl"}
+        for extra in ([], ["--resume_from_checkpoint", "latest"], ["--overwrite"]):
+            second = run_train(store, tmp_path, "busy", *extra, check=False)
+            assert second.returncode == 2 and "is in use by another run (pid " in second.stderr, second.stderr
+        assert {p: p.stat().st_mtime_ns for p in (tmp_path / "busy").iterdir() if p.name != "metrics.jsonl"} == before
+    finally:
+        first.send_signal(signal.SIGTERM)
+        out, _ = first.communicate(timeout=120)
+    assert first.returncode == 0 and "SIGTERM: saved a checkpoint" in out
+
+
+LAUNCH_2_PROCESSES = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                      "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+
+
+@pytest.mark.slow
+def test_two_processes_write_everything_once_and_resume(store, tmp_path, reference):
+    # `accelerate launch --cpu --num_processes 2` starts a single process in accelerate 1.x (it needs mpirun for
+    # more); torchrun through --multi_gpu with ACCELERATE_USE_CPU=1 runs two real DDP processes on gloo.
+    result = run_train(store, tmp_path, "ddp", *RESUMABLE, launcher=LAUNCH_2_PROCESSES,
+                       env={"ACCELERATE_USE_CPU": "1", "TRAIN_TEST_SIGNAL_AT_STEP": "10:KILL"}, check=False)
+    assert "processes: 2 on cpu (DDP on CPU (gloo))" in result.stdout
     assert result.stdout.count("global batch size 12") == 1  # 3 per process x 2 accumulation x 2 processes
     assert result.stdout.count("step       6/12 |") == 1
+    step_8 = tmp_path / "ddp" / "checkpoints" / "step_8"
+    assert sorted(p.name for p in (step_8 / ckpt.ACCELERATE_STATE).iterdir()) == [
+        "optimizer.bin", "random_states_0.pkl", "random_states_1.pkl"]
+    assert len(ckpt.read_state(step_8).window_loss) == 2  # each process's running log sum
+    run_train(store, tmp_path, "ddp", *RESUMABLE, "--resume_from_checkpoint", "latest", launcher=LAUNCH_2_PROCESSES,
+              env={"ACCELERATE_USE_CPU": "1"})
     records = metrics(tmp_path / "ddp")
-    train_steps = [r["step"] for r in records if "loss" in r]
-    eval_steps = [r["step"] for r in records if "eval_loss" in r]
-    assert train_steps == [3, 6, 9, 12] and eval_steps == [0, 5, 10, 12]
+    assert [r["step"] for r in records if "loss" in r] == [3, 6, 9, 12]
+    assert [r["step"] for r in records if "eval_loss" in r] == [0, 5, 10, 12]
     # Same initial weights and the same fixed evaluation masks, however many processes share the test split.
     first_eval = next(r for r in metrics(reference) if "eval_loss" in r)
     assert records[0]["eval_tokens"] == first_eval["eval_tokens"]
     assert records[0]["eval_loss"] == pytest.approx(first_eval["eval_loss"], rel=1e-5)
     assert (tmp_path / "ddp" / "final_model" / "model.safetensors").is_file()
-    step_12 = tmp_path / "ddp" / "checkpoints" / "step_12"
-    assert (step_12 / "process_0.pt").is_file() and (step_12 / "process_1.pt").is_file()
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_launcher_stops_every_worker_with_a_checkpoint(store, tmp_path):
+    command = [*LAUNCH_2_PROCESSES, str(ROOT / "train.py"), "--path_to_prepped_data", str(store),
+               "--working_directory", str(tmp_path), "--experiment_name", "launched", *TINY,
+               "--num_training_steps", "100000", "--num_warmup_steps", "10", "--logging_steps", "5",
+               "--checkpoint_interval", "100000", "--evaluation_interval", "100000"]
+    launcher = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env={**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"})
+    wait_for_a_training_line(tmp_path / "launched")
+    launcher.send_signal(signal.SIGTERM)  # torchrun passes it on to every worker
+    output, _ = launcher.communicate(timeout=120)
+    checkpoint = ckpt.find_intact_checkpoint(tmp_path / "launched" / "checkpoints")
+    assert checkpoint is not None, output[-3000:]
+    assert int(checkpoint.name.split("_")[1]) % train.STOP_CHECK_STEPS == 0  # both agreed on one update
+    assert f"SIGTERM: saved a checkpoint at step {checkpoint.name.split('_')[1]}" in output
+    # The launcher reports its own signal (a SignalException traceback); no worker failed or was killed.
+    assert "ChildFailedError" not in output and "Root Cause" not in output, output[-3000:]
+
+
+def wait_for_a_training_line(run_dir: Path, timeout: float = 180) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if (run_dir / "metrics.jsonl").exists() and any("loss" in r for r in metrics(run_dir)):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"no training line in {run_dir} after {timeout} s")

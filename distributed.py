@@ -1,0 +1,74 @@
+"""How train.py prepares its model and optimizer for the parallelism `accelerate config` chose.
+
+    DDP (one or many GPUs, or CPU processes over gloo)  the model and its optimizer through accelerator.prepare
+    FSDP1   the model is wrapped first and the optimizer built on the wrapped model's parameters: FSDP1 replaces
+            them by flat shards when it wraps (an optimizer built before would never see a gradient); with
+            use_orig_params, which keeps their shapes for the weight-decay groups and lets torch.compile trace
+    FSDP2   the model and its optimizer together (accelerate swaps the optimizer's parameters for the sharded ones)
+    DeepSpeed  the model and its optimizer together; the config's "auto" micro-batch and gradient clipping come
+            from train.py's flags (DeepSpeed clips inside its own step, so --max_grad_norm must reach its config)
+
+Saving always reads the prepared, uncompiled model (see checkpoints.save_model_folder), so that a compiled
+module's `_orig_mod.` keys never reach a checkpoint. What cannot work is refused at start-up with one line.
+"""
+
+from __future__ import annotations
+
+import os
+
+from utils import UsageError
+
+
+def prepare_model_and_optimizer(accelerator, raw_model, make_optimizer, max_grad_norm: float, per_process_batch: int,
+                                compile: bool):
+    """(prepared model, its optimizer); `make_optimizer(model)` builds the optimizer on a model's parameters."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.FSDP and not accelerator.is_fsdp2:
+        if not accelerator.state.fsdp_plugin.use_orig_params:
+            accelerator.print("FSDP1: use_orig_params set to true (the weight-decay groups and torch.compile need "
+                              "the original parameters)")
+            accelerator.state.fsdp_plugin.use_orig_params = True
+        model = accelerator.prepare(raw_model)
+        return model, accelerator.prepare(make_optimizer(model))
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        configure_deepspeed(accelerator.state.deepspeed_plugin.deepspeed_config, max_grad_norm, per_process_batch,
+                            compile)
+    return accelerator.prepare(raw_model, make_optimizer(raw_model))
+
+
+def configure_deepspeed(config: dict, max_grad_norm: float, per_process_batch: int, compile: bool) -> None:
+    """Fill the DeepSpeed config's "auto" micro-batch and clipping from the flags; refuse what would not work."""
+    if config.get("train_micro_batch_size_per_gpu", "auto") == "auto":  # accelerate guesses it from a dataloader
+        config["train_micro_batch_size_per_gpu"] = per_process_batch
+    clipping = config.get("gradient_clipping", "auto")
+    if clipping == "auto":  # accelerate would fill in 1.0, whatever --max_grad_norm says
+        config["gradient_clipping"] = max_grad_norm
+    elif float(clipping) != max_grad_norm:
+        raise UsageError(f"the DeepSpeed config clips gradients at {clipping} but --max_grad_norm is {max_grad_norm}; "
+                         "DeepSpeed clips inside its own step: make them agree")
+    if compile:
+        raise UsageError("--compile is not supported under DeepSpeed here: use accelerate's --dynamo_backend")
+    zero = config.get("zero_optimization", {})
+    if zero.get("stage") == 3 and not zero.get("stage3_gather_16bit_weights_on_model_save", False):
+        raise UsageError("DeepSpeed ZeRO-3 needs stage3_gather_16bit_weights_on_model_save: true (accelerate "
+                         "config: zero3_save_16bit_model) to save transformers-format checkpoints")
+
+
+def is_sharded(accelerator) -> bool:
+    """FSDP or DeepSpeed: the weights and optimizer state live in shards that accelerate saves and loads."""
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+
+
+def describe(accelerator) -> str:
+    """The parallelism in effect, in words; said loudly when FSDP or DeepSpeed was asked for and is not."""
+    kind = accelerator.distributed_type.value
+    names = {"NO": "single process", "MULTI_GPU": "DDP", "MULTI_CPU": "DDP on CPU (gloo)", "DEEPSPEED": "DeepSpeed",
+             "FSDP": f"FSDP{2 if accelerator.is_fsdp2 else 1}"}
+    for variable, wanted in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DEEPSPEED")):
+        if os.environ.get(variable, "false").lower() == "true" and kind != wanted:
+            accelerator.print(f"WARNING: {wanted} was asked for but is NOT in effect (accelerate chose {kind}); on a "
+                              "CPU accelerate runs FSDP as plain DDP")
+    return names.get(kind, kind)
