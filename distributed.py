@@ -1,9 +1,10 @@
 """How train.py prepares its model and optimizer for the parallelism `accelerate config` chose.
 
     DDP (one or many GPUs, or CPU processes over gloo)  the model and its optimizer through accelerator.prepare
-    FSDP1   the model is wrapped first and the optimizer built on the wrapped model's parameters: FSDP1 replaces
-            them by flat shards when it wraps (an optimizer built before would never see a gradient); with
-            use_orig_params, which keeps their shapes for the weight-decay groups and lets torch.compile trace
+    FSDP1   the same, with use_orig_params forced on: without it FSDP1 replaces the parameters by flat shards
+            when it wraps, so an optimizer built before never sees a gradient (the loss stays flat), and one built
+            after sees only 1-D shards (weight decay by tensor rank would decay nothing). With it, the parameter
+            objects the optimizer holds become views of their shards, and torch.compile can trace the model
     FSDP2   the model and its optimizer together (accelerate swaps the optimizer's parameters for the sharded ones)
     DeepSpeed  the model and its optimizer together; the config's "auto" micro-batch and gradient clipping come
             from train.py's flags (DeepSpeed clips inside its own step, so --max_grad_norm must reach its config)
@@ -24,13 +25,11 @@ def prepare_model_and_optimizer(accelerator, raw_model, make_optimizer, max_grad
     """(prepared model, its optimizer); `make_optimizer(model)` builds the optimizer on a model's parameters."""
     from accelerate.utils import DistributedType
 
-    if accelerator.distributed_type == DistributedType.FSDP and not accelerator.is_fsdp2:
-        if not accelerator.state.fsdp_plugin.use_orig_params:
-            accelerator.print("FSDP1: use_orig_params set to true (the weight-decay groups and torch.compile need "
-                              "the original parameters)")
-            accelerator.state.fsdp_plugin.use_orig_params = True
-        model = accelerator.prepare(raw_model)
-        return model, accelerator.prepare(make_optimizer(model))
+    fsdp1 = accelerator.distributed_type == DistributedType.FSDP and not accelerator.is_fsdp2
+    if fsdp1 and not accelerator.state.fsdp_plugin.use_orig_params:
+        accelerator.print("FSDP1: use_orig_params set to true (the optimizer and torch.compile need the original "
+                          "parameters)")
+        accelerator.state.fsdp_plugin.use_orig_params = True
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
         configure_deepspeed(accelerator.state.deepspeed_plugin.deepspeed_config, max_grad_norm, per_process_batch,
                             compile)
