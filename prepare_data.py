@@ -117,14 +117,16 @@ UTF8_CHECK_BYTES = 1 << 20  # validation decodes the head of each text file; the
 TEXT_COLUMN = "text"  # the one column of a documents dataset, whatever the source called it
 SLOW_TOKENIZING_ENV = "PREPARE_DATA_TEST_SECONDS_PER_BATCH"  # tests only: each tokenising task sleeps this long
 
-# Disk estimate. Measured with benchmarks/prepare_throughput.py --measure_disk on WikiText-2 (valid + test) and
-# Tiny Shakespeare, 3.5 MB of text (2 CPU cores, 2026-11-27): parquet (snappy, as the Hub's) is 0.56 of the text's
-# UTF-8 bytes; datasets' Arrow cache 1.02; a byte-level BPE of 32,000 trained on that text gives 0.27 tokens per
-# byte (8,000: 0.31). roberta-base's 50,265 gives fewer tokens per byte on English than either, so the estimate
-# errs high. The store holds 2 bytes a token (uint16) plus 2 framing tokens a block.
-PARQUET_BYTES_PER_TEXT_BYTE = 0.56
-ARROW_BYTES_PER_TEXT_BYTE = 1.02
-TOKENS_PER_TEXT_BYTE = 0.31
+# Disk estimate, from `python benchmarks/prepare_throughput.py --measure_disk --text_files ../shared/data/text/*.txt`
+# (WikiText-2 valid + test and Tiny Shakespeare, 3.5 MB of text; 2026-11-27): a parquet file (snappy, as the Hub's)
+# is 0.571 of the text's UTF-8 bytes, datasets' Arrow cache 1.012; a byte-level BPE trained on that text gives
+# 0.266 tokens per byte at 8,000 and 0.234 at 27,134 (what 32,000 reached). roberta-base's 50,265 gives fewer
+# tokens per byte on English than either, so the estimate errs high. The store is 2.009 bytes a token at 512
+# (uint16, and the 2 framing tokens of each block). For Wikipedia the same ratios give 20.5 GB of text from its
+# 11.7 GB of parquet, close to the dataset card's 20.3 GB.
+PARQUET_BYTES_PER_TEXT_BYTE = 0.57
+ARROW_BYTES_PER_TEXT_BYTE = 1.01
+TOKENS_PER_TEXT_BYTE = 0.27
 DATA_FILE_SUFFIXES = (".parquet", ".arrow", ".jsonl", ".json", ".csv", ".txt", ".json.gz", ".jsonl.gz", ".txt.gz")
 LOCAL_BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".jsonl": "json", ".json": "json", ".csv": "csv",
                   ".txt": "text"}
@@ -137,7 +139,7 @@ LOCAL_BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".jsonl": "json", ".
 EPILOG = """the commands people run:
   # the offline demo corpus (seconds)
   python prepare_data.py --dataset demo --train_tokenizer 8000 --context_length 128 --path_to_data_store data/demo
-  # WikiText-103 from the Hub (~300 MB download, ~5 minutes on 16 cores)
+  # WikiText-103 from the Hub (~0.3 GB download, ~2 GB of disk; the tokenizer's training takes most of the time)
   python prepare_data.py --dataset_name Salesforce/wikitext --dataset_config_name wikitext-103-raw-v1 \\
       --group_rows wikitext --train_tokenizer 32000 --context_length 512 --path_to_data_store data/wikitext103
   # RoBERTa's Wikipedia + BookCorpus with roberta-base's tokenizer (~15 GB download, ~60 GB disk at the peak)
@@ -258,8 +260,13 @@ def validate_args(args: argparse.Namespace) -> None:
     if args.train_tokenizer is not None and args.train_tokenizer < BPE_MIN_VOCAB_SIZE:
         raise UsageError(f"--train_tokenizer needs a vocabulary of at least {BPE_MIN_VOCAB_SIZE} (256 bytes + 5 "
                          f"special tokens), got {args.train_tokenizer}")
-    if args.huggingface_cache_dir and Path(args.huggingface_cache_dir).expanduser().is_file():
-        raise UsageError(f"--huggingface_cache_dir {args.huggingface_cache_dir} is a file, not a folder")
+    if args.huggingface_cache_dir:
+        cache, store = (Path(p).expanduser().resolve() for p in (args.huggingface_cache_dir, args.path_to_data_store))
+        if cache.is_file():
+            raise UsageError(f"--huggingface_cache_dir {args.huggingface_cache_dir} is a file, not a folder")
+        if cache == store or cache.is_relative_to(store):
+            raise UsageError(f"--huggingface_cache_dir {args.huggingface_cache_dir} is inside --path_to_data_store: "
+                             "a cache outlives stores; give it a folder of its own")
     folders.check_output_folder(args.path_to_data_store, folders.STORE, flag=store_flag(args),
                                 overwrite=args.overwrite, inputs=input_paths(args))
 
@@ -361,6 +368,10 @@ class Corpus:
     download_bytes: int | None = None  # of the data files the load downloads (Hub: pre-flight; local: the files)
     files: list[str] = field(default_factory=list)
     streamed: bool = False
+    label: str = ""  # how messages name it; default "--dataset_name PATH"
+
+    def __post_init__(self):
+        self.label = self.label or f"--dataset_name {self.path}"
 
     @property
     def local(self) -> bool:
@@ -376,10 +387,10 @@ class Corpus:
                 "revision": self.sha, "download_bytes": self.download_bytes, "streamed": self.streamed}
 
 
-WIKIPEDIA = Corpus("wikimedia/wikipedia", "20231101.en")
+WIKIPEDIA = Corpus("wikimedia/wikipedia", "20231101.en", label="--dataset's wikimedia/wikipedia")
 # datasets 4+ runs no loading scripts, and BookCorpus's main branch is a script: read the Hub's parquet export.
 BOOKCORPUS = Corpus("bookcorpus/bookcorpus", revision="refs/convert/parquet",
-                    group_rows=str(BOOKCORPUS_SENTENCES_PER_DOCUMENT))
+                    group_rows=str(BOOKCORPUS_SENTENCES_PER_DOCUMENT), label="--dataset's bookcorpus/bookcorpus")
 
 
 def corpora_of(args: argparse.Namespace) -> list[Corpus]:
@@ -541,7 +552,7 @@ def load_error(corpus: Corpus, error: Exception) -> UsageError:
     from datasets.exceptions import DatasetNotFoundError
 
     text = (str(error).strip().splitlines() or [type(error).__name__])[0][:240]
-    name = f"--dataset_name {corpus.path}"
+    name = corpus.label
     if "BuilderConfig" in text or "Config name is missing" in text:
         return UsageError(f"--dataset_config_name {corpus.config}: {text}")
     if text.startswith(("Bad split", "Unknown split")):
@@ -568,7 +579,7 @@ def check_rows(corpus: Corpus, rows) -> None:
             raise load_error(corpus, error) from None
         first = None
     if first is None:
-        raise UsageError(f"--dataset_name {corpus.path}: split {corpus.split} has no rows")
+        raise UsageError(f"{corpus.label}: split {corpus.split} has no rows")
     if corpus.column not in first:
         raise UsageError(f"--text_column {corpus.column}: {corpus.path} has no such column; its columns are "
                          f"{', '.join(first)}")
@@ -1377,7 +1388,7 @@ def main(argv: list[str] | None = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     validate_args(args)
-    store = Path(args.path_to_data_store).expanduser().absolute()
+    store = Path(args.path_to_data_store).expanduser().resolve()  # a symlinked store is replaced where it lives
     existed = store.exists()
     with interruptible():
         lock = acquire_lock(store, store_flag(args))

@@ -339,6 +339,14 @@ def test_overwrite_replaces_a_store_and_carries_the_users_files(old_store, text_
     assert siblings(old_store) == ["store"]  # no work folder, no old store left
 
 
+def test_a_symlinked_store_is_replaced_where_it_lives(old_store, text_files, tiny_tokenizer_dir):
+    link = old_store.parent / "link"
+    link.symlink_to(old_store)
+    main(*text_args(link, text_files, tiny_tokenizer_dir, "--overwrite", "--num_workers", 1))
+    assert link.is_symlink() and record_of(old_store)["source"] == "text_files"
+    assert (old_store / "train.log").read_text() == "the user's log" and siblings(old_store) == ["link", "store"]
+
+
 def test_overwrite_never_replaces_what_is_not_a_store(tmp_path, monkeypatch, tiny_tokenizer_dir):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
@@ -740,6 +748,8 @@ BAD_INPUTS = {
     "missing local dataset": (["--dataset_name", "./no/such/folder"], "does not exist"),
     "bad group_rows": (["--dataset_name", "x/y", "--group_rows", "paragraphs"], "expected none, wikitext or a number"),
     "not a number": (["--dataset", "demo", "--context_length", "many"], "invalid int value"),
+    "the cache inside the store": (["--dataset", "demo", "--train_tokenizer", 300, "--huggingface_cache_dir",
+                                    "{store}/hf"], "inside --path_to_data_store"),
 }
 
 
@@ -748,8 +758,8 @@ def test_bad_input_is_refused_and_destroys_nothing(case, old_store, tiny_tokeniz
     args, message = BAD_INPUTS[case]
     before = listing(old_store)
     with pytest.raises(UsageError, match=message):
-        main(*[str(a).replace("{tok}", str(tiny_tokenizer_dir)) for a in args], "--path_to_data_store", old_store,
-             "--overwrite")  # even with --overwrite, a real store stays as it was
+        main(*[str(a).replace("{tok}", str(tiny_tokenizer_dir)).replace("{store}", str(old_store)) for a in args],
+             "--path_to_data_store", old_store, "--overwrite")  # even with --overwrite, a real store stays as it was
     assert listing(old_store) == before and siblings(old_store) == ["store"]
 
 
