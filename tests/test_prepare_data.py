@@ -25,7 +25,15 @@ import folders
 import prepare_data
 from demo_world import generate_documents
 from prepare_data import BlockPacker, join_documents, pack_documents, read_text_file_documents, split_documents
-from utils import STORE_COLUMN, STORE_RECORD, STORE_SPLITS, STORE_TOKENIZER_DIR, UsageError, tokenizer_fingerprint
+from utils import (
+    BPE_MIN_VOCAB_SIZE,
+    STORE_COLUMN,
+    STORE_RECORD,
+    STORE_SPLITS,
+    STORE_TOKENIZER_DIR,
+    UsageError,
+    tokenizer_fingerprint,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 BOS, SEP = 0, 2  # <s>, </s>
@@ -742,7 +750,7 @@ BAD_INPUTS = {
                                      "longer than the tokenizer"),
     "split fraction 0": (["--dataset", "demo", "--test_split_pct", 0], "between 0 and 1"),
     "split fraction 1.5": (["--dataset", "demo", "--test_split_pct", 1.5], "between 0 and 1"),
-    "vocabulary under 261": (["--dataset", "demo", "--train_tokenizer", 100], "at least 261"),
+    "vocabulary too small": (["--dataset", "demo", "--train_tokenizer", 100], f"at least {BPE_MIN_VOCAB_SIZE}"),
     "unreachable hub id": (["--dataset", "demo", "--hf_model_name", "nobody-here/no-such-tokenizer"],
                            "not a reachable Hub id"),
     "missing local dataset": (["--dataset_name", "./no/such/folder"], "does not exist"),
