@@ -45,7 +45,8 @@ class OutputKind:
 
 
 STORE = OutputKind("data store", "prepare_data.py", records=("prepare_data.json",),
-                   made=("prepare_data.json", "dataset_dict.json", "train", "test", "tokenizer", LOCK_FILE))
+                   made=("prepare_data.json", "dataset_dict.json", "train", "test", "tokenizer", "README.md",
+                         LOCK_FILE))
 PRETRAINING_RUN = OutputKind(
     "pretraining run folder", "train.py", records=("args.json", "metrics.jsonl"),
     made=("args.json", "args.json.tmp", "metrics.jsonl", "metrics.jsonl.tmp", "curves.png", "curves.tmp.png",

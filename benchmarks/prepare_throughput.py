@@ -3,6 +3,7 @@
     python benchmarks/prepare_throughput.py                      # ../shared/data/text/*.txt, else the demo corpus
     python benchmarks/prepare_throughput.py --text_files a.txt --num_workers 2 --repeat 3
     python benchmarks/prepare_throughput.py --demo                # the demo corpus (2.4 million tokens)
+    python benchmarks/prepare_throughput.py --measure_disk        # the ratios behind prepare_data's disk estimate
 
 Baseline: the tokenizer's own batch encoding of the same documents (`tokenizer(texts)`, its Rust threads on every
 core). Pipeline: `prepare_data.main()` end to end (read the files, split, tokenise in --num_workers processes,
@@ -12,6 +13,10 @@ times, alternating, after one untimed pipeline run (imports). Where other progra
 noisy: the report gives the fastest and the median runs, and the CPU time each used (process, threads and worker
 processes), which contention disturbs much less. The goal of issue 3: the pipeline costs less than 20% more than
 tokenising alone.
+
+--measure_disk measures, on the same text, the ratios prepare_data.py's disk pre-flight uses: the bytes of a
+parquet file (snappy, as the Hub's) and of datasets' Arrow cache per byte of UTF-8 text, tokens per byte for
+byte-level BPEs of 8,000 and 32,000 trained on that text, and the store's bytes per token.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--context_length", type=int, default=512)
     parser.add_argument("--vocab_size", type=int, default=8000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--measure_disk", action="store_true", help="measure the disk ratios instead of the speed")
     return parser.parse_args()
 
 
@@ -110,6 +116,9 @@ def main() -> None:
     print(f"text: {', '.join(map(os.path.basename, args.text_files)) if args.text_files else 'demo corpus'} "
           f"({len(texts):,} documents, {sum(map(len, texts)) / 1e6:.1f} MB); {args.num_workers} worker(s), "
           f"{os.cpu_count()} CPUs")
+    if args.measure_disk:
+        measure_disk(texts, source_args, args)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = train_bpe_tokenizer(texts, args.vocab_size, model_max_length=max(512, args.context_length))
         tokenizer.save_pretrained(Path(tmp) / "tokenizer")
@@ -119,6 +128,34 @@ def main() -> None:
             baseline.append(time_baseline(tokenizer, texts))
             pipeline.append(time_pipeline(source_args, Path(tmp) / "tokenizer", Path(tmp) / "store", args))
     report(baseline, pipeline)
+
+
+def measure_disk(texts: list[str], source_args: list[str], args: argparse.Namespace) -> None:
+    """Parquet, Arrow, tokens and store bytes per byte of text (prepare_data's *_PER_TEXT_BYTE constants)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    text_bytes = sum(len(t.encode()) for t in texts)
+    print(f"text: {text_bytes:,} bytes of UTF-8 in {len(texts):,} documents")
+    with tempfile.TemporaryDirectory() as tmp:
+        pq.write_table(pa.table({"text": texts}), Path(tmp) / "text.parquet", compression="snappy")
+        arrow = prepare_data.documents_dataset(texts, Path(tmp) / "text.arrow")
+        print(f"parquet (snappy): {(Path(tmp) / 'text.parquet').stat().st_size / text_bytes:.3f} bytes per text byte")
+        print(f"Arrow (datasets): {(Path(tmp) / 'text.arrow').stat().st_size / text_bytes:.3f} bytes per text byte")
+        del arrow
+        for vocab_size in (8000, 32000):
+            tokenizer = train_bpe_tokenizer(texts, vocab_size, model_max_length=max(512, args.context_length))
+            tokens = sum(map(len, prepare_data.encode_texts(texts, tokenizer)))
+            print(f"BPE {len(tokenizer):,}: {tokens / text_bytes:.3f} tokens per text byte")
+            tokenizer.save_pretrained(Path(tmp) / f"tok{vocab_size}")
+        store = Path(tmp) / "store"
+        record = prepare_data.main([*source_args, "--hf_model_name", str(Path(tmp) / "tok32000"), "--context_length",
+                                    str(args.context_length), "--num_workers", str(args.num_workers),
+                                    "--path_to_data_store", str(store)])
+        blocks = sum(p.stat().st_size for split in ("train", "test") for p in (store / split).glob("*.arrow"))
+        tokens = sum(s["tokens"] + s["separators"] for s in record["splits"].values())
+        print(f"store: {blocks / tokens:.3f} bytes per token (blocks of {args.context_length}, "
+              f"{record['ids_dtype']})")
 
 
 def report(baseline: list[Run], pipeline: list[Run]) -> None:
