@@ -4,7 +4,7 @@ PYTHON ?= python3
 # build. On a GPU machine, install the CUDA build of torch first and this step leaves it alone.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test install install-dev lint benchmark
+.PHONY: demo test test-fast install install-dev lint benchmark
 
 install:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "$(TORCH_SPEC)"
@@ -21,6 +21,10 @@ demo: install
 test: install-dev
 	$(PYTHON) -m ruff check .
 	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -q
+
+## test-fast: the unit, parity and bad-input tests only (under a minute): the loop while editing
+test-fast:
+	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -q -m "not slow"
 
 ## benchmark: one training step of our model against transformers' (CPU or GPU)
 benchmark: install
