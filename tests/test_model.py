@@ -98,6 +98,24 @@ def test_sparse_mlm_loss_and_gradients_match_transformers_dense(mlm_pair):
         torch.testing.assert_close(p.grad, theirs_params[name].grad, atol=TOL, rtol=0, msg=name)
 
 
+def test_static_head_loss_and_gradients_match_transformers_loaded_from_theirs(tmp_path):
+    """transformers -> ours, then the static head (and the fused QKV) against their dense head, gradient by name."""
+    torch.manual_seed(15)
+    theirs = transformers.RobertaForMaskedLM(transformers.RobertaConfig(**tiny_config().to_dict())).eval()
+    theirs.save_pretrained(tmp_path)
+    ours = RobertaForMaskedLM.from_pretrained(tmp_path).eval()
+    ids, mask = padded_batch(seed=15)
+    labels = random_labels(ids, mask, seed=16)
+    out = ours(ids, mask, labels=labels, max_predictions_per_seq=T)
+    ref = theirs(input_ids=ids, attention_mask=mask, labels=labels)
+    torch.testing.assert_close(out.loss, ref.loss, atol=TOL, rtol=0)
+    out.loss.backward()
+    ref.loss.backward()
+    theirs_params = dict(theirs.named_parameters())
+    for name, p in ours.named_parameters():
+        torch.testing.assert_close(p.grad, theirs_params[name].grad, atol=TOL, rtol=0, msg=name)
+
+
 def test_sparse_loss_equals_dense_loss_of_our_own_logits():
     torch.manual_seed(4)
     model = RobertaForMaskedLM(tiny_config()).eval()
