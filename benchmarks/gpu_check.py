@@ -31,6 +31,7 @@ Nothing here uses the network (HF_HUB_OFFLINE=1 for every script). Exit code 0 w
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -202,6 +203,17 @@ def logged_tokens_per_second(train: list[dict]) -> float:
     return statistics.median(windows)
 
 
+def benchmark(settings: throughput.Settings) -> dict:
+    """throughput.run, then the GPU memory it cached handed back, for the scripts that run after it."""
+    try:
+        return throughput.run(settings)
+    finally:
+        gc.collect()
+        torch._dynamo.reset()  # compiled code holds on to the benchmark's models
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
 def store_vocabulary(store: Path) -> int:
     from transformers import AutoTokenizer
 
@@ -214,7 +226,7 @@ def store_vocabulary(store: Path) -> int:
 
 
 def leg_throughput(ctx: Context):
-    report = throughput.run(ctx.plan.benchmark)
+    report = benchmark(ctx.plan.benchmark)
     rows = {row["implementation"]: row for row in report["rows"]}
     print(f"{report['shape']}\n{throughput.markdown_table(report['rows'])}", flush=True)
     numbers = {"device": report["device"], "shape": report["shape"], "matmul_tflops": report["matmul_flops"] / 1e12,
@@ -252,7 +264,7 @@ def leg_pretrain(ctx: Context):
     compiled = "--compile" in plan.train_extra
     name = f"{throughput.OURS} + compile" if compiled else throughput.OURS
     settings = replace(plan.benchmark, vocab_size=store_vocabulary(ctx.store), implementations=(name,))
-    bench = throughput.run(settings)["rows"][0]["tokens_per_second"]
+    bench = benchmark(settings)["rows"][0]["tokens_per_second"]
     ratio = logged / bench
     numbers.update(train_tokens_per_second=logged, benchmark_tokens_per_second=bench, ratio=ratio,
                    mfu=train[-1].get("mfu"))
