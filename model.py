@@ -21,11 +21,14 @@ Mapping to transformers' checkpoints: module and parameter names are those of tr
 `from_pretrained` reads a transformers folder or Hub id into our classes; `save_pretrained` writes a folder
 that transformers' own `RobertaForMaskedLM` / `RobertaForQuestionAnswering` load with nothing missing.
 
-Two differences from transformers, both for speed and neither visible in the numbers:
+Differences from transformers, all for speed and none visible in the numbers:
   * attention is one `F.scaled_dot_product_attention` call, with no mask at all for unpadded batches so that
-    the flash kernel can run;
+    the flash kernel can run, after one matrix multiply for the query, key and value projections (their
+    weights concatenated in forward; the parameters stay three `Linear` modules with transformers' names);
   * with labels, the MLM head runs only on the ~15% of positions that are predicted (the vocabulary
-    projection is a quarter of the FLOPs when it runs on every position).
+    projection is a quarter of the FLOPs when it runs on every position); with `max_predictions_per_seq`
+    (BERT's flag), on a fixed number of rows per sequence, so that torch.compile traces the whole loss into
+    one graph and a training step never waits for the GPU.
 """
 
 from __future__ import annotations
@@ -125,18 +128,50 @@ def _a_divisor(n: int) -> int:
 
 
 class ModelOutput(dict):
-    """A dict with attribute access (`out.loss`), holding only the fields that were computed.
+    """A model's outputs: a dict with attribute access (`out.loss`), holding only the fields that were computed.
 
     A dict, so that transformers' Trainer reads it as it reads its own outputs (`outputs["loss"]`, and every
-    other value as a prediction)."""
+    other value as a prediction), and built like one (accelerate rebuilds outputs as `type(out)(mapping)`).
+    As in transformers, each output type declares its fields: a declared field that was not computed reads as
+    None (`out.loss` without labels) and is not in the dict, while any other name raises AttributeError, so that
+    a misspelling (`out.lose`) fails where it is made. A plain `ModelOutput` declares the fields it is built with.
+    """
 
-    def __getattr__(self, name):
-        try:
+    fields: tuple[str, ...] = ()  # the declared fields of this output type
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for name in [name for name, value in self.items() if value is None]:
+            del self[name]
+        undeclared = [name for name in self if self.fields and name not in self.fields]
+        if undeclared:
+            raise TypeError(f"{type(self).__name__} has no field {', '.join(undeclared)} "
+                            f"(its fields: {', '.join(self.fields)})")
+
+    def __getattr__(self, name: str):
+        if name in self:
             return self[name]
-        except KeyError:
-            if name.startswith("__"):
-                raise AttributeError(name) from None
+        if name in type(self).fields:
             return None
+        raise AttributeError(f"{type(self).__name__} has no field {name!r} "
+                             f"(its fields: {', '.join(self.fields or self)})")
+
+    def __setattr__(self, name: str, value) -> None:
+        if name not in type(self).fields and name not in self:
+            raise AttributeError(f"{type(self).__name__} has no field {name!r}")
+        self[name] = value
+
+
+class MaskedLMOutput(ModelOutput):
+    """`RobertaForMaskedLM`'s outputs; see its `forward` for the shapes."""
+
+    fields = ("loss", "logits", "logits_labels")
+
+
+class QuestionAnsweringOutput(ModelOutput):
+    """`RobertaForQuestionAnswering`'s outputs: `start_logits`, `end_logits` (B, T) and, with labels, `loss`."""
+
+    fields = ("loss", "start_logits", "end_logits")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -175,12 +210,25 @@ class RobertaSelfAttention(nn.Module):
         self.key = nn.Linear(config.hidden_size, config.hidden_size)
         self.value = nn.Linear(config.hidden_size, config.hidden_size)
         self.dropout_p = config.attention_probs_dropout_prob
+        # DeepSpeed ZeRO-3 gathers a module's weights only when that module itself is called: set False there,
+        # and the three projections run as the three modules.
+        self.fused_qkv = True
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
         B, T, C = x.shape
-        # (B, T, C) -> (B, nh, T, hs)
-        q, k, v = (proj(x).view(B, T, self.num_heads, C // self.num_heads).transpose(1, 2)
-                   for proj in (self.query, self.key, self.value))
+        if self.fused_qkv:
+            # The three projections as one matrix multiply, (B*T, C) x (C, 3C): one wide kernel instead of three
+            # narrow ones, forward and backward. The weights stay three Linear modules, so parameter and state-dict
+            # names stay transformers' (checkpoints, FSDP and optimizer state see what they always saw); the
+            # concatenation copies 3C^2 weights, nothing beside the product, and torch.compile fuses it with
+            # autocast's cast to bf16.
+            weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])  # (3C, C)
+            bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])  # (3C,)
+            qkv = F.linear(x, weight, bias).view(B, T, 3, self.num_heads, C // self.num_heads)  # (B, T, 3, nh, hs)
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, nh, T, hs)
+        else:  # (B, T, C) -> (B, nh, T, hs)
+            q, k, v = (proj(x).view(B, T, self.num_heads, C // self.num_heads).transpose(1, 2)
+                       for proj in (self.query, self.key, self.value))
         dropout_p = self.dropout_p if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=dropout_p)  # (B, nh, T, hs)
         return y.transpose(1, 2).reshape(B, T, C)
@@ -254,6 +302,9 @@ class RobertaPreTrainedModel(nn.Module):
 
     architecture = "RobertaModel"  # the transformers class that reads what save_pretrained writes
     base_model_prefix = "roberta"  # where the encoder sits in the state dict of the task models
+    # What FSDP should wrap as a unit (accelerate's TRANSFORMER_BASED_WRAP reads this, as for transformers'
+    # models): a whole layer, never the query/key/value Linears alone, whose weights attention reads directly.
+    _no_split_modules = ["RobertaLayer"]
 
     def __init__(self, config: RobertaConfig):
         super().__init__()
@@ -423,6 +474,36 @@ class RobertaLMHead(nn.Module):
         return F.linear(x, self.decoder.weight, self.bias)
 
 
+def _predicted_rows(hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, C) hidden states and (N,) labels of the N predicted positions, in row-major order (N depends on the
+    data: nonzero() waits for the device)."""
+    flat_labels = labels.reshape(-1)  # (B*T,)
+    predicted = flat_labels.ne(IGNORE_INDEX).nonzero().squeeze(-1)  # (N,)
+    rows = hidden.reshape(-1, hidden.size(-1)).index_select(0, predicted)  # (N, C)
+    return rows, flat_labels.index_select(0, predicted)
+
+
+def _first_predicted_rows(hidden: torch.Tensor, labels: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B*k, C) hidden states and (B*k,) labels: per sequence its predicted positions in order, then filler
+    positions (label IGNORE_INDEX) up to k. No shape depends on the data."""
+    B, T, C = hidden.shape
+    if k < 1:
+        raise ValueError(f"max_predictions_per_seq must be at least 1, got {k}")
+    k = min(k, T)
+    predicted = labels.ne(IGNORE_INDEX)  # (B, T)
+    if not torch.compiler.is_compiling():
+        torch._assert_async(predicted.sum(dim=1).max() <= k,
+                            f"a sequence has more predicted positions than max_predictions_per_seq={k}")
+    # A distinct key per position, predicted ones above the others and earlier ones above later ones: topk picks
+    # each sequence's predicted positions in order, then fillers, with no ties for it to break arbitrarily.
+    position = torch.arange(T, device=labels.device)
+    key = predicted * T + (T - 1 - position)  # (B, T)
+    index = key.topk(k, dim=1).indices  # (B, k)
+    flat_index = (index + T * torch.arange(B, device=labels.device)[:, None]).reshape(-1)  # (B*k,) into B*T rows
+    rows = hidden.reshape(B * T, C).index_select(0, flat_index)  # (B*k, C)
+    return rows, labels.reshape(-1).index_select(0, flat_index)
+
+
 class RobertaForMaskedLM(RobertaPreTrainedModel):
     architecture = "RobertaForMaskedLM"
 
@@ -433,21 +514,42 @@ class RobertaForMaskedLM(RobertaPreTrainedModel):
         self.lm_head.apply(self._init_weights)  # the encoder initialised itself
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None) -> ModelOutput:
-        """Without labels: logits (B, T, V) for every position. With labels (-100 where not predicted): the
-        loss, and logits (N, V) of the N predicted positions only, in row-major order."""
+                labels: torch.Tensor | None = None, max_predictions_per_seq: int | None = None) -> MaskedLMOutput:
+        """Without labels: `logits` (B, T, V) for every position.
+
+        With `labels` (B, T) (the target id where a position is predicted, IGNORE_INDEX elsewhere), the head runs
+        only on predicted positions and the output holds
+            loss           mean cross-entropy over the predicted positions (0, not NaN, when there are none);
+            logits         (N, V), one row per gathered position;
+            logits_labels  (N,), the label of each row of `logits`: IGNORE_INDEX for a filler row.
+        Evaluation reads the same fields on either path: loss sum `F.cross_entropy(logits.float(), logits_labels,
+        reduction="sum")`, correct `(logits.argmax(-1) == logits_labels).sum()`, count `(logits_labels !=
+        IGNORE_INDEX).sum()`.
+
+        `max_predictions_per_seq=None` (dynamic): N is the number of predicted positions, in row-major order, and
+        no row is a filler. The count depends on the data: nonzero() waits for the device, and torch.compile
+        breaks its graph there.
+        `max_predictions_per_seq=k` (static, BERT's flag): N = B * k, for each sequence its predicted positions in
+        order, then filler rows up to k. Every shape depends on (B, T, k) only, so torch.compile(fullgraph=True)
+        traces the whole loss and the step never waits for the device. A sequence with more than k predicted
+        positions would lose the excess: take k from `utils.max_predictions_per_seq`, which bounds what
+        `utils.mask_tokens` chooses; in eager mode this is checked on the device (`torch._assert_async`, no host
+        synchronisation; on a GPU a failure is a device-side assert). k above T counts as T.
+        """
         hidden = self.roberta(input_ids, attention_mask)  # (B, T, C)
         if labels is None:
-            return ModelOutput(logits=self.lm_head(hidden))
-        # Sparse prediction: gather the predicted positions first, so that the head's vocabulary projection
-        # (the largest matrix multiply of the model) runs on ~15% of tokens. The loss is unchanged: the other
-        # positions contribute nothing to it. nonzero() syncs with the host; under torch.compile the graph
-        # breaks here once per step, which is cheaper than the 6x larger dense projection.
-        flat_labels = labels.reshape(-1)
-        predicted = flat_labels.ne(IGNORE_INDEX).nonzero().squeeze(-1)  # (N,)
-        logits = self.lm_head(hidden.reshape(-1, hidden.size(-1)).index_select(0, predicted))  # (N, V)
-        loss = F.cross_entropy(logits.float(), flat_labels.index_select(0, predicted))
-        return ModelOutput(loss=loss, logits=logits)
+            return MaskedLMOutput(logits=self.lm_head(hidden))
+        if max_predictions_per_seq is None:
+            rows, row_labels = _predicted_rows(hidden, labels)
+        else:
+            rows, row_labels = _first_predicted_rows(hidden, labels, max_predictions_per_seq)
+        # The head's vocabulary projection (the largest matrix multiply of the model) runs on the gathered rows
+        # only, ~15% of the tokens; the other positions contribute nothing to the loss.
+        logits = self.lm_head(rows)  # (N, V)
+        # Sum over real rows, divided by their count: the mean of the dynamic path, 0 when nothing is predicted.
+        loss = F.cross_entropy(logits.float(), row_labels, ignore_index=IGNORE_INDEX, reduction="sum")
+        loss = loss / row_labels.ne(IGNORE_INDEX).sum().clamp(min=1)
+        return MaskedLMOutput(loss=loss, logits=logits, logits_labels=row_labels)
 
     def _tied_keys(self) -> set[str]:
         return {"lm_head.decoder.weight"}
@@ -469,16 +571,16 @@ class RobertaForQuestionAnswering(RobertaPreTrainedModel):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 start_positions: torch.Tensor | None = None, end_positions: torch.Tensor | None = None
-                ) -> ModelOutput:
+                ) -> QuestionAnsweringOutput:
         hidden = self.roberta(input_ids, attention_mask)  # (B, T, C)
         start_logits, end_logits = self.qa_outputs(hidden).float().unbind(dim=-1)  # (B, T) each
-        output = ModelOutput(start_logits=start_logits, end_logits=end_logits)
+        output = QuestionAnsweringOutput(start_logits=start_logits, end_logits=end_logits)
         if start_positions is not None and end_positions is not None:
             # As transformers: a label outside the sequence (an answer truncated away) is clamped to T and ignored.
             T = input_ids.size(1)
             start_loss = F.cross_entropy(start_logits, start_positions.reshape(-1).clamp(0, T), ignore_index=T)
             end_loss = F.cross_entropy(end_logits, end_positions.reshape(-1).clamp(0, T), ignore_index=T)
-            output = ModelOutput(loss=(start_loss + end_loss) / 2, **output)
+            output = QuestionAnsweringOutput(loss=(start_loss + end_loss) / 2, **output)
         return output
 
     def _fresh_head_modules(self) -> list[nn.Module]:
@@ -542,8 +644,11 @@ def _short_list(items: list[str], limit: int = 4) -> str:
 def flops_per_token(config: RobertaConfig, sequence_length: int, predicted_fraction: float = 0.15) -> float:
     """Training FLOPs per token (forward + backward = 3x forward) of RobertaForMaskedLM with sparse prediction.
 
-    Counts the matrix multiplies: the encoder's linear layers, attention's QK^T and AV, and the MLM head on
-    the predicted fraction of tokens. Used for model FLOP utilisation (MFU) estimates."""
+    Counts the matrix multiplies: the encoder's linear layers (the fused query/key/value product is the same
+    FLOPs as three), attention's QK^T and AV, and the MLM head on the predicted fraction of tokens: the useful
+    work, used for model FLOP utilisation (MFU). With `max_predictions_per_seq=k` the head runs on k rows per
+    sequence, filler rows included; `predicted_fraction=k / sequence_length` counts the FLOPs executed instead
+    (0.7% more at sequence 512, k 77)."""
     C, L, T = config.hidden_size, config.num_hidden_layers, sequence_length
     per_layer = 2 * (4 * C * C + 2 * C * config.intermediate_size) + 2 * 2 * T * C  # linears + attention
     head = 2 * (C * C + C * config.vocab_size)
@@ -556,5 +661,8 @@ __all__ = [
     "RobertaForMaskedLM",
     "RobertaForQuestionAnswering",
     "ModelOutput",
+    "MaskedLMOutput",
+    "QuestionAnsweringOutput",
     "flops_per_token",
+    "IGNORE_INDEX",
 ]

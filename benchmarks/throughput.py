@@ -1,34 +1,88 @@
 """One full MLM training step (forward, backward, AdamW) of our RoBERTa against transformers', side by side.
 
-Both models get the same weights and the same batch, in one process; steps of the implementations are
-interleaved (A, B, C, A, B, C, ...) so that a noisy neighbour slows them alike, and the median is reported.
+All implementations get the same weights and the same batches, in one process; their steps are interleaved
+(A, B, C, A, B, C, ...) so that a noisy neighbour slows them alike, and the median is reported. The batches are
+blocks as the store holds them (`<s> ... </s>`) masked by `utils.mask_tokens`; ours runs its static head
+(`max_predictions_per_seq` from `utils.max_predictions_per_seq`), transformers' its dense head.
 
     python benchmarks/throughput.py                 # CPU: vocab 50265, 4 layers x 256, sequence 128, batch 16
     python benchmarks/throughput.py --device cuda   # GPU: roberta-base, sequence 512, batch 32, bf16, compiled
+    python benchmarks/throughput.py --implementations ours "ours (dynamic head)" "ours (unfused qkv)"
+    git show HEAD~3:model.py > /tmp/old_model.py && python benchmarks/throughput.py --baseline_model /tmp/old_model.py
 
 Needs torch and transformers only (no datasets, evaluate or wandb), so it runs on a bare GPU machine.
+`benchmarks/gpu_check.py` imports `Settings`, `run` and `markdown_table` from here.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import inspect
 import json
 import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from model import IGNORE_INDEX, RobertaConfig, RobertaForMaskedLM, flops_per_token  # noqa: E402
+from model import RobertaConfig, RobertaForMaskedLM, flops_per_token  # noqa: E402
+from utils import mask_tokens, max_predictions_per_seq  # noqa: E402
 
+TRANSFORMERS = "transformers (sdpa)"
+OURS = "ours"
+# Every implementation a run can time. "ours" is the static head; the two variants switch off one optimisation
+# each, so that its gain is measured in the same process; "baseline" is another model.py (--baseline_model).
+IMPLEMENTATIONS = (TRANSFORMERS, f"{TRANSFORMERS} + compile", OURS, f"{OURS} + compile", "ours (dynamic head)",
+                   "ours (dynamic head) + compile", "ours (unfused qkv)", "baseline", "baseline + compile")
 PRESETS = {  # the shapes the issues set targets at
-    "cpu": dict(hidden=256, layers=4, heads=4, seq=128, batch=16, steps=12, warmup=3),
-    "cuda": dict(hidden=768, layers=12, heads=12, seq=512, batch=32, steps=30, warmup=10),
+    "cpu": dict(hidden=256, layers=4, heads=4, seq=128, batch=16, steps=12, warmup=3, dtype="fp32"),
+    "cuda": dict(hidden=768, layers=12, heads=12, seq=512, batch=32, steps=30, warmup=10, dtype="bf16"),
 }
+
+
+@dataclass
+class Settings:
+    """One benchmark: the model shape, the batch, how long to time, and which implementations."""
+
+    device: str = "cpu"
+    vocab_size: int = 50265
+    hidden: int = 256
+    layers: int = 4
+    heads: int = 4
+    seq: int = 128
+    batch: int = 16
+    steps: int = 12  # timed steps per implementation (the median is reported)
+    warmup: int = 3  # untimed steps first (compilation happens here)
+    mlm_probability: float = 0.15
+    dtype: str = "fp32"  # "bf16": autocast to bfloat16; "fp32": no autocast
+    implementations: tuple[str, ...] = (TRANSFORMERS, OURS)
+    compile_backend: str = "inductor"  # "aot_eager" traces the same graphs without generating code (CPU smoke runs)
+    baseline_model: str | None = None  # path of another model.py, timed as "baseline"
+
+    def __post_init__(self) -> None:
+        unknown = [name for name in self.implementations if name not in IMPLEMENTATIONS]
+        if unknown:
+            raise ValueError(f"unknown implementations {unknown}; choose from {list(IMPLEMENTATIONS)}")
+        if any(name.startswith("baseline") for name in self.implementations) and not self.baseline_model:
+            raise ValueError("the baseline implementations need baseline_model (a path to another model.py)")
+
+    @classmethod
+    def preset(cls, device: str, **overrides) -> Settings:
+        return cls(device=device, **{**PRESETS[device], **overrides})
+
+    def config(self) -> RobertaConfig:
+        return RobertaConfig(vocab_size=self.vocab_size, hidden_size=self.hidden, num_hidden_layers=self.layers,
+                             num_attention_heads=self.heads, intermediate_size=4 * self.hidden,
+                             max_position_embeddings=self.seq + 2)
+
+    @property
+    def max_predictions_per_seq(self) -> int:
+        return max_predictions_per_seq(self.seq, self.mlm_probability)
 
 
 @dataclass
@@ -42,69 +96,92 @@ class Result:
         return statistics.median(self.step_times)
 
 
-def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--vocab_size", type=int, default=50265)
-    for name in ("hidden", "layers", "heads", "seq", "batch", "steps", "warmup"):
-        p.add_argument(f"--{name}", type=int, help="default: the device's preset")
-    p.add_argument("--mlm_probability", type=float, default=0.15)
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="also time torch.compile'd variants (default: on for cuda, off for cpu)")
-    p.add_argument("--dtype", choices=["bf16", "fp32"], default=None, help="autocast dtype (default: bf16 on cuda)")
-    p.add_argument("--json", type=Path, help="also write the results to this file")
-    args = p.parse_args()
-    if args.device == "cuda" and not torch.cuda.is_available():
-        p.error("--device cuda: no CUDA device is visible to torch")
-    for name, value in PRESETS[args.device].items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
-    args.compile = args.device == "cuda" if args.compile is None else args.compile
-    args.dtype = args.dtype or ("bf16" if args.device == "cuda" else "fp32")
-    return args
+class _Vocabulary:
+    """What `utils.mask_tokens` reads of a tokenizer, for a vocabulary of random ids with RoBERTa's special ids."""
+
+    all_special_ids = [0, 1, 2, 3, 4]  # <s> <pad> </s> <unk> <mask>
+    mask_token_id = 4
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
 
 
-def make_batch(args, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random tokens with `mlm_probability` of positions predicted (labels -100 elsewhere), as train.py feeds."""
-    ids = torch.randint(5, args.vocab_size, (args.batch, args.seq), generator=generator)
-    predicted = torch.rand(ids.shape, generator=generator) < args.mlm_probability
-    labels = torch.where(predicted, ids, IGNORE_INDEX)
-    inputs = torch.where(predicted, 4, ids)  # <mask>
-    return inputs.to(args.device), labels.to(args.device)
+def make_batches(settings: Settings, count: int = 4, seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """`count` batches of packed blocks (`<s>`, random ordinary ids, `</s>`) masked by `utils.mask_tokens`."""
+    generator = torch.Generator().manual_seed(seed)
+    vocabulary = _Vocabulary(settings.vocab_size)
+    batches = []
+    for _ in range(count):
+        ids = torch.randint(5, settings.vocab_size, (settings.batch, settings.seq), generator=generator)
+        ids[:, 0], ids[:, -1] = 0, 2
+        inputs, labels = mask_tokens(ids, vocabulary, settings.mlm_probability, generator)
+        batches.append((inputs.to(settings.device), labels.to(settings.device)))
+    return batches
 
 
-def build_models(args) -> dict[str, torch.nn.Module]:
-    """Ours, and transformers' (sdpa attention) loaded from the folder ours saved: identical weights."""
+def _load_model_module(path: str):
+    """Import another model.py (e.g. an older commit's) under its own module name."""
+    spec = importlib.util.spec_from_file_location("baseline_model", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["baseline_model"] = module  # dataclasses look their module up while the class is created
+    spec.loader.exec_module(module)
+    return module
+
+
+def build_model(name: str, settings: Settings, folder: str) -> torch.nn.Module:
+    """One implementation, with the weights saved in `folder` (each its own copy: no shared optimizer state)."""
     import transformers
 
-    config = RobertaConfig(vocab_size=args.vocab_size, hidden_size=args.hidden, num_hidden_layers=args.layers,
-                           num_attention_heads=args.heads, intermediate_size=4 * args.hidden,
-                           max_position_embeddings=args.seq + 2)
+    transformers.utils.logging.disable_progress_bar()  # "Loading weights" bars in the middle of the table
+    if name.startswith(TRANSFORMERS):
+        model = transformers.RobertaForMaskedLM.from_pretrained(folder, attn_implementation="sdpa")
+    elif name.startswith("baseline"):
+        model = _load_model_module(settings.baseline_model).RobertaForMaskedLM.from_pretrained(folder)
+    else:
+        model = RobertaForMaskedLM.from_pretrained(folder)
+        if "unfused qkv" in name:
+            for module in model.modules():
+                if hasattr(module, "fused_qkv"):
+                    module.fused_qkv = False
+    model = model.to(settings.device).train()
+    if name.endswith("+ compile"):
+        # Ours must trace to one graph: a break there is a bug. transformers' may break where it likes.
+        fullgraph = name == f"{OURS} + compile"
+        model = torch.compile(model, backend=settings.compile_backend, fullgraph=fullgraph)
+    return model
+
+
+def build_models(settings: Settings) -> dict[str, torch.nn.Module]:
+    """Every implementation of `settings`, from one set of weights (ours, saved in transformers' format)."""
     torch.manual_seed(0)
-    ours = RobertaForMaskedLM(config)
     with tempfile.TemporaryDirectory() as folder:
-        ours.save_pretrained(folder)
-        theirs = transformers.RobertaForMaskedLM.from_pretrained(folder, attn_implementation="sdpa")
-    models = {"transformers (sdpa)": theirs, "ours": ours}
-    if args.compile:
-        # Separate copies, so that the compiled and eager variants do not share optimizer state.
-        with tempfile.TemporaryDirectory() as folder:
-            ours.save_pretrained(folder)
-            models["transformers (sdpa) + compile"] = torch.compile(
-                transformers.RobertaForMaskedLM.from_pretrained(folder, attn_implementation="sdpa"))
-            models["ours + compile"] = torch.compile(RobertaForMaskedLM.from_pretrained(folder))
-    return {name: m.to(args.device).train() for name, m in models.items()}
+        RobertaForMaskedLM(settings.config()).save_pretrained(folder)
+        return {name: build_model(name, settings, folder) for name in settings.implementations}
 
 
-def make_step(model: torch.nn.Module, args):
+def forward_kwargs(name: str, model: torch.nn.Module, settings: Settings) -> dict:
+    """Ours and a baseline that knows the flag get the static head; transformers and 'dynamic head' do not."""
+    if name.startswith(TRANSFORMERS) or "dynamic head" in name:
+        return {}
+    forward = getattr(model, "_orig_mod", model).forward
+    if "max_predictions_per_seq" not in inspect.signature(forward).parameters:
+        return {}
+    return {"max_predictions_per_seq": settings.max_predictions_per_seq}
+
+
+def make_step(name: str, model: torch.nn.Module, settings: Settings):
     """One training step: forward and loss under autocast, backward, AdamW (fused on CUDA)."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01,
-                                  fused=args.device == "cuda")
-    autocast_dtype = torch.bfloat16 if args.dtype == "bf16" else None
+                                  fused=settings.device == "cuda")
+    autocast_dtype = torch.bfloat16 if settings.dtype == "bf16" else None
+    kwargs = forward_kwargs(name, model, settings)
 
     def step(inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(args.device, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            loss = model(input_ids=inputs, labels=labels).loss
+        with torch.autocast(settings.device, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            loss = model(input_ids=inputs, labels=labels, **kwargs).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -118,85 +195,132 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_steps(models: dict, args) -> dict[str, Result]:
-    steps = {name: make_step(model, args) for name, model in models.items()}
+def time_steps(models: dict[str, torch.nn.Module], settings: Settings) -> dict[str, Result]:
+    steps = {name: make_step(name, model, settings) for name, model in models.items()}
     results = {name: Result(name) for name in models}
-    generator = torch.Generator().manual_seed(1)
-    batches = [make_batch(args, generator) for _ in range(4)]
+    batches = make_batches(settings)
     for step in steps.values():  # warm-up (and compilation) outside the timed region
-        for i in range(args.warmup):
+        for i in range(settings.warmup):
             step(*batches[i % len(batches)])
-        sync(args.device)
-    for i in range(args.steps):
+        sync(settings.device)
+    for i in range(settings.steps):
         for name, step in steps.items():
-            if args.device == "cuda":
+            if settings.device == "cuda":
                 torch.cuda.reset_peak_memory_stats()
-            sync(args.device)
+            sync(settings.device)
             start = time.perf_counter()
             step(*batches[i % len(batches)])
-            sync(args.device)
+            sync(settings.device)
             results[name].step_times.append(time.perf_counter() - start)
-            if args.device == "cuda":
+            if settings.device == "cuda":
                 peak = torch.cuda.max_memory_allocated() / 2**30
                 results[name].peak_memory_gib = max(results[name].peak_memory_gib or 0.0, peak)
     return results
 
 
-def matmul_rate(args) -> float:
+def matmul_rate(settings: Settings) -> float:
     """Measured FLOP/s of a large square matrix multiply in the benchmark's dtype: the ceiling for MFU."""
-    n = 8192 if args.device == "cuda" else 1024
-    dtype = torch.bfloat16 if args.dtype == "bf16" and args.device == "cuda" else torch.float32
-    a, b = (torch.randn(n, n, device=args.device, dtype=dtype) for _ in range(2))
+    n = 8192 if settings.device == "cuda" else 1024
+    dtype = torch.bfloat16 if settings.dtype == "bf16" and settings.device == "cuda" else torch.float32
+    a, b = (torch.randn(n, n, device=settings.device, dtype=dtype) for _ in range(2))
     for _ in range(3):
         a @ b
-    sync(args.device)
-    repeats = 20 if args.device == "cuda" else 5
+    sync(settings.device)
+    repeats = 20 if settings.device == "cuda" else 5
     start = time.perf_counter()
     for _ in range(repeats):
         a @ b
-    sync(args.device)
+    sync(settings.device)
     return 2 * n**3 * repeats / (time.perf_counter() - start)
 
 
-def report(results: dict[str, Result], args, peak_flops: float) -> list[dict]:
-    config = RobertaConfig(vocab_size=args.vocab_size, hidden_size=args.hidden, num_hidden_layers=args.layers,
-                           num_attention_heads=args.heads, intermediate_size=4 * args.hidden,
-                           max_position_embeddings=args.seq + 2)
-    useful = flops_per_token(config, args.seq, args.mlm_probability)
-    tokens = args.batch * args.seq
-    baseline = results["transformers (sdpa)"].step_s
+def result_rows(results: dict[str, Result], settings: Settings, peak_flops: float) -> list[dict]:
+    """One dict per implementation: step time, tokens/s, speed against transformers, MFU, peak memory."""
+    useful = flops_per_token(settings.config(), settings.seq, settings.mlm_probability)
+    tokens = settings.batch * settings.seq
+
+    def reference(name: str) -> Result | None:  # transformers in the same mode (eager or compiled)
+        return results.get(TRANSFORMERS + (" + compile" if name.endswith("+ compile") else ""))
+
     rows = []
-    print(f"\n{'implementation':32s} {'step ms':>9s} {'tokens/s':>11s} {'vs tf sdpa':>10s} {'MFU':>6s} "
-          f"{'peak GiB':>9s}")
     for r in results.values():
-        memory = f"{r.peak_memory_gib:.2f}" if r.peak_memory_gib is not None else "-"
-        row = dict(implementation=r.name, step_ms=1e3 * r.step_s, tokens_per_second=tokens / r.step_s,
-                   speedup_vs_transformers_sdpa=baseline / r.step_s, mfu=useful * tokens / r.step_s / peak_flops,
-                   peak_memory_gib=r.peak_memory_gib)
-        rows.append(row)
-        print(f"{r.name:32s} {row['step_ms']:9.1f} {row['tokens_per_second']:11,.0f} "
-              f"{row['speedup_vs_transformers_sdpa']:9.2f}x {100 * row['mfu']:5.1f}% {memory:>9s}")
-    for ours, theirs in (("ours", "transformers (sdpa)"), ("ours + compile", "transformers (sdpa) + compile")):
-        if ours in results and theirs in results:
-            print(f"ratio {ours} / {theirs}: {results[theirs].step_s / results[ours].step_s:.2f}x faster")
+        ref = reference(r.name)
+        rows.append(dict(implementation=r.name, step_ms=1e3 * r.step_s, tokens_per_second=tokens / r.step_s,
+                         vs_transformers=ref.step_s / r.step_s if ref else None,
+                         mfu=useful * tokens / r.step_s / peak_flops, peak_memory_gib=r.peak_memory_gib))
     return rows
 
 
-def main() -> None:
-    args = parse_args()
-    device_name = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"device {device_name}, torch {torch.__version__}, vocab {args.vocab_size}, {args.layers} layers x "
-          f"{args.hidden}, sequence {args.seq}, batch {args.batch}, {args.dtype}, "
-          f"{100 * args.mlm_probability:.0f}% predicted, median of {args.steps} steps after {args.warmup} warm-up")
-    if args.device == "cuda":
+def describe(settings: Settings) -> str:
+    return (f"vocab {settings.vocab_size}, {settings.layers} layers x {settings.hidden}, sequence {settings.seq}, "
+            f"batch {settings.batch}, {settings.dtype}, {100 * settings.mlm_probability:.0f}% predicted (ours: "
+            f"max_predictions_per_seq {settings.max_predictions_per_seq}), median of {settings.steps} steps after "
+            f"{settings.warmup} warm-up")
+
+
+def device_name(device: str) -> str:
+    return torch.cuda.get_device_name() if device == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+
+
+def run(settings: Settings) -> dict:
+    """Time every implementation of `settings`; returns {device, settings, shape, matmul_flops, rows}."""
+    if settings.device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
-    peak_flops = matmul_rate(args)
-    print(f"measured matrix-multiply rate: {peak_flops / 1e12:.1f} TFLOP/s")
-    results = time_steps(build_models(args), args)
-    rows = report(results, args, peak_flops)
-    if args.json:
-        args.json.write_text(json.dumps(dict(device=device_name, args={k: str(v) for k, v in vars(args).items()},
-                                             matmul_flops=peak_flops, results=rows), indent=2) + "\n")
+    peak_flops = matmul_rate(settings)
+    results = time_steps(build_models(settings), settings)
+    return dict(device=device_name(settings.device), torch=torch.__version__, settings=asdict(settings),
+                shape=describe(settings), matmul_flops=peak_flops, rows=result_rows(results, settings, peak_flops))
+
+
+def markdown_table(rows: list[dict]) -> str:
+    lines = ["| implementation | step ms | tokens/s | vs transformers | MFU | peak GiB |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for row in rows:
+        ratio = f"{row['vs_transformers']:.2f}x" if row["vs_transformers"] else "-"
+        memory = f"{row['peak_memory_gib']:.2f}" if row["peak_memory_gib"] is not None else "-"
+        lines.append(f"| {row['implementation']} | {row['step_ms']:.1f} | {row['tokens_per_second']:,.0f} | {ratio} "
+                     f"| {100 * row['mfu']:.1f}% | {memory} |")
+    return "\n".join(lines)
+
+
+def parse_args() -> tuple[Settings, Path | None]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--vocab_size", type=int, default=50265)
+    for name in ("hidden", "layers", "heads", "seq", "batch", "steps", "warmup"):
+        p.add_argument(f"--{name}", type=int, help="default: the device's preset")
+    p.add_argument("--mlm_probability", type=float, default=0.15)
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="also time torch.compile'd variants (default: on for cuda, off for cpu)")
+    p.add_argument("--compile_backend", default="inductor")
+    p.add_argument("--dtype", choices=["bf16", "fp32"], default=None, help="autocast dtype (default: bf16 on cuda)")
+    p.add_argument("--implementations", nargs="+", choices=IMPLEMENTATIONS, metavar="NAME",
+                   help=f"what to time (default: transformers and ours, each also compiled with --compile); "
+                        f"any of {', '.join(repr(n) for n in IMPLEMENTATIONS)}")
+    p.add_argument("--baseline_model", help="another model.py to time as 'baseline' (and 'baseline + compile')")
+    p.add_argument("--json", type=Path, help="also write the results to this file")
+    args = p.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device is visible to torch")
+    compile_ = args.device == "cuda" if args.compile is None else args.compile
+    implementations = args.implementations
+    if implementations is None:
+        implementations = [TRANSFORMERS, OURS] + (["baseline"] if args.baseline_model else [])
+        implementations += [f"{name} + compile" for name in implementations] if compile_ else []
+    overrides = {f.name: getattr(args, f.name) for f in fields(Settings)
+                 if f.name in vars(args) and getattr(args, f.name) is not None and f.name != "device"}
+    settings = Settings.preset(args.device, **overrides)
+    return replace(settings, implementations=tuple(implementations)), args.json
+
+
+def main() -> None:
+    settings, json_path = parse_args()
+    print(f"device {device_name(settings.device)}, torch {torch.__version__}, {describe(settings)}", flush=True)
+    report = run(settings)
+    print(f"measured matrix-multiply rate: {report['matmul_flops'] / 1e12:.2f} TFLOP/s\n")
+    print(markdown_table(report["rows"]))
+    if json_path:
+        json_path.write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":

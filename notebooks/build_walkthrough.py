@@ -223,10 +223,11 @@ print("\\nblock 1:", repr(tokenizer.decode(train_blocks[1])))
 md("""
 ## 3. Masking, shown on a real sentence
 
-`utils.mask_tokens` is BERT's recipe: each ordinary token is chosen with probability 15% (special tokens never
-are). A chosen token is replaced by `<mask>` 80% of the time, by a random token 10% of the time, and left as it
-is 10% of the time, so that the model cannot learn that only `<mask>` positions matter. The labels hold the
-original ids at the chosen positions and -100 (ignored by the loss) everywhere else.
+`utils.mask_tokens` is RoBERTa's recipe, drawn as the paper's own code (fairseq) draws it: a sequence with n
+ordinary tokens gets exactly int(0.15 n + U) of them chosen, U uniform in [0, 1), so 15% on average (special
+tokens never are). A chosen token is replaced by `<mask>` 80% of the time, by a random token 10% of the time, and
+left as it is 10% of the time, so that the model cannot learn that only `<mask>` positions matter. The labels
+hold the original ids at the chosen positions and -100 (ignored by the loss) everywhere else.
 """)
 
 code('''

@@ -98,6 +98,24 @@ def test_sparse_mlm_loss_and_gradients_match_transformers_dense(mlm_pair):
         torch.testing.assert_close(p.grad, theirs_params[name].grad, atol=TOL, rtol=0, msg=name)
 
 
+def test_static_head_loss_and_gradients_match_transformers_loaded_from_theirs(tmp_path):
+    """transformers -> ours, then the static head (and the fused QKV) against their dense head, gradient by name."""
+    torch.manual_seed(15)
+    theirs = transformers.RobertaForMaskedLM(transformers.RobertaConfig(**tiny_config().to_dict())).eval()
+    theirs.save_pretrained(tmp_path)
+    ours = RobertaForMaskedLM.from_pretrained(tmp_path).eval()
+    ids, mask = padded_batch(seed=15)
+    labels = random_labels(ids, mask, seed=16)
+    out = ours(ids, mask, labels=labels, max_predictions_per_seq=T)
+    ref = theirs(input_ids=ids, attention_mask=mask, labels=labels)
+    torch.testing.assert_close(out.loss, ref.loss, atol=TOL, rtol=0)
+    out.loss.backward()
+    ref.loss.backward()
+    theirs_params = dict(theirs.named_parameters())
+    for name, p in ours.named_parameters():
+        torch.testing.assert_close(p.grad, theirs_params[name].grad, atol=TOL, rtol=0, msg=name)
+
+
 def test_sparse_loss_equals_dense_loss_of_our_own_logits():
     torch.manual_seed(4)
     model = RobertaForMaskedLM(tiny_config()).eval()
@@ -315,3 +333,162 @@ def test_hub_ids_download_config_and_one_weight_file(tmp_path, monkeypatch):
     assert requests == [["config.json", "model.safetensors"], ["pytorch_model.bin"]]  # never both weight files
     ids, mask = padded_batch()
     torch.testing.assert_close(loaded(ids, mask).logits, original(ids, mask).logits, atol=0, rtol=0)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The static MLM head (max_predictions_per_seq): fixed shapes, one compiled graph, the dynamic path's numbers
+# ----------------------------------------------------------------------------------------------------------------
+
+K = 6  # max_predictions_per_seq for the tests: at least the most positions random_labels predicts in a row
+
+
+def test_static_head_gives_the_dynamic_loss_logits_and_gradients():
+    torch.manual_seed(14)
+    model = RobertaForMaskedLM(tiny_config())
+    ids, mask = padded_batch(seed=14)
+    labels = random_labels(ids, mask, seed=15)
+    counts = (labels != IGNORE_INDEX).sum(dim=1)
+    assert counts.max() <= K and counts.min() < K  # some rows have filler
+    dynamic, static = model(ids, mask, labels=labels), model(ids, mask, labels=labels, max_predictions_per_seq=K)
+    torch.testing.assert_close(static.loss, dynamic.loss, atol=TOL, rtol=0)
+    assert static.logits.shape == (B * K, V) and static.logits_labels.shape == (B * K,)
+    # Per sequence: its predicted positions in order, then filler rows labelled IGNORE_INDEX.
+    rows = static.logits_labels.view(B, K)
+    for b in range(B):
+        assert torch.equal(rows[b, : counts[b]], labels[b][labels[b] != IGNORE_INDEX])
+        assert (rows[b, counts[b]:] == IGNORE_INDEX).all()
+    real = static.logits_labels != IGNORE_INDEX
+    torch.testing.assert_close(static.logits[real], dynamic.logits, atol=TOL, rtol=0)
+    assert torch.equal(dynamic.logits_labels, labels[labels != IGNORE_INDEX])  # the same field on both paths
+    grads = {}
+    for name, out in (("dynamic", dynamic), ("static", static)):
+        model.zero_grad()
+        out.loss.backward()
+        grads[name] = {n: p.grad.clone() for n, p in model.named_parameters()}
+    for n in grads["dynamic"]:
+        torch.testing.assert_close(grads["static"][n], grads["dynamic"][n], atol=TOL, rtol=0, msg=n)
+
+
+def test_static_head_evaluation_sums_match_the_dense_computation():
+    """What train.py's evaluation reads from the outputs: loss sum, correct predictions and their count."""
+    torch.manual_seed(16)
+    model = RobertaForMaskedLM(tiny_config()).eval()
+    ids, mask = padded_batch(seed=16)
+    labels = random_labels(ids, mask, seed=17)
+    out = model(ids, mask, labels=labels, max_predictions_per_seq=K)
+    loss_sum = F.cross_entropy(out.logits.float(), out.logits_labels, reduction="sum")
+    correct = (out.logits.argmax(-1) == out.logits_labels).sum()
+    count = (out.logits_labels != IGNORE_INDEX).sum()
+    dense = model(ids, mask).logits  # (B, T, V)
+    chosen = labels != IGNORE_INDEX
+    torch.testing.assert_close(loss_sum, F.cross_entropy(dense[chosen], labels[chosen], reduction="sum"),
+                               atol=1e-4, rtol=0)
+    assert correct == (dense[chosen].argmax(-1) == labels[chosen]).sum() and count == chosen.sum()
+
+
+def test_static_head_with_nothing_predicted_gives_zero_not_nan():
+    model = RobertaForMaskedLM(tiny_config())
+    ids, mask = padded_batch()
+    out = model(ids, mask, labels=torch.full_like(ids, IGNORE_INDEX), max_predictions_per_seq=K)
+    assert out.loss.item() == 0.0
+    out.loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_static_head_refuses_to_drop_predictions():
+    """A row with more predicted positions than max_predictions_per_seq is an error, not a silent loss."""
+    model = RobertaForMaskedLM(tiny_config())
+    ids, mask = padded_batch()
+    labels = torch.where(mask.bool(), ids, IGNORE_INDEX)  # row 0 predicts all 13 positions
+    with pytest.raises(RuntimeError, match="more predicted positions than max_predictions_per_seq=6"):
+        model(ids, mask, labels=labels, max_predictions_per_seq=K)
+    # k at least T is always enough (and counts as T).
+    assert model(ids, mask, labels=labels, max_predictions_per_seq=T + 5).logits.shape == (B * T, V)
+
+
+def test_static_head_compiles_to_one_graph_that_masks_never_recompile(monkeypatch, tiny_tokenizer):
+    """The masks of utils.mask_tokens, a fresh draw at every step: one graph, no break, no recompile, and the
+    compiled loss and gradients are the eager dynamic path's."""
+    from utils import mask_tokens, max_predictions_per_seq
+
+    torch._dynamo.reset()
+    torch.manual_seed(18)
+    config = tiny_config(vocab_size=len(tiny_tokenizer))
+    model = RobertaForMaskedLM(config)
+    graphs = []
+
+    def counting_backend(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return graph_module.forward
+
+    compiled = torch.compile(model, backend=counting_backend, fullgraph=True)
+    generator = torch.Generator().manual_seed(19)
+    blocks = torch.randint(5, len(tiny_tokenizer), (B, T), generator=generator)
+    blocks[:, 0], blocks[:, -1], blocks[1, 6] = 0, 2, 2  # <s> ... </s>, a document boundary inside row 1
+    k = max_predictions_per_seq(T, 0.15)
+
+    def loss_and_grads(module, inputs, labels, **kwargs):
+        model.zero_grad()
+        loss = module(inputs, labels=labels, **kwargs).loss
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+    for step in range(5):
+        inputs, labels = mask_tokens(blocks, tiny_tokenizer, 0.15, generator)
+        loss, grads = loss_and_grads(compiled, inputs, labels, max_predictions_per_seq=k)
+        expected_loss, expected_grads = loss_and_grads(model, inputs, labels)
+        torch.testing.assert_close(loss, expected_loss, atol=TOL, rtol=0)
+        for got, want in zip(grads, expected_grads, strict=True):
+            torch.testing.assert_close(got, want, atol=TOL, rtol=0)
+        if step == 0:
+            monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+    assert len(graphs) == 1  # one forward graph for every step (fullgraph: no break)
+
+
+def test_fused_qkv_equals_the_three_projections():
+    torch.manual_seed(20)
+    model = RobertaForMaskedLM(tiny_config())
+    ids, mask = padded_batch(seed=20)
+    labels = random_labels(ids, mask, seed=21)
+    results = []
+    for fused in (True, False):
+        for module in model.modules():
+            if hasattr(module, "fused_qkv"):
+                module.fused_qkv = fused
+        model.zero_grad()
+        loss = model(ids, mask, labels=labels).loss
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    torch.testing.assert_close(results[0][0], results[1][0], atol=TOL, rtol=0)
+    for fused, separate in zip(results[0][1], results[1][1], strict=True):
+        torch.testing.assert_close(fused, separate, atol=TOL, rtol=0)
+    # The parameters are still the three Linears, with transformers' names.
+    names = {name for name, _ in model.named_parameters()}
+    assert {f"roberta.encoder.layer.0.attention.self.{p}.{w}" for p in ("query", "key", "value")
+            for w in ("weight", "bias")} <= names
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Outputs
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_outputs_read_declared_fields_and_reject_others():
+    model = RobertaForMaskedLM(tiny_config()).eval()
+    ids, mask = padded_batch()
+    out = model(ids, mask)
+    assert out.loss is None and "loss" not in out and list(out) == ["logits"]  # the Trainer sees only tensors
+    with pytest.raises(AttributeError, match="'lose'"):
+        out.lose  # noqa: B018
+    with_labels = model(ids, mask, labels=random_labels(ids, mask))
+    assert with_labels["loss"] is with_labels.loss and set(with_labels) == {"loss", "logits", "logits_labels"}
+    # accelerate rebuilds outputs as type(out)(mapping) (e.g. casting them to float32 under mixed precision).
+    rebuilt = type(with_labels)({k: v for k, v in with_labels.items()})
+    assert type(rebuilt) is type(with_labels) and rebuilt.loss is with_labels.loss
+    with pytest.raises(TypeError, match="no field lose"):
+        type(out)(lose=1.0)
+    qa = RobertaForQuestionAnswering(tiny_config()).eval()(ids, mask)
+    assert qa.loss is None and qa.start_logits.shape == (B, T)
+    with pytest.raises(AttributeError):
+        qa.logits  # noqa: B018
+    assert not hasattr(qa, "end_logit")
