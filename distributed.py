@@ -31,8 +31,12 @@ def prepare_model_and_optimizer(accelerator, raw_model, make_optimizer, max_grad
                           "parameters)")
         accelerator.state.fsdp_plugin.use_orig_params = True
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
-        configure_deepspeed(accelerator.state.deepspeed_plugin.deepspeed_config, max_grad_norm, per_process_batch,
-                            compile)
+        config = accelerator.state.deepspeed_plugin.deepspeed_config
+        configure_deepspeed(config, max_grad_norm, per_process_batch, compile)
+        if config.get("zero_optimization", {}).get("stage") == 3:  # ZeRO-3 gathers the weights of a module only
+            for module in raw_model.modules():  # when it is called: concatenating q, k, v by hand would skip that
+                if hasattr(module, "fused_qkv"):
+                    module.fused_qkv = False
     return accelerator.prepare(raw_model, make_optimizer(raw_model))
 
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -127,11 +128,13 @@ def _a_divisor(n: int) -> int:
     return next((h for h in (12, 8, 16, 4, 2) if n % h == 0), 1)
 
 
-class ModelOutput(dict):
+class ModelOutput(OrderedDict):
     """A model's outputs: a dict with attribute access (`out.loss`), holding only the fields that were computed.
 
     A dict, so that transformers' Trainer reads it as it reads its own outputs (`outputs["loss"]`, and every
-    other value as a prediction), and built like one (accelerate rebuilds outputs as `type(out)(mapping)`).
+    other value as a prediction), and built like one (accelerate rebuilds outputs as `type(out)(mapping)`). An
+    OrderedDict, as transformers' outputs are, because FSDP1 rebuilds a plain dict subclass as a bare dict (losing
+    `out.loss`) but an OrderedDict as `type(out)()` filled key by key.
     As in transformers, each output type declares its fields: a declared field that was not computed reads as
     None (`out.loss` without labels) and is not in the dict, while any other name raises AttributeError, so that
     a misspelling (`out.lose`) fails where it is made. A plain `ModelOutput` declares the fields it is built with.

@@ -65,6 +65,7 @@ from utils import (
     UsageError,
     library_versions,
     matmul_flops_per_second,
+    max_predictions_per_seq,
     open_store,
     plot_training_curves,
     run_cli,
@@ -218,6 +219,8 @@ def checked_plan(args: argparse.Namespace, run_dir: Path, locks: list[FolderLock
         raise UsageError(f"the train split has {len(data['train'])} blocks, fewer than one global batch of "
                          f"{args.per_gpu_batch_size * world_size} (--per_gpu_batch_size x {world_size} processes)")
     fingerprint = record.get("splits", {}).get("train", {}).get("content_hash")
+    if args.log_wandb:
+        use_wandb_offline_without_login()
     resume = ckpt.resolve_resume(args.resume_from_checkpoint, run_dir / "checkpoints")
     changes = ckpt.check_resume(resume, vars(args), config.to_dict(), fingerprint) if resume else []
     locks += [] if locks else lock(run_dir, f"the run folder {run_dir}")
@@ -225,6 +228,18 @@ def checked_plan(args: argparse.Namespace, run_dir: Path, locks: list[FolderLock
         locks += lock(Path(args.path_to_prepped_data), f"--path_to_prepped_data {args.path_to_prepped_data}",
                       shared=True)
     return Plan(run_dir, data, fingerprint, tokenizer, config, resume, changes, locks)
+
+
+def use_wandb_offline_without_login() -> None:
+    """--log_wandb without a W&B login logs offline into the run folder (and says so), instead of a login prompt."""
+    try:
+        import wandb
+    except ImportError:
+        raise UsageError("--log_wandb needs the wandb package: pip install wandb") from None
+    if "WANDB_MODE" not in os.environ and not wandb.login(prompt=False):
+        os.environ["WANDB_MODE"] = "offline"
+        if int(os.environ.get("RANK", "0")) == 0:
+            print("wandb: not logged in, so logging offline into the run folder (upload later with `wandb sync`)")
 
 
 def lock(folder: Path, flag: str, shared: bool = False) -> list[FolderLock]:
@@ -314,7 +329,7 @@ def lr_schedule(args: argparse.Namespace):
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, batches: list, accelerator) -> dict:
+def evaluate(model: torch.nn.Module, batches: list, accelerator, predictions_per_row: int) -> dict:
     """Loss and accuracy over every predicted token of the evaluation set, summed over processes."""
     from model import IGNORE_INDEX
 
@@ -323,11 +338,11 @@ def evaluate(model: torch.nn.Module, batches: list, accelerator) -> dict:
     for inputs, labels in batches:
         inputs = inputs.to(accelerator.device, non_blocking=True).long()
         labels = labels.to(accelerator.device, non_blocking=True).long()
-        logits = model(inputs, attention_mask=None, labels=labels).logits.float()  # (N, V): predicted rows only
-        targets = labels[labels != IGNORE_INDEX]
-        totals += torch.stack([F.cross_entropy(logits, targets, reduction="sum").double(),
+        out = model(inputs, attention_mask=None, labels=labels, max_predictions_per_seq=predictions_per_row)
+        logits, targets = out.logits.float(), out.logits_labels  # (B*k, V), (B*k,): filler rows labelled -100
+        totals += torch.stack([F.cross_entropy(logits, targets, reduction="sum", ignore_index=IGNORE_INDEX).double(),
                                (logits.argmax(-1) == targets).sum().double(),
-                               torch.tensor(targets.numel(), dtype=torch.float64, device=totals.device)])
+                               (targets != IGNORE_INDEX).sum().double()])
     model.train()
     loss_sum, correct, count = accelerator.reduce(totals, reduction="sum").tolist()
     loss = loss_sum / max(count, 1)
@@ -348,11 +363,14 @@ def train(args, accelerator, model, optimizer, plan: Plan, state: TrainState, ru
     test_batches = eval_batches(plan.data["test"], plan.tokenizer, args.per_gpu_batch_size, args.masking_probability,
                                 args.seed, accelerator.num_processes, accelerator.process_index, args.max_eval_batches)
     mask_generator, stop = torch.Generator(device=accelerator.device), StopSignal(accelerator)
+    # Every row predicts at most k positions (fairseq's count), so the MLM head runs on exactly B*k gathered rows:
+    # static shapes, one compiled graph, no host synchronisation in the step.
+    k = max_predictions_per_seq(args.context_length, args.masking_probability)
     window_loss = torch.tensor(state.window_loss_of(accelerator.process_index, accelerator.num_processes),
                                device=accelerator.device)  # the loss summed since the last log line
     since_checkpoint = torch.zeros((), device=accelerator.device)  # and since the last checkpoint
     if state.step == 0:
-        run.log_eval(0, evaluate(model, test_batches, accelerator))
+        run.log_eval(0, evaluate(model, test_batches, accelerator, k))
     while state.step < args.num_training_steps:
         # One update: the gradients of --gradient_accumulation_steps micro-batches, each masked afresh.
         lr = learning_rate(state.step)
@@ -364,9 +382,7 @@ def train(args, accelerator, model, optimizer, plan: Plan, state: TrainState, ru
             inputs, labels = masked(input_ids, plan.tokenizer, args.masking_probability, mask_generator, args.seed,
                                     accelerator.process_index, state.step * args.gradient_accumulation_steps + micro)
             with accelerator.accumulate(model):  # no gradient all-reduce until the last micro-step
-                loss = model(inputs, attention_mask=None, labels=labels).loss
-                # A batch with nothing to predict (possible only for tiny batches) has a NaN mean: count it as 0.
-                loss = torch.where((labels != -100).any(), loss, torch.zeros_like(loss))
+                loss = model(inputs, attention_mask=None, labels=labels, max_predictions_per_seq=k).loss
                 accelerator.backward(loss)  # divides by the accumulation steps
             loss_sum += loss.detach()
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm or float("inf"))
@@ -383,7 +399,7 @@ def train(args, accelerator, model, optimizer, plan: Plan, state: TrainState, ru
             run.log_training(state, window_loss, grad_norm, lr)
             window_loss.zero_()
         if state.step % args.evaluation_interval == 0 or last:
-            run.log_eval(state.step, evaluate(model, test_batches, accelerator))
+            run.log_eval(state.step, evaluate(model, test_batches, accelerator, k))
         stopping = stop.requested(state.step)
         if state.step % args.checkpoint_interval == 0 or last or stopping:
             run.save_checkpoint(state, window_loss, since_checkpoint)

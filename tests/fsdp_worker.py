@@ -93,7 +93,7 @@ def main() -> None:
     losses = []
     for _ in range(12):
         inputs, labels = mask_tokens(ids, tokenizer, 0.3, generator)
-        loss = model(inputs, labels=labels)["loss"]
+        loss = model(inputs, labels=labels).loss  # FSDP1 rebuilds the output: the field must survive
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
