@@ -70,6 +70,7 @@ from utils import (
     plot_training_curves,
     run_cli,
     store_tokenizer,
+    wandb_offline_unless_logged_in,
 )
 
 EXAMPLES = """examples:
@@ -220,7 +221,7 @@ def checked_plan(args: argparse.Namespace, run_dir: Path, locks: list[FolderLock
                          f"{args.per_gpu_batch_size * world_size} (--per_gpu_batch_size x {world_size} processes)")
     fingerprint = record.get("splits", {}).get("train", {}).get("content_hash")
     if args.log_wandb:
-        use_wandb_offline_without_login()
+        wandb_offline_unless_logged_in(announce=int(os.environ.get("RANK", "0")) == 0)
     resume = ckpt.resolve_resume(args.resume_from_checkpoint, run_dir / "checkpoints")
     changes = ckpt.check_resume(resume, vars(args), config.to_dict(), fingerprint) if resume else []
     locks += [] if locks else lock(run_dir, f"the run folder {run_dir}")
@@ -228,18 +229,6 @@ def checked_plan(args: argparse.Namespace, run_dir: Path, locks: list[FolderLock
         locks += lock(Path(args.path_to_prepped_data), f"--path_to_prepped_data {args.path_to_prepped_data}",
                       shared=True)
     return Plan(run_dir, data, fingerprint, tokenizer, config, resume, changes, locks)
-
-
-def use_wandb_offline_without_login() -> None:
-    """--log_wandb without a W&B login logs offline into the run folder (and says so), instead of a login prompt."""
-    try:
-        import wandb
-    except ImportError:
-        raise UsageError("--log_wandb needs the wandb package: pip install wandb") from None
-    if "WANDB_MODE" not in os.environ and not wandb.login(prompt=False):
-        os.environ["WANDB_MODE"] = "offline"
-        if int(os.environ.get("RANK", "0")) == 0:
-            print("wandb: not logged in, so logging offline into the run folder (upload later with `wandb sync`)")
 
 
 def lock(folder: Path, flag: str, shared: bool = False) -> list[FolderLock]:
@@ -470,11 +459,11 @@ class RunFolder:
     """What train.py writes to the run folder. Every process calls these methods (gathering weights or reducing a
     loss needs them all); the main process alone writes and prints."""
 
-    def __init__(self, args, accelerator, plan: Plan, wrapped_model, raw_model):
+    def __init__(self, args, accelerator, plan: Plan, wrapped, raw_model):
         from model import flops_per_token
 
-        self.args, self.accelerator, self.plan, self.wrapped, self.raw_model = args, accelerator, plan, wrapped_model, \
-            raw_model
+        self.args, self.accelerator, self.plan, self.wrapped, self.raw_model = args, accelerator, plan, wrapped, \
+            raw_model  # the prepared (uncompiled) model to gather weights from; our RobertaForMaskedLM
         self.path, self.main = plan.run_dir, accelerator.is_main_process
         self.metrics, self.checkpoints = plan.run_dir / "metrics.jsonl", plan.run_dir / "checkpoints"
         self.tokens_per_update = (args.per_gpu_batch_size * accelerator.num_processes *
@@ -485,7 +474,6 @@ class RunFolder:
             dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision, torch.float32)
             self.peak_flops = matmul_flops_per_second(accelerator.device, dtype)
         self.timer_start, self.updates_timed, self.last_checkpoint_step = time.perf_counter(), 0, 0
-        self.last_finite_step = 0  # the latest update whose logged loss was finite
 
     def start(self, state: TrainState) -> None:
         """Clear an --overwrite'n run and a crash's leftovers, record the plan, start the trackers."""
@@ -506,7 +494,7 @@ class RunFolder:
         self.accelerator.init_trackers(self.args.wandb_project, config=vars(self.args), init_kwargs={
             "wandb": {"name": self.args.experiment_name, "dir": str(self.path)}})
         self.last_checkpoint_step, self.timer_start, self.updates_timed = state.step, time.perf_counter(), 0
-        self.last_finite_step = state.step
+        self.last_finite_step = state.step  # the latest update whose logged loss was finite
 
     def record_plan(self, state: TrainState) -> None:
         """Print the numbers a user checks before leaving a run going, and record them in args.json."""

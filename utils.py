@@ -216,6 +216,20 @@ def store_tokenizer(path: str | os.PathLike, record: dict, fallback: str | None 
     return tokenizer
 
 
+def wandb_offline_unless_logged_in(announce: bool = True) -> None:
+    """Weights & Biases without a login logs offline (and says so) instead of stopping at a login prompt or failing
+    at the first upload; WANDB_MODE set by the user is left alone. Raises UsageError when wandb is not installed."""
+    try:
+        import wandb
+    except ImportError:
+        raise UsageError("logging to Weights & Biases needs the wandb package: pip install wandb") from None
+    if "WANDB_MODE" not in os.environ and not wandb.login(prompt=False):
+        os.environ["WANDB_MODE"] = "offline"
+        if announce:
+            print("wandb: not logged in, so logging offline into the run folder (upload later with `wandb sync`)",
+                  flush=True)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Training curves and the GPU's matrix rate (train.py, benchmarks)
 # ----------------------------------------------------------------------------------------------------------------
