@@ -1,4 +1,5 @@
-"""How train.py prepares its model and optimizer for the parallelism `accelerate config` chose.
+"""What changes with the parallelism `accelerate config` chose: how train.py prepares its model and optimizer for
+it, and how its processes agree to stop on a signal.
 
     DDP (one or many GPUs, or CPU processes over gloo)  the model and its optimizer through accelerator.prepare
     FSDP1   the same, with use_orig_params forced on: without it FSDP1 replaces the parameters by flat shards
@@ -15,9 +16,13 @@ module's `_orig_mod.` keys never reach a checkpoint. What cannot work is refused
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 
 from utils import UsageError
+
+STOP_CHECK_STEPS = 10  # several processes agree on a stop request every this many updates (one tiny all-reduce)
 
 
 def prepare_model_and_optimizer(accelerator, raw_model, make_optimizer, max_grad_norm: float, per_process_batch: int,
@@ -75,3 +80,49 @@ def describe(accelerator) -> str:
             accelerator.print(f"WARNING: {wanted} was asked for but is NOT in effect (accelerate chose {kind}); on a "
                               "CPU accelerate runs FSDP as plain DDP")
     return names.get(kind, kind)
+
+
+class StopSignal:
+    """SIGTERM, SIGINT (Ctrl-C) and SIGHUP ask for a checkpoint and a clean exit after the current update.
+
+    One process reads its own flag every update; several agree every STOP_CHECK_STEPS updates through accelerate's
+    trigger (one tiny all-reduce), so that all stop at the same update. A second Ctrl-C stops at once. Started by a
+    launcher (accelerate launch, torchrun), the launcher's death is a SIGTERM too (Linux), so that a killed launcher
+    never leaves behind an orphaned run that will stop without a checkpoint."""
+
+    def __init__(self, accelerator):
+        self.accelerator, self.name = accelerator, None
+        handled = [signal.SIGTERM, signal.SIGINT]
+        if signal.getsignal(signal.SIGHUP) is signal.SIG_DFL:  # under nohup SIGHUP stays ignored
+            handled.append(signal.SIGHUP)
+        for signum in handled:
+            signal.signal(signum, self._on_signal)
+        if any(name in os.environ for name in ("TORCHELASTIC_RUN_ID", "ACCELERATE_MIXED_PRECISION")):
+            with contextlib.suppress(OSError, AttributeError):  # PR_SET_PDEATHSIG (1) is Linux's
+                import ctypes
+
+                ctypes.CDLL("libc.so.6").prctl(1, int(signal.SIGTERM))
+
+    def _on_signal(self, signum, frame) -> None:
+        if self.name == "SIGINT" and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # the second Ctrl-C
+        self.name = self.name or signal.Signals(signum).name
+
+    def requested(self, step: int) -> bool:
+        testing_hook(step)
+        if self.accelerator.num_processes == 1:
+            return self.name is not None
+        if step % STOP_CHECK_STEPS:
+            return False
+        if self.name is not None:
+            self.accelerator.set_trigger()
+        stopping = self.accelerator.check_trigger()
+        self.name = self.name or ("a signal to another process" if stopping else None)
+        return stopping
+
+
+def testing_hook(step: int) -> None:
+    """TRAIN_TEST_SIGNAL_AT_STEP="N:KILL|TERM|INT": this process signals itself after update N (tests only)."""
+    spec = os.environ.get("TRAIN_TEST_SIGNAL_AT_STEP")
+    if spec and int(spec.split(":")[0]) == step:
+        os.kill(os.getpid(), getattr(signal, "SIG" + spec.split(":")[1]))

@@ -45,7 +45,6 @@ import contextlib
 import json
 import math
 import os
-import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -57,7 +56,7 @@ import torch.nn.functional as F
 import checkpoints as ckpt
 from batches import eval_batches, masked, train_batches
 from checkpoints import CheckpointError, TrainState
-from distributed import describe, is_sharded, prepare_model_and_optimizer
+from distributed import StopSignal, describe, is_sharded, prepare_model_and_optimizer
 from folders import PRETRAINING_RUN, FolderLock, check_output_folder, remove_own_outputs, write_json
 from utils import (
     ArgumentParser,
@@ -82,7 +81,6 @@ EXAMPLES = """examples:
   accelerate launch --multi_gpu --num_processes 8 --mixed_precision bf16 train.py ... --compile"""
 SCHEDULERS = ["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
               "inverse_sqrt"]
-STOP_CHECK_STEPS = 10  # several processes agree on a stop request every this many updates (one tiny all-reduce)
 CONFIG_FLAGS = {"hidden_size": "--embedding_dimension", "num_hidden_layers": "--num_transformer_blocks",
                 "intermediate_size": "--mlp_ratio x --embedding_dimension", "hidden_dropout_prob": "--hidden_dropout_p",
                 "attention_probs_dropout_prob": "--attention_dropout_p", "layer_norm_eps": "--layer_norm_eps",
@@ -398,52 +396,6 @@ def train(args, accelerator, model, optimizer, plan: Plan, state: TrainState, ru
                               "--resume_from_checkpoint latest")
             return False
     return True
-
-
-class StopSignal:
-    """SIGTERM, SIGINT (Ctrl-C) and SIGHUP ask for a checkpoint and a clean exit after the current update.
-
-    One process reads its own flag every update; several agree every STOP_CHECK_STEPS updates through accelerate's
-    trigger (one tiny all-reduce), so that all stop at the same update. A second Ctrl-C stops at once. Started by a
-    launcher (accelerate launch, torchrun), the launcher's death is a SIGTERM too (Linux), so that a killed launcher
-    never leaves behind an orphaned run that will stop without a checkpoint."""
-
-    def __init__(self, accelerator):
-        self.accelerator, self.name = accelerator, None
-        handled = [signal.SIGTERM, signal.SIGINT]
-        if signal.getsignal(signal.SIGHUP) is signal.SIG_DFL:  # under nohup SIGHUP stays ignored
-            handled.append(signal.SIGHUP)
-        for signum in handled:
-            signal.signal(signum, self._on_signal)
-        if any(name in os.environ for name in ("TORCHELASTIC_RUN_ID", "ACCELERATE_MIXED_PRECISION")):
-            with contextlib.suppress(OSError, AttributeError):  # PR_SET_PDEATHSIG (1) is Linux's
-                import ctypes
-
-                ctypes.CDLL("libc.so.6").prctl(1, int(signal.SIGTERM))
-
-    def _on_signal(self, signum, frame) -> None:
-        if self.name == "SIGINT" and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # the second Ctrl-C
-        self.name = self.name or signal.Signals(signum).name
-
-    def requested(self, step: int) -> bool:
-        testing_hook(step)
-        if self.accelerator.num_processes == 1:
-            return self.name is not None
-        if step % STOP_CHECK_STEPS:
-            return False
-        if self.name is not None:
-            self.accelerator.set_trigger()
-        stopping = self.accelerator.check_trigger()
-        self.name = self.name or ("a signal to another process" if stopping else None)
-        return stopping
-
-
-def testing_hook(step: int) -> None:
-    """TRAIN_TEST_SIGNAL_AT_STEP="N:KILL|TERM|INT": this process signals itself after update N (tests only)."""
-    spec = os.environ.get("TRAIN_TEST_SIGNAL_AT_STEP")
-    if spec and int(spec.split(":")[0]) == step:
-        os.kill(os.getpid(), getattr(signal, "SIG" + spec.split(":")[1]))
 
 
 class NonFiniteLoss(Exception):

@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 
 import batches
 import checkpoints as ckpt
+import distributed
 import prepare_data
 import train
 from utils import UsageError
@@ -537,7 +538,7 @@ def test_sigterm_to_the_launcher_stops_every_worker_with_a_checkpoint(store, tmp
     output, _ = launcher.communicate(timeout=120)
     checkpoint = ckpt.find_intact_checkpoint(tmp_path / "launched" / "checkpoints")
     assert checkpoint is not None, output[-3000:]
-    assert int(checkpoint.name.split("_")[1]) % train.STOP_CHECK_STEPS == 0  # both agreed on one update
+    assert int(checkpoint.name.split("_")[1]) % distributed.STOP_CHECK_STEPS == 0  # both agreed on one update
     assert f"SIGTERM: saved a checkpoint at step {checkpoint.name.split('_')[1]}" in output
     # The launcher reports its own signal (a SignalException traceback); no worker failed or was killed.
     assert "ChildFailedError" not in output and "Root Cause" not in output, output[-3000:]
