@@ -97,13 +97,6 @@ def train_batches(split, batch_size: int, seed: int, accelerator, epoch: int, sa
         epoch, start = epoch + 1, 0
 
 
-def masked(input_ids: torch.Tensor, tokenizer, mlm_probability: float, generator: torch.Generator, seed: int,
-           process_index: int, micro_step: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(inputs, labels) of one micro-batch, with masks seeded by (seed, process, micro-step): no saved RNG state."""
-    generator.manual_seed(derived_seed(seed, MASK, process_index, micro_step))
-    return mask_tokens(input_ids, tokenizer, mlm_probability, generator)
-
-
 def eval_batches(split, tokenizer, batch_size: int, mlm_probability: float, seed: int, num_processes: int,
                  process_index: int, max_batches: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """This process's evaluation batches (inputs, labels) as int32, masked once with a fixed seed.

@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 
 import checkpoints as ckpt
-from batches import eval_batches, masked, train_batches
+from batches import MASK, derived_seed, eval_batches, train_batches
 from checkpoints import CheckpointError, TrainState
 from distributed import StopSignal, describe, is_sharded, prepare_model_and_optimizer
 from folders import PRETRAINING_RUN, FolderLock, check_output_folder, remove_own_outputs, write_json
@@ -63,6 +63,7 @@ from utils import (
     HelpFormatter,
     UsageError,
     library_versions,
+    mask_tokens,
     matmul_flops_per_second,
     max_predictions_per_seq,
     open_store,
@@ -366,8 +367,10 @@ def train(args, accelerator, model, optimizer, plan: Plan, state: TrainState, ru
         loss_sum = torch.zeros((), device=accelerator.device)
         for micro in range(args.gradient_accumulation_steps):
             state.epoch, state.samples_in_epoch, input_ids = next(batches)
-            inputs, labels = masked(input_ids, plan.tokenizer, args.masking_probability, mask_generator, args.seed,
-                                    accelerator.process_index, state.step * args.gradient_accumulation_steps + micro)
+            # A seed per (process, micro-step): the masks need no saved RNG state to be the same on resume.
+            micro_step = state.step * args.gradient_accumulation_steps + micro
+            mask_generator.manual_seed(derived_seed(args.seed, MASK, accelerator.process_index, micro_step))
+            inputs, labels = mask_tokens(input_ids, plan.tokenizer, args.masking_probability, mask_generator)
             with accelerator.accumulate(model):  # no gradient all-reduce until the last micro-step
                 loss = model(inputs, attention_mask=None, labels=labels, max_predictions_per_seq=k).loss
                 accelerator.backward(loss)  # divides by the accumulation steps
