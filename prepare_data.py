@@ -97,6 +97,7 @@ from utils import (
     STORE_SPLITS,
     STORE_TOKENIZER_DIR,
     ArgumentParser,
+    HelpFormatter,
     UsageError,
     library_versions,
     load_tokenizer,
@@ -117,8 +118,8 @@ UTF8_CHECK_BYTES = 1 << 20  # validation decodes the head of each text file; the
 TEXT_COLUMN = "text"  # the one column of a documents dataset, whatever the source called it
 SLOW_TOKENIZING_ENV = "PREPARE_DATA_TEST_SECONDS_PER_BATCH"  # tests only: each tokenising task sleeps this long
 
-# Disk estimate, from `python benchmarks/prepare_throughput.py --measure_disk --text_files ../shared/data/text/*.txt`
-# (WikiText-2 valid + test and Tiny Shakespeare, 3.5 MB of text; 2026-11-27): a parquet file (snappy, as the Hub's)
+# Disk estimate, from `python benchmarks/prepare_throughput.py --measure_disk --text_files ...` on WikiText-2's
+# validation and test text and Tiny Shakespeare (3.5 MB of text; 2026-11-27): a parquet file (snappy, as the Hub's)
 # is 0.571 of the text's UTF-8 bytes, datasets' Arrow cache 1.012; a byte-level BPE trained on that text gives
 # 0.266 tokens per byte at 8,000 and 0.234 at 27,134 (what 32,000 reached). roberta-base's 50,265 gives fewer
 # tokens per byte on English than either, so the estimate errs high. The store is 2.009 bytes a token at 512
@@ -146,18 +147,6 @@ EPILOG = """the commands people run:
   python prepare_data.py --dataset wikipedia_bookcorpus --hf_model_name FacebookAI/roberta-base \\
       --context_length 512 --path_to_data_store data/wiki_books_512
 """
-
-
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """The description as written (paragraphs and examples), and every flag's default (or "required")."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if action.required:
-            return f"{text} (required)"
-        if "(default" in text or action.default is argparse.SUPPRESS or not action.option_strings:
-            return text
-        return f"{text} (default: %(default)s)"
 
 
 def group_rows_value(value: str) -> str:

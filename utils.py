@@ -50,8 +50,17 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see --help)")
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """--help keeps the description's layout (examples, tables) and shows every flag's default."""
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """--help as the three scripts show it: the description as written (paragraphs, examples), and every flag's
+    default (or "required")."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.required:
+            return f"{text} (required)"
+        if "(default" in text or action.default is argparse.SUPPRESS or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 def library_versions() -> dict[str, str]:

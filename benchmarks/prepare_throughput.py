@@ -11,8 +11,8 @@ pack, save the store and the tokenizer), in this process, so that interpreter st
 Both use the same tokenizer (a byte-level BPE trained here on the text first, not timed). Each is run --repeat
 times, alternating, after one untimed pipeline run (imports). Where other programs share the CPU, wall times are
 noisy: the report gives the fastest and the median runs, and the CPU time each used (process, threads and worker
-processes), which contention disturbs much less. The goal of issue 3: the pipeline costs less than 20% more than
-tokenising alone.
+processes), which contention disturbs much less. The aim: the pipeline costs less than 20% more than tokenising
+alone.
 
 --measure_disk measures, on the same text, the ratios prepare_data.py's disk pre-flight uses: the bytes of a
 parquet file (snappy, as the Hub's) and of datasets' Arrow cache per byte of UTF-8 text, tokens per byte for
