@@ -576,16 +576,21 @@ def answer_questions(model, tokenizer, questions: Sequence[str], contexts: Seque
     input_ids, attention_mask = torch.tensor(features["input_ids"]), torch.tensor(features["attention_mask"])
     device = next(model.parameters()).device
     logits = np.full((2, *input_ids.shape), -1e9, dtype=np.float32)  # positions cut off below never win
+    # Windows of similar length share a batch, cut to their longest: the padding a short window would carry in a
+    # batch of full windows costs as much as real tokens. (Right padding only; else every window keeps its width.)
+    lengths = attention_mask.sum(dim=1)
+    order = torch.argsort(lengths, descending=True, stable=True)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            for begin in range(0, len(input_ids), batch_size):
-                ids, mask = input_ids[begin : begin + batch_size], attention_mask[begin : begin + batch_size]
-                width = int(mask.sum(dim=1).max()) if tokenizer.padding_side == "right" else ids.size(1)
-                output = model(input_ids=ids[:, :width].to(device), attention_mask=mask[:, :width].to(device))
+            for begin in range(0, len(order), batch_size):
+                rows = order[begin : begin + batch_size]
+                width = int(lengths[rows].max()) if tokenizer.padding_side == "right" else input_ids.size(1)
+                output = model(input_ids=input_ids[rows, :width].to(device),
+                               attention_mask=attention_mask[rows, :width].to(device))
                 for k, name in enumerate(("start_logits", "end_logits")):
-                    logits[k, begin : begin + len(ids), :width] = output[name].float().cpu().numpy()
+                    logits[k, rows.numpy(), :width] = output[name].float().cpu().numpy()
     finally:
         model.train(was_training)
     answers = best_answers(examples, features, (logits[0], logits[1]), n_best_size, max_answer_length,

@@ -602,10 +602,15 @@ def test_answer_questions_finds_exact_spans_across_windows(tiny_tokenizer):
     assert all(batch <= 4 for batch, _ in model.calls)
     # with the null answer allowed, a question whose phrase is nowhere gets "" (every window votes for <s>)
     model = PhraseFinder({})
-    [nothing] = utils.answer_questions(model, tiny_tokenizer, questions[3:], [context], max_seq_length=MAX_LENGTH,
-                                       doc_stride=STRIDE, allow_no_answer=True)
+    short = "The king."
+    nothing, short_nothing = utils.answer_questions(model, tiny_tokenizer, questions[3:] * 2, [context, short],
+                                                    max_seq_length=MAX_LENGTH, doc_stride=STRIDE, allow_no_answer=True,
+                                                    batch_size=2)
     assert nothing["answer"] == "" and nothing["start"] == nothing["end"] == 0 and nothing["score"] == 16.0
-    assert nothing["no_answer_probability"] > 0.99
+    assert nothing["no_answer_probability"] > 0.99 and short_nothing["answer"] == ""
+    widths = [width for _, width in model.calls]  # windows of similar length share a batch, cut to their longest
+    assert widths == sorted(widths, reverse=True) and widths[0] == MAX_LENGTH
+    assert model.calls[-1] == (1, len(tiny_tokenizer("What is unknown?", short)["input_ids"]))  # the short one alone
     assert utils.answer_questions(model, tiny_tokenizer, [], []) == []
     with pytest.raises(ValueError, match="2 questions but 1 contexts"):
         utils.answer_questions(model, tiny_tokenizer, ["a", "b"], ["c"])
