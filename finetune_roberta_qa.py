@@ -281,24 +281,22 @@ def check_run_folder(args: argparse.Namespace) -> Path:
 
 
 def _wandb_logged_in() -> bool:
-    """Whether wandb has credentials: WANDB_API_KEY, an identity token, `wandb login`'s .netrc entry or settings."""
+    """Whether wandb will find credentials: WANDB_API_KEY, an identity token file, or the .netrc entry that `wandb
+    login` writes (for WANDB_BASE_URL's host, else a W&B host). Read without importing wandb: wandb caches its
+    settings at first use, so asking wandb itself would fix its mode before WANDB_MODE=offline could be set."""
+    import netrc
+    from urllib.parse import urlsplit
+
     if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
         return True
-    try:  # wandb 0.2x/0.3x internals; where they moved, fall back to the .netrc entry `wandb login` writes
-        from wandb.sdk import wandb_setup
-        from wandb.sdk.lib.wbauth import authenticate
-
-        host = wandb_setup.singleton().settings.base_url
-        return authenticate.authenticate_session(host=host, source="finetune_roberta_qa.py", prompt=False,
-                                                 update_session=False) is not None
-    except Exception:
-        import netrc
-
-        try:
-            hosts = netrc.netrc(os.environ.get("NETRC")).hosts
-        except (OSError, netrc.NetrcParseError):
-            return False
-        return any("wandb" in host for host in hosts)
+    path = Path(os.environ.get("NETRC") or "~/.netrc").expanduser()
+    try:
+        hosts = netrc.netrc(str(path)).hosts
+    except (OSError, netrc.NetrcParseError):
+        return False
+    if os.environ.get("WANDB_BASE_URL"):
+        return urlsplit(os.environ["WANDB_BASE_URL"]).netloc in hosts
+    return any("wandb" in host or "coreweave" in host for host in hosts)
 
 
 def check_report_to(args: argparse.Namespace) -> list[str]:
@@ -315,12 +313,12 @@ def check_report_to(args: argparse.Namespace) -> list[str]:
     if "wandb" in names and not has_wandb:
         raise UsageError("--report_to wandb needs the wandb package: pip install wandb")
     notes = []
-    if ("wandb" in names or "all" in names and has_wandb) and \
-            os.environ.get("WANDB_MODE", "").lower() not in ("offline", "disabled", "dryrun") and \
+    if ("wandb" in names or "all" in names and has_wandb) and not os.environ.get("WANDB_MODE") and \
             not _wandb_logged_in():
         os.environ["WANDB_MODE"] = "offline"
         notes.append("note: --report_to wandb: no Weights & Biases login (WANDB_API_KEY or `wandb login`), so wandb "
-                     "logs offline into the run folder's wandb/; upload it later with `wandb sync`")
+                     "logs offline into the run folder's wandb/ (upload it later with `wandb sync`; WANDB_MODE=online "
+                     "insists on online)")
     return notes
 
 
@@ -470,6 +468,11 @@ def check_examples(examples, args: argparse.Namespace) -> tuple:
     if audits["train"].bad_label_rows:
         skip = set(audits["train"].bad_label_rows)
         train = train.select([i for i in range(len(train)) if i not in skip])
+    if len(train) == 0:
+        raise UsageError(f"{names['train']}: no training question is left once those with bad answers are skipped")
+    if args.train_file and Path(args.train_file).resolve() == Path(args.validation_file).resolve():
+        notes.append("warning: --train_file and --validation_file are the same file: the scores will measure "
+                     "memorisation, not question answering on unseen text")
     unanswerable = {split: audit.unanswerable for split, audit in audits.items()}
     if args.version_2_with_negative is None:
         args.version_2_with_negative = any(unanswerable.values())
@@ -539,7 +542,10 @@ def claim_run_folder(args: argparse.Namespace, run_dir: Path) -> FolderLock | No
     if not is_main_process():
         return None
     flag = run_folder_flag(run_dir)
-    lock = FolderLock(run_dir, flag=flag).acquire()
+    try:
+        lock = FolderLock(run_dir, flag=flag).acquire()
+    except OSError as error:  # read-only or full disk, no permission: before anything else was written
+        raise UsageError(f"{flag} cannot be created ({error.strerror or error})") from None
     try:
         check_output_folder(run_dir, QA_RUN, flag=flag, overwrite=args.overwrite)  # nothing changed it meanwhile?
         kept = remove_own_outputs(run_dir, QA_RUN) if args.overwrite else []

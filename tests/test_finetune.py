@@ -399,6 +399,20 @@ def test_bad_training_answers_are_skipped_and_no_answer_data_without_v2_is_warne
     assert args.version_2_with_negative is True  # the default follows the data
 
 
+def test_no_training_question_left_is_an_error_and_the_same_file_twice_is_warned(squad_files):
+    from utils import read_squad_file
+
+    train_file, dev_file, _ = squad_files
+    dev_rows = read_squad_file(dev_file, "v")
+    misplaced = [r for r in read_squad_file(train_file, "t") if r["id"] == "misplaced"]
+    args = finetune.parse_args(["--train_file", str(dev_file), "--validation_file", str(dev_file)])
+    with pytest.raises(UsageError, match="no training question is left once those with bad answers are skipped"):
+        finetune.check_examples(_dataset_dict(misplaced, dev_rows), args)
+    *_, notes = finetune.check_examples(_dataset_dict(dev_rows, dev_rows), args)
+    assert notes == ["warning: --train_file and --validation_file are the same file: the scores will measure "
+                     "memorisation, not question answering on unseen text"]
+
+
 def test_local_files_flatten_to_squad_rows(squad_files):
     from utils import read_squad_file
 
@@ -513,10 +527,13 @@ def test_wandb_without_a_login_logs_offline_and_says_so(tmp_path, monkeypatch):
     args = finetune.parse_args(["--report_to", "wandb"])
     [note] = finetune.check_report_to(args)
     assert "no Weights & Biases login" in note and "offline" in note and os.environ["WANDB_MODE"] == "offline"
-    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     monkeypatch.delenv("WANDB_MODE")
+    (tmp_path / "netrc").write_text("machine api.wandb.ai\n  login user\n  password " + "x" * 40 + "\n")
     assert finetune.check_report_to(finetune.parse_args(["--report_to", "wandb"])) == []
-    assert "WANDB_MODE" not in os.environ  # a login: left to wandb
+    assert "WANDB_MODE" not in os.environ  # logged in (`wandb login` wrote .netrc): left to wandb
+    monkeypatch.setenv("WANDB_MODE", "online")
+    (tmp_path / "netrc").unlink()
+    assert finetune.check_report_to(finetune.parse_args(["--report_to", "wandb"])) == []  # the user insists
 
 
 def test_finetune_args_record_what_was_used(tmp_path, squad_files, backbone_dir):
