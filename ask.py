@@ -39,6 +39,7 @@ from utils import (
     load_tokenizer,
     read_squad_file,
     run_cli,
+    squad_v2_summary,
 )
 
 DEFAULTS = {"max_seq_length": 384, "doc_stride": 128, "n_best_size": 20, "max_answer_length": 30}  # finetune's
@@ -296,12 +297,8 @@ def answer_squad_file(args: argparse.Namespace, model, tokenizer, rows: list[dic
         return
     scores = compute_squad_metrics(predictions, references, probabilities if args.allow_no_answer else None)
     print(f"exact_match {scores['exact_match']:.2f} f1 {scores['f1']:.2f} ({len(rows):,} questions)")
-    if "exact" in scores:
-        parts = [f"{group} exact {scores[f'{group}_exact']:.2f} f1 {scores[f'{group}_f1']:.2f} "
-                 f"({scores[f'{group}_total']:,})" for group in ("HasAns", "NoAns") if f"{group}_total" in scores]
-        empty = sum(1 for text in predictions.values() if not text)
-        print(f"SQuAD 2.0: {'; '.join(parts)}; 'no answer' predicted for {empty:,}; best f1 {scores['best_f1']:.2f} "
-              f"at no-answer probability {scores['best_f1_thresh']:.3f}")
+    for line in squad_v2_summary(scores, sum(1 for text in predictions.values() if not text)):
+        print(line)
     print(json.dumps(scores))
 
 

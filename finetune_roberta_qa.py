@@ -75,6 +75,7 @@ from utils import (
     run_cli,
     squad_question_scores,
     squad_rows,
+    squad_v2_summary,
     tokenizer_fingerprint,
 )
 
@@ -721,23 +722,9 @@ def run_readme(args: argparse.Namespace, results: dict) -> str:
 
 
 def summary_lines(results: dict, run_dir: Path) -> list[str]:
-    lines = []
-    if "exact" in results:
-        n = results["total"]
-        has = (f"HasAns exact {results['HasAns_exact']:.2f} f1 {results['HasAns_f1']:.2f} "
-               f"({results['HasAns_total']:,})" if "HasAns_total" in results else "no answerable questions")
-        no = (f"NoAns exact {results['NoAns_exact']:.2f} ({results['NoAns_total']:,})" if "NoAns_total" in results
-              else "no unanswerable questions")
-        lines.append(f"SQuAD 2.0: {has}; {no}; 'no answer' predicted for {results['no_answer_predictions']:,} of "
-                     f"{n:,}; best f1 {results['best_f1']:.2f} at no-answer probability "
-                     f"{results['best_f1_thresh']:.3f}")
-        if results.get("HasAns_total") and results["no_answer_predictions"] >= 0.95 * n:
-            lines.append(f"warning: the model answers 'no answer' to {results['no_answer_predictions']:,} of {n:,} "
-                         f"questions: its exact match {results['exact_match']:.1f} is what answering nothing "
-                         f"scores here (HasAns f1 {results['HasAns_f1']:.1f})")
-    lines.append(f"final: exact_match {results['exact_match']:.2f} f1 {results['f1']:.2f} "
-                 f"({results['eval_samples']:,} questions) -> {run_dir}")
-    return lines
+    return [*squad_v2_summary(results, results["no_answer_predictions"]),
+            f"final: exact_match {results['exact_match']:.2f} f1 {results['f1']:.2f} "
+            f"({results['eval_samples']:,} questions) -> {run_dir}"]
 
 
 # ----------------------------------------------------------------------------------------------------------------

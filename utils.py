@@ -727,3 +727,21 @@ def compute_squad_metrics(predictions: dict[str, str], references: dict[str, lis
                                                                                     has_answer)
     results["best_f1"], results["best_f1_thresh"] = _best_no_answer_threshold(predictions, f1, na_probs, has_answer)
     return {"exact_match": results["exact"], **results}
+
+
+def squad_v2_summary(scores: dict, no_answer_predictions: int) -> list[str]:
+    """Log lines for the SQuAD 2.0 fields of `compute_squad_metrics` ([] for v1.1 scores): the HasAns/NoAns
+    breakdown, how often "no answer" was predicted, the best threshold, and a warning when the model (nearly)
+    never answers, whose overall score is then what answering nothing scores."""
+    if "exact" not in scores:
+        return []
+    n = scores["total"]
+    parts = [f"{group} exact {scores[f'{group}_exact']:.2f} f1 {scores[f'{group}_f1']:.2f} "
+             f"({scores[f'{group}_total']:,})" for group in ("HasAns", "NoAns") if f"{group}_total" in scores]
+    lines = [f"SQuAD 2.0: {'; '.join(parts)}; 'no answer' predicted for {no_answer_predictions:,} of {n:,}; best f1 "
+             f"{scores['best_f1']:.2f} at no-answer probability {scores['best_f1_thresh']:.3f}"]
+    if scores.get("HasAns_total") and no_answer_predictions >= 0.95 * n:
+        lines.append(f"warning: the model answers 'no answer' to {no_answer_predictions:,} of {n:,} questions: its "
+                     f"exact match {scores['exact']:.1f} is what answering nothing scores here (HasAns f1 "
+                     f"{scores['HasAns_f1']:.1f})")
+    return lines

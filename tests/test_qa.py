@@ -501,6 +501,11 @@ def test_answering_nothing_scores_half_and_only_the_breakdown_shows_it():
     assert scores["exact_match"] == scores["f1"] == pytest.approx(100 * 50 / 101)
     assert scores["HasAns_exact"] == scores["HasAns_f1"] == 0.0 and scores["NoAns_exact"] == 100.0
     assert scores["best_f1"] == pytest.approx(100 * 50 / 101)  # no threshold helps a model that knows nothing
+    summary, warning = utils.squad_v2_summary(scores, no_answer_predictions=101)  # what the scripts print
+    assert "HasAns exact 0.00 f1 0.00 (51); NoAns exact 100.00 f1 100.00 (50)" in summary
+    assert warning.startswith("warning: the model answers 'no answer' to 101 of 101 questions: its exact match 49.5")
+    answering = {qid: golds[0] if golds else "" for qid, golds in golds.items()}
+    assert len(utils.squad_v2_summary(compute_squad_metrics(answering, golds), 50)) == 1  # no warning
 
 
 def test_v1_data_keeps_the_v1_fields_and_probabilities_switch_to_v2():
