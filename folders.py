@@ -55,7 +55,8 @@ QA_RUN = OutputKind(
     "question-answering run folder", "finetune_roberta_qa.py", records=("finetune_args.json",),
     made=("finetune_args.json", "eval_results.json", "predictions.json", "predictions_detail.json", "checkpoints",
           "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-          "vocab.json", "merges.txt", "training_args.bin", "README.md", "runs", "wandb", LOCK_FILE))
+          "vocab.json", "merges.txt", "training_args.bin", "README.md", "runs", "wandb", LOCK_FILE,
+          "finetune_args.json.tmp", "eval_results.json.tmp", "predictions.json.tmp", "predictions_detail.json.tmp"))
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -597,33 +597,57 @@ class RobertaForQuestionAnswering(RobertaPreTrainedModel):
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
-def _resolve_checkpoint(path_or_hub_id: str | os.PathLike, need_weights: bool) -> Path:
+def check_checkpoint_folder(path: str | os.PathLike, need_weights: bool = True) -> Path:
+    """A local transformers-format folder, checked: config.json, and a weight file when `need_weights`.
+
+    ValueError (one line, with the way out) otherwise; a train.py run folder is recognised and the model folders
+    inside it are named. Reads no weights: loading them (`from_pretrained`) is what finds a corrupt file."""
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise ValueError(f"{path} is not a folder: expected a transformers-format model folder")
+    if not (folder / "config.json").is_file():
+        if (folder / "final_model").is_dir() or (folder / "checkpoints").is_dir():
+            raise ValueError(f"{path} is a train.py run folder, not a model: pass {folder / 'final_model'} or one of "
+                             "its checkpoints/step_N folders")
+        raise ValueError(f"{path} holds no config.json, so no model: expected a train.py final_model/ or "
+                         "checkpoints/step_N/ folder, or a transformers-format RoBERTa folder")
+    if need_weights and not any((folder / name).is_file() for name in _WEIGHT_FILES):
+        raise ValueError(f"{path} holds no weights: expected {' or '.join(_WEIGHT_FILES)} beside config.json")
+    return folder
+
+
+def resolve_checkpoint(path_or_hub_id: str | os.PathLike, need_weights: bool = True,
+                       cache_dir: str | os.PathLike | None = None) -> Path:
+    """The local folder of a checkpoint: a folder as it is (checked), or a Hub id downloaded into `cache_dir`
+    (the Hub's own cache when None). Only config.json and one weight file are fetched. ValueError on failure."""
+    return _resolve_checkpoint(path_or_hub_id, need_weights, cache_dir)
+
+
+def _resolve_checkpoint(path_or_hub_id: str | os.PathLike, need_weights: bool,
+                        cache_dir: str | os.PathLike | None = None) -> Path:
     """A local folder as it is, or a Hub id downloaded to the cache; one clear error when neither works."""
     path = Path(path_or_hub_id).expanduser()
     if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ValueError(f"{path} holds no config.json: expected a transformers-format RoBERTa folder")
-        if need_weights and not any((path / name).is_file() for name in _WEIGHT_FILES):
-            raise ValueError(f"{path} holds no weights: expected {' or '.join(_WEIGHT_FILES)} beside config.json")
-        return path
+        return check_checkpoint_folder(path, need_weights)
     if path.exists() or str(path_or_hub_id).startswith((".", "/", "~")) or str(path_or_hub_id).count("/") > 1:
         raise ValueError(f"{path_or_hub_id} is not a folder: expected a transformers-format folder or a Hub id")
-    return _download_from_hub(str(path_or_hub_id), need_weights)
+    return _download_from_hub(str(path_or_hub_id), need_weights, cache_dir)
 
 
-def _download_from_hub(hub_id: str, need_weights: bool) -> Path:
+def _download_from_hub(hub_id: str, need_weights: bool, cache_dir: str | os.PathLike | None = None) -> Path:
     """Fetch config.json and one weight file (safetensors when the repository has it, else the .bin)."""
-    folder = _snapshot(hub_id, ["config.json", *(["model.safetensors"] if need_weights else [])])
+    folder = _snapshot(hub_id, ["config.json", *(["model.safetensors"] if need_weights else [])], cache_dir)
     if need_weights and not (folder / "model.safetensors").is_file():
-        folder = _snapshot(hub_id, ["pytorch_model.bin"])
+        folder = _snapshot(hub_id, ["pytorch_model.bin"], cache_dir)
     return _resolve_checkpoint(folder, need_weights)
 
 
-def _snapshot(hub_id: str, patterns: list[str]) -> Path:
+def _snapshot(hub_id: str, patterns: list[str], cache_dir: str | os.PathLike | None = None) -> Path:
     from huggingface_hub import snapshot_download
 
+    where = {"cache_dir": str(Path(cache_dir).expanduser())} if cache_dir else {}  # else the Hub's own cache
     try:
-        return Path(snapshot_download(hub_id, allow_patterns=patterns))
+        return Path(snapshot_download(hub_id, allow_patterns=patterns, **where))
     except Exception as error:  # offline, unknown id, gated repo, network error: all end the same way for a user
         raise ValueError(
             f"could not get {hub_id!r} from the Hugging Face Hub ({type(error).__name__}: {str(error)[:200]}); "
@@ -632,11 +656,34 @@ def _snapshot(hub_id: str, patterns: list[str]) -> Path:
 
 
 def _read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
-    if (folder / "model.safetensors").is_file():
-        from safetensors.torch import load_file
+    """The weights of a checkpoint folder; a truncated or corrupt file is a one-line ValueError naming it."""
+    path = folder / "model.safetensors"
+    if not path.is_file():
+        path = folder / "pytorch_model.bin"
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        return load_file(folder / "model.safetensors")
-    return torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+            return load_file(path)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # SafetensorError, UnpicklingError, EOFError, RuntimeError...: all mean "damaged"
+        reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+        raise ValueError(f"{path} could not be read ({type(error).__name__}: {reason}): the file is truncated or "
+                         "corrupt; save or download it again") from None
+
+
+def checkpoint_weight_names(path: str | os.PathLike) -> set[str]:
+    """Names of the tensors in a checkpoint folder, read from the safetensors header where there is one."""
+    folder = check_checkpoint_folder(path, need_weights=True)
+    if (folder / "model.safetensors").is_file():
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(folder / "model.safetensors"), framework="pt") as weights:
+                return set(weights.keys())
+        except Exception:
+            pass  # reported with its reason by _read_state_dict below
+    return set(_read_state_dict(folder))
 
 
 def _short_list(items: list[str], limit: int = 4) -> str:

@@ -1,0 +1,324 @@
+"""Ask a fine-tuned RoBERTa question-answering model about a text, or answer every question of a SQuAD file.
+
+--model is a folder that finetune_roberta_qa.py wrote (its run folder, or a checkpoints/checkpoint-N inside it),
+or any transformers-format RoBERTa question-answering folder or Hub id. The answer is a span of the context: the
+context is cut into windows exactly as in evaluation (--max_seq_length tokens of question and context, consecutive
+windows sharing --doc_stride tokens of context) and the best span over all windows wins; its score is its start
+logit + end logit. With --allow_no_answer (the default for a model fine-tuned on SQuAD 2.0 data) the answer may be
+"no answer", when the score of <s> beats the best span by more than --null_score_diff_threshold. Every answer comes
+with its no-answer probability, sigmoid(<s> score - best span score), the quantity the official SQuAD 2.0 script
+thresholds. The window and answer settings default to those the model was fine-tuned and evaluated with (its run
+folder's finetune_args.json), else to finetune_roberta_qa.py's defaults.
+
+With --squad_file, every question of a SQuAD-format JSON file (v1.1 or v2.0) is answered into --output, the
+standard {question id: answer} predictions file ("" = no answer) that the official evaluation scripts read. Where
+the file has gold answers, the official scores are printed as well: exact match and F1, and for SQuAD 2.0 the
+HasAns/NoAns breakdown and the best no-answer threshold.
+
+transformers 5 removed pipeline("question-answering"); this script and utils.answer_questions replace it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+from folders import write_json
+from utils import (
+    ArgumentParser,
+    UsageError,
+    answer_questions,
+    audit_squad,
+    check_qa_tokenizer,
+    compute_squad_metrics,
+    load_tokenizer,
+    read_squad_file,
+    run_cli,
+    squad_v2_summary,
+)
+
+DEFAULTS = {"max_seq_length": 384, "doc_stride": 128, "n_best_size": 20, "max_answer_length": 30}  # finetune's
+RUN_RECORD = "finetune_args.json"
+CHUNK = 256  # questions answered between two progress lines of --squad_file
+EPILOG = """examples:
+  python ask.py --model runs/squad2 --question "Who founded the city?" --context "The city was founded in ..."
+  python ask.py --model runs/squad2 --question "Who?" --question "When?" --context_file paragraph.txt --json
+  python ask.py --model runs/squad2 --squad_file dev-v2.0.json --output runs/squad2/dev_predictions.json
+"""
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The description and the epilog as written; every flag's default after its help."""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = ArgumentParser(description=__doc__, epilog=EPILOG, formatter_class=HelpFormatter)
+    p.add_argument("--model", required=True,
+                   help="a finetune_roberta_qa.py run folder (or its checkpoints/checkpoint-N), or a transformers "
+                        "RoBERTa question-answering folder or Hub id")
+    ask = p.add_argument_group("one context")
+    ask.add_argument("--question", action="append", default=None,
+                     help="a question about the context (repeat the flag for several)")
+    ask.add_argument("--context", default=None, help="the text that holds the answer")
+    ask.add_argument("--context_file", default=None, help="a UTF-8 text file that holds the answer, read whole")
+    ask.add_argument("--json", action="store_true",
+                     help="print one JSON object per question (question, answer, start, end, score, "
+                          "no_answer_probability) instead of text")
+    squad = p.add_argument_group("a SQuAD file")
+    squad.add_argument("--squad_file", default=None, help="SQuAD-format JSON (v1.1 or v2.0): answer every question")
+    squad.add_argument("--output", default=None, help="where --squad_file's {question id: answer} JSON goes")
+    squad.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    answers = p.add_argument_group("answers (unset: as in the run's finetune_args.json, else finetune_roberta_qa.py's "
+                                   "defaults 384, 128, 20, 30)")
+    answers.add_argument("--allow_no_answer", action=argparse.BooleanOptionalAction, default=None,
+                         help="allow 'no answer'; unset: as the model was fine-tuned")
+    answers.add_argument("--null_score_diff_threshold", type=float, default=0.0,
+                         help="'no answer' when the <s> score beats the best span by more than this (a threshold t "
+                              "on the no-answer probability is log(t / (1 - t)))")
+    answers.add_argument("--max_seq_length", type=int, default=None, help="tokens per window")
+    answers.add_argument("--doc_stride", type=int, default=None, help="tokens of context consecutive windows share")
+    answers.add_argument("--n_best_size", type=int, default=None, help="top starts and top ends tried per window")
+    answers.add_argument("--max_answer_length", type=int, default=None, help="longest answer, in tokens")
+    run = p.add_argument_group("running")
+    run.add_argument("--batch_size", type=int, default=32, help="windows per forward pass")
+    run.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, cuda:1, mps...")
+    run.add_argument("--path_to_cache_dir", default=None, help="where a Hub --model is downloaded; unset: the "
+                                                                "Hugging Face cache")
+    return p.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Checking the request
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _is_local(name: str) -> bool:
+    return Path(name).expanduser().exists() or name.startswith((".", "/", "~")) or name.count("/") > 1
+
+
+def read_context(args: argparse.Namespace) -> str:
+    if args.context is not None and args.context_file:
+        raise UsageError("--context and --context_file both given; choose one")
+    if args.context_file:
+        try:
+            context = Path(args.context_file).expanduser().read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise UsageError(f"--context_file {args.context_file} does not exist") from None
+        except IsADirectoryError:
+            raise UsageError(f"--context_file {args.context_file} is a folder, not a text file") from None
+        except UnicodeDecodeError:
+            raise UsageError(f"--context_file {args.context_file} is not UTF-8 text") from None
+        except OSError as error:
+            raise UsageError(f"--context_file {args.context_file} cannot be read ({error.strerror})") from None
+        flag = f"--context_file {args.context_file}"
+    elif args.context is not None:
+        context, flag = args.context, "--context"
+    else:
+        raise UsageError("--question needs the text that holds the answer: --context TEXT or --context_file FILE")
+    if not context.strip():
+        raise UsageError(f"{flag} is empty: there is nothing to find an answer in")
+    return context
+
+
+def check_output(args: argparse.Namespace) -> None:
+    if not args.output:
+        raise UsageError("--squad_file needs --output, the predictions file to write")
+    output = Path(args.output).expanduser()
+    if output.is_dir():
+        raise UsageError(f"--output {args.output} is a folder; give a file name, e.g. {output / 'predictions.json'}")
+    if output.exists() and output.resolve() == Path(args.squad_file).expanduser().resolve():
+        raise UsageError(f"--output {args.output} is the --squad_file itself; writing there would destroy it")
+    if output.exists() and not args.overwrite:
+        raise UsageError(f"--output {args.output} exists; pass --overwrite to replace it, or choose another name")
+    if not output.parent.is_dir():
+        raise UsageError(f"--output {args.output}: the folder {output.parent} does not exist")
+
+
+def check_request(args: argparse.Namespace) -> None:
+    """Which mode, and every flag of it, before the model is loaded."""
+    if args.question and args.squad_file:
+        raise UsageError("--question and --squad_file both given; ask about one context, or answer a SQuAD file")
+    if not args.question and not args.squad_file:
+        raise UsageError("nothing to answer: give --question with --context/--context_file, or --squad_file")
+    if args.squad_file:
+        for flag in ("context", "context_file"):
+            if getattr(args, flag) is not None:
+                raise UsageError(f"--{flag} goes with --question; a --squad_file holds its own contexts")
+        if args.json:
+            raise UsageError("--json goes with --question; --squad_file writes JSON to --output")
+        check_output(args)
+    else:
+        if args.output:
+            raise UsageError("--output goes with --squad_file; answers to --question are printed")
+        empty = [q for q in args.question if not q.strip()]
+        if empty:
+            raise UsageError("--question is empty; ask something")
+    for name in ("max_seq_length", "doc_stride", "n_best_size", "max_answer_length", "batch_size"):
+        value = getattr(args, name)
+        if value is not None and (value < 0 or value == 0 and name != "doc_stride"):
+            raise UsageError(f"--{name} must be positive, got {value}")
+    if not math.isfinite(args.null_score_diff_threshold):
+        raise UsageError("--null_score_diff_threshold must be a finite number")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The model
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def run_record(folder: Path) -> dict:
+    """finetune_args.json of the run that made `folder` (the run folder, or a checkpoint inside it), else {}."""
+    for candidate in (folder, folder.parent.parent):
+        if (candidate / RUN_RECORD).is_file():
+            try:
+                return json.loads((candidate / RUN_RECORD).read_text())
+            except (OSError, json.JSONDecodeError):
+                return {}
+    return {}
+
+
+def resolve_settings(args: argparse.Namespace, record: dict, config) -> None:
+    """Window and answer settings: the flag, else the run's, else finetune_roberta_qa.py's default."""
+    for name, default in DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, record.get(name, default))
+    if args.allow_no_answer is None:
+        args.allow_no_answer = bool(record.get("version_2_with_negative", False))
+    if args.max_seq_length > config.max_sequence_length:
+        raise UsageError(f"--max_seq_length {args.max_seq_length} is longer than the model allows "
+                         f"({config.max_sequence_length} tokens)")
+    if args.doc_stride >= args.max_seq_length:
+        raise UsageError(f"--doc_stride {args.doc_stride} must be below --max_seq_length {args.max_seq_length}")
+    if args.max_seq_length - args.doc_stride - 4 < 1:
+        raise UsageError(f"--doc_stride {args.doc_stride} leaves no room for the question in --max_seq_length "
+                         f"{args.max_seq_length}; lower it (e.g. --doc_stride {args.max_seq_length // 3})")
+
+
+def load_model(args: argparse.Namespace):
+    """(model on its device, tokenizer, run record); every way --model can be wrong is a UsageError."""
+    from model import RobertaConfig, RobertaForQuestionAnswering, checkpoint_weight_names, resolve_checkpoint
+
+    name = args.model
+    folder = Path(name).expanduser()
+    if folder.is_dir() and not (folder / "config.json").is_file() and (folder / RUN_RECORD).is_file():
+        raise UsageError(f"--model {name} is a finetune_roberta_qa.py run folder that holds no model yet (the run "
+                         "has not finished): wait for it, or give one of its checkpoints/checkpoint-N folders")
+    try:
+        folder = resolve_checkpoint(name, need_weights=True, cache_dir=args.path_to_cache_dir)
+        if "qa_outputs.weight" not in checkpoint_weight_names(folder):
+            raise UsageError(f"--model {name} has no question-answering head (qa_outputs): it is a pretrained "
+                             "backbone, not a fine-tuned model; fine-tune it first with finetune_roberta_qa.py "
+                             f"--pretrained_backbone pretrained --path_to_pretrained_backbone {name}")
+        config = RobertaConfig.from_pretrained(folder)
+        model = RobertaForQuestionAnswering.from_pretrained(folder)
+    except ValueError as error:
+        raise UsageError(f"--model {error}") from None
+    tokenizer = load_tokenizer(folder if _is_local(name) else name, flag="--model", cache_dir=args.path_to_cache_dir)
+    check_qa_tokenizer(tokenizer, config, name)
+    record = run_record(folder)
+    resolve_settings(args, record, config)
+    return model.to(pick_device(args.device)), tokenizer
+
+
+def pick_device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"--device {name} is not a device: auto, cpu, cuda, cuda:1, mps...") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: no CUDA GPU is available here; use --device cpu")
+    return device
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Answering
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def answer_settings(args: argparse.Namespace) -> dict:
+    return {"max_seq_length": args.max_seq_length, "doc_stride": args.doc_stride, "n_best_size": args.n_best_size,
+            "max_answer_length": args.max_answer_length, "allow_no_answer": args.allow_no_answer,
+            "batch_size": args.batch_size, "null_score_diff_threshold": args.null_score_diff_threshold}
+
+
+def show(context: str, answer: dict, width: int = 60) -> str:
+    """The answer in its place: `...text before [answer] text after...`."""
+    before = context[max(0, answer["start"] - width) : answer["start"]]
+    after = context[answer["end"] : answer["end"] + width]
+    snippet = f"{'...' if answer['start'] > width else ''}{before}[{answer['answer']}]{after}"
+    return " ".join((snippet + ("..." if answer["end"] + width < len(context) else "")).split())
+
+
+def ask(args: argparse.Namespace, model, tokenizer, context: str) -> None:
+    answers = answer_questions(model, tokenizer, args.question, [context] * len(args.question),
+                               **answer_settings(args))
+    for question, answer in zip(args.question, answers, strict=True):
+        if args.json:
+            print(json.dumps({"question": question, **answer}, ensure_ascii=False))
+            continue
+        print(f"question: {question}")
+        if answer["answer"]:
+            print(f"answer:   {answer['answer']}")
+            print(f"score:    {answer['score']:.2f} (start + end logit); no-answer probability "
+                  f"{answer['no_answer_probability']:.3f}")
+            print(f"where:    characters {answer['start']}-{answer['end']} of the context: {show(context, answer)}")
+        else:
+            print("answer:   (no answer)")
+            print(f"score:    {answer['score']:.2f} (the <s> score); no-answer probability "
+                  f"{answer['no_answer_probability']:.3f}")
+
+
+def answer_squad_file(args: argparse.Namespace, model, tokenizer, rows: list[dict]) -> None:
+    start, predictions, probabilities = time.perf_counter(), {}, {}
+    for begin in range(0, len(rows), CHUNK):
+        chunk = rows[begin : begin + CHUNK]
+        answers = answer_questions(model, tokenizer, [r["question"] for r in chunk], [r["context"] for r in chunk],
+                                   **answer_settings(args))
+        for row, answer in zip(chunk, answers, strict=True):
+            predictions[row["id"]] = answer["answer"]
+            probabilities[row["id"]] = answer["no_answer_probability"]
+        if len(rows) > CHUNK:
+            print(f"answered {len(predictions):,} of {len(rows):,} questions", file=sys.stderr, flush=True)
+    write_json(args.output, predictions)
+    seconds = time.perf_counter() - start
+    print(f"answered {len(rows):,} questions of {args.squad_file} in {seconds:.1f} s -> {args.output}")
+    references = {r["id"]: r["answers"]["text"] for r in rows}
+    if not any(references.values()):
+        print("the file holds no gold answers: no scores")
+        return
+    scores = compute_squad_metrics(predictions, references, probabilities if args.allow_no_answer else None)
+    print(f"exact_match {scores['exact_match']:.2f} f1 {scores['f1']:.2f} ({len(rows):,} questions)")
+    for line in squad_v2_summary(scores, sum(1 for text in predictions.values() if not text)):
+        print(line)
+    print(json.dumps(scores))
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    check_request(args)
+    context, rows = None, None
+    if args.squad_file:
+        rows = read_squad_file(args.squad_file, "--squad_file")
+        audit_squad((r["id"] for r in rows), (r["context"] for r in rows), (r["answers"] for r in rows),
+                    where=f"--squad_file {args.squad_file}")  # duplicate ids: an error naming one
+    else:
+        context = read_context(args)
+    model, tokenizer = load_model(args)
+    if rows is not None:
+        answer_squad_file(args, model, tokenizer, rows)
+    else:
+        ask(args, model, tokenizer, context)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    run_cli(main)
