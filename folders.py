@@ -6,6 +6,7 @@ finetune_roberta_qa.py a question-answering run folder. Three promises hold for 
 * `--overwrite` replaces only a folder the script can recognise as its own output, by the record it wrote
   there (`prepare_data.json`, `args.json`/`metrics.jsonl`, `finetune_args.json`), and then removes only the
   entries the script itself makes: anything else in the folder (a log the user redirected there, notes) stays.
+  Without --overwrite, a folder holding only files the script never makes is written beside them.
   It never replaces the current directory, a parent of it, the home folder, a git repository, a folder that
   is or holds an input of the same run, or a folder another run is using.
 * One run per folder: `FolderLock` holds a lock file (`.lock`) for the life of the run. A second run into the
@@ -85,6 +86,8 @@ def check_output_folder(folder: str | os.PathLike, kind: OutputKind, *, flag: st
     if not path.is_dir() or not own_entries(path, kind) and not foreign_entries(path, kind):
         return path  # new or empty (a lock file alone does not count)
     if not is_output_of(path, kind):
+        if not own_entries(path, kind) and not overwrite:
+            return path  # only files the script never makes (a log redirected there): it writes beside them
         raise UsageError(f"{flag} holds files that {kind.script} did not write (no {' or '.join(kind.records)}): "
                          f"it is not a {kind.description}, so even --overwrite leaves it alone; choose an empty "
                          "or new folder")

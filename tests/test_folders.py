@@ -47,6 +47,12 @@ def test_overwrite_refuses_a_folder_that_is_not_the_scripts_own(tmp_path, kind):
     with pytest.raises(UsageError, match=f"{kind.script} did not write.*even --overwrite leaves it alone"):
         check_output_folder(tmp_path / "corpus", kind, flag="out", overwrite=True)
     assert (tmp_path / "corpus" / "mytext.txt").read_text() == "precious"
+    # without --overwrite nothing would be removed: the script may write beside a file it never makes (a log)
+    check_output_folder(tmp_path / "corpus", kind, flag="out", overwrite=False)
+    own_name = next(name for name in kind.made if name not in kind.records and name != folders.LOCK_FILE)
+    (tmp_path / "corpus" / own_name).mkdir()  # but not into a folder holding one of its own names, unrecorded
+    with pytest.raises(UsageError, match="did not write"):
+        check_output_folder(tmp_path / "corpus", kind, flag="out", overwrite=False)
     # a QA run folder is not a pretraining run: each script recognises only its own record
     if kind is not PRETRAINING_RUN:
         with pytest.raises(UsageError, match="did not write"):
