@@ -31,6 +31,7 @@ from pathlib import Path
 from folders import write_json
 from utils import (
     ArgumentParser,
+    HelpFormatter,
     UsageError,
     answer_questions,
     audit_squad,
@@ -50,10 +51,6 @@ EPILOG = """examples:
   python ask.py --model runs/squad2 --question "Who?" --question "When?" --context_file paragraph.txt --json
   python ask.py --model runs/squad2 --squad_file dev-v2.0.json --output runs/squad2/dev_predictions.json
 """
-
-
-class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """The description and the epilog as written; every flag's default after its help."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -62,6 +62,7 @@ from pathlib import Path
 from folders import QA_RUN, FolderLock, check_output_folder, remove_own_outputs, write_json
 from utils import (
     ArgumentParser,
+    HelpFormatter,
     UsageError,
     audit_squad,
     best_answers,
@@ -77,6 +78,7 @@ from utils import (
     squad_rows,
     squad_v2_summary,
     tokenizer_fingerprint,
+    wandb_offline_unless_logged_in,
 )
 
 BACKBONES = ("pretrained_huggingface", "pretrained", "random")
@@ -97,10 +99,6 @@ EPILOG = """examples:
       --experiment_name squad2
   python ask.py --model runs/squad2 --question "Who wrote it?" --context_file paragraph.txt
 """
-
-
-class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """The description and the epilog as written; every flag's default after its help."""
 
 
 def build_parser() -> ArgumentParser:
@@ -281,25 +279,6 @@ def check_run_folder(args: argparse.Namespace) -> Path:
     return run_dir
 
 
-def _wandb_logged_in() -> bool:
-    """Whether wandb will find credentials: WANDB_API_KEY, an identity token file, or the .netrc entry that `wandb
-    login` writes (for WANDB_BASE_URL's host, else a W&B host). Read without importing wandb: wandb caches its
-    settings at first use, so asking wandb itself would fix its mode before WANDB_MODE=offline could be set."""
-    import netrc
-    from urllib.parse import urlsplit
-
-    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
-        return True
-    path = Path(os.environ.get("NETRC") or "~/.netrc").expanduser()
-    try:
-        hosts = netrc.netrc(str(path)).hosts
-    except (OSError, netrc.NetrcParseError):
-        return False
-    if os.environ.get("WANDB_BASE_URL"):
-        return urlsplit(os.environ["WANDB_BASE_URL"]).netloc in hosts
-    return any("wandb" in host or "coreweave" in host for host in hosts)
-
-
 def check_report_to(args: argparse.Namespace) -> list[str]:
     """Known loggers only; wandb installed where asked for, and offline (said so) where it has no login, since
     transformers' WandbCallback would otherwise stop the run at its first step (no TTY) or wait for a key."""
@@ -311,16 +290,10 @@ def check_report_to(args: argparse.Namespace) -> list[str]:
         raise UsageError("--report_to none cannot be combined with other loggers")
     args.report_to = ",".join(names)
     has_wandb = importlib.util.find_spec("wandb") is not None
-    if "wandb" in names and not has_wandb:
-        raise UsageError("--report_to wandb needs the wandb package: pip install wandb")
-    notes = []
-    if ("wandb" in names or "all" in names and has_wandb) and not os.environ.get("WANDB_MODE") and \
-            not _wandb_logged_in():
-        os.environ["WANDB_MODE"] = "offline"
-        notes.append("note: --report_to wandb: no Weights & Biases login (WANDB_API_KEY or `wandb login`), so wandb "
-                     "logs offline into the run folder's wandb/ (upload it later with `wandb sync`; WANDB_MODE=online "
-                     "insists on online)")
-    return notes
+    if "wandb" in names or "all" in names and has_wandb:
+        note = wandb_offline_unless_logged_in()
+        return [note] if note else []
+    return []
 
 
 def check_request(args: argparse.Namespace) -> tuple[Path, list[str]]:

@@ -219,8 +219,8 @@ def checked_plan(args: argparse.Namespace, run_dir: Path, locks: list[FolderLock
         raise UsageError(f"the train split has {len(data['train'])} blocks, fewer than one global batch of "
                          f"{args.per_gpu_batch_size * world_size} (--per_gpu_batch_size x {world_size} processes)")
     fingerprint = record.get("splits", {}).get("train", {}).get("content_hash")
-    if args.log_wandb:
-        wandb_offline_unless_logged_in(announce=int(os.environ.get("RANK", "0")) == 0)
+    if args.log_wandb and (note := wandb_offline_unless_logged_in()) and int(os.environ.get("RANK", "0")) == 0:
+        print(note, flush=True)
     resume = ckpt.resolve_resume(args.resume_from_checkpoint, run_dir / "checkpoints")
     changes = ckpt.check_resume(resume, vars(args), config.to_dict(), fingerprint) if resume else []
     locks += [] if locks else lock(run_dir, f"the run folder {run_dir}")

@@ -227,18 +227,38 @@ def store_tokenizer(path: str | os.PathLike, record: dict, fallback: str | None 
     return tokenizer
 
 
-def wandb_offline_unless_logged_in(announce: bool = True) -> None:
-    """Weights & Biases without a login logs offline (and says so) instead of stopping at a login prompt or failing
-    at the first upload; WANDB_MODE set by the user is left alone. Raises UsageError when wandb is not installed."""
+def wandb_logged_in() -> bool:
+    """Whether wandb will find credentials: WANDB_API_KEY, an identity token file, or the .netrc entry that `wandb
+    login` writes (for WANDB_BASE_URL's host, else a W&B host). Read without importing wandb: wandb caches its
+    settings at first use, so asking wandb itself would fix its mode before WANDB_MODE=offline could be set."""
+    import netrc
+    from urllib.parse import urlsplit
+
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    path = Path(os.environ.get("NETRC") or "~/.netrc").expanduser()
     try:
-        import wandb
-    except ImportError:
-        raise UsageError("logging to Weights & Biases needs the wandb package: pip install wandb") from None
-    if "WANDB_MODE" not in os.environ and not wandb.login(prompt=False):
-        os.environ["WANDB_MODE"] = "offline"
-        if announce:
-            print("wandb: not logged in, so logging offline into the run folder (upload later with `wandb sync`)",
-                  flush=True)
+        hosts = netrc.netrc(str(path)).hosts
+    except (OSError, netrc.NetrcParseError):
+        return False
+    if os.environ.get("WANDB_BASE_URL"):
+        return urlsplit(os.environ["WANDB_BASE_URL"]).netloc in hosts
+    return any("wandb" in host or "coreweave" in host for host in hosts)
+
+
+def wandb_offline_unless_logged_in() -> str | None:
+    """Weights & Biases without a login logs offline instead of stopping the run at a login prompt or at its first
+    upload; a WANDB_MODE the user set is left alone. Returns the note to print when it switched to offline; raises
+    UsageError when wandb is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is None:
+        raise UsageError("logging to Weights & Biases needs the wandb package: pip install wandb")
+    if os.environ.get("WANDB_MODE") or wandb_logged_in():
+        return None
+    os.environ["WANDB_MODE"] = "offline"
+    return ("note: no Weights & Biases login (WANDB_API_KEY or `wandb login`), so wandb logs offline into the run "
+            "folder's wandb/ (upload it later with `wandb sync`; WANDB_MODE=online insists on online)")
 
 
 # ----------------------------------------------------------------------------------------------------------------

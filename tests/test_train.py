@@ -298,9 +298,12 @@ def test_bad_input_exits_2_with_one_line(store, tmp_path):
 
 @pytest.mark.slow
 def test_cli_run_learns_and_writes_its_folder(store, tmp_path, tiny_tokenizer):
-    run_train(store, tmp_path, "learn", "--num_training_steps", "60", "--num_warmup_steps", "6",
-              "--learning_rate", "3e-3", "--logging_steps", "10", "--evaluation_interval", "30",
-              "--checkpoint_interval", "30", "--log_wandb", env={"WANDB_MODE": "offline"})
+    # --log_wandb with no W&B login (no key, no ~/.netrc): logged offline into the run folder, said so.
+    result = run_train(store, tmp_path, "learn", "--num_training_steps", "60", "--num_warmup_steps", "6",
+                       "--learning_rate", "3e-3", "--logging_steps", "10", "--evaluation_interval", "30",
+                       "--checkpoint_interval", "30", "--log_wandb",
+                       env={"WANDB_MODE": "", "WANDB_API_KEY": "", "HOME": str(tmp_path), "NETRC": ""})
+    assert "no Weights & Biases login" in result.stdout
     run = tmp_path / "learn"
     records = metrics(run)
     evals = [r for r in records if "eval_loss" in r]
