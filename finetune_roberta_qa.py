@@ -68,8 +68,10 @@ from utils import (
     best_answers,
     check_qa_tokenizer,
     compute_squad_metrics,
+    is_main_process,
     library_versions,
     load_tokenizer,
+    log,
     prepare_qa_eval_features,
     prepare_qa_train_features,
     read_squad_file,
@@ -249,11 +251,6 @@ def backbone_source(args: argparse.Namespace) -> str:
     if args.pretrained_backbone != "pretrained_huggingface" and args.path_to_pretrained_backbone:
         return args.path_to_pretrained_backbone
     return args.huggingface_model_name
-
-
-def is_main_process() -> bool:
-    """True on the process that writes files and logs (rank 0 under torchrun / accelerate launch)."""
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def run_folder_flag(run_dir: Path) -> str:
@@ -703,11 +700,6 @@ def summary_lines(results: dict, run_dir: Path) -> list[str]:
 # ----------------------------------------------------------------------------------------------------------------
 # Main
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def log(message: str) -> None:
-    if is_main_process():
-        print(message, flush=True)
 
 
 def prepare_loggers(args: argparse.Namespace, run_dir: Path) -> None:

@@ -104,6 +104,7 @@ from utils import (
     tokenizer_fingerprint,
     train_bpe_tokenizer,
 )
+from utils import log as shared_log
 
 TRAIN, TEST = STORE_SPLITS
 DATASETS = ["wikipedia_bookcorpus", "wikipedia", "demo"]
@@ -1263,7 +1264,7 @@ def check_disk(needs: dict[Path, dict[str, int]]) -> str:
 
 
 def log(message: str) -> None:
-    print(f"prepare_data: {message}", flush=True)
+    shared_log(message, prefix="prepare_data: ")
 
 
 @contextlib.contextmanager

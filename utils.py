@@ -45,6 +45,18 @@ def run_cli(main: Callable[[], object]) -> None:
         sys.exit(2)
 
 
+def is_main_process() -> bool:
+    """True on the process that writes files and prints (rank 0 under torchrun / accelerate launch; RANK is set by
+    both, and is also right before an Accelerator exists)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def log(message: str, prefix: str = "") -> None:
+    """One line of progress, printed by the main process only, flushed at once (logs are read while runs go)."""
+    if is_main_process():
+        print(f"{prefix}{message}", flush=True)
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse, but a bad flag is a one-line UsageError (exit code 2) rather than usage text plus an error."""
 
