@@ -55,3 +55,21 @@ def tiny_tokenizer(tiny_tokenizer_dir):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+
+
+def hold_lock_in_another_process(folder: Path, shared: bool = False):
+    """A process holding folders.FolderLock on `folder`, as another run would; the caller kills it when done."""
+    import subprocess
+    import textwrap
+
+    code = textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {str(ROOT)!r})
+        from folders import FolderLock
+        FolderLock({str(folder)!r}, flag="f", shared={shared}).acquire()
+        print("locked", flush=True)
+        time.sleep(60)
+    """)
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    return holder

@@ -2,12 +2,10 @@
 
 import json
 import socket
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import hold_lock_in_another_process
 
 import folders
 from folders import PRETRAINING_RUN, QA_RUN, STORE, FolderLock, check_output_folder
@@ -92,22 +90,8 @@ def test_remove_own_outputs_keeps_what_the_script_did_not_make(tmp_path):
     assert sorted(p.name for p in run.iterdir()) == ["notes.txt", "train.log"]
 
 
-def _hold_lock_in_another_process(folder: Path, shared: bool = False) -> subprocess.Popen:
-    code = textwrap.dedent(f"""
-        import sys, time
-        sys.path.insert(0, {str(ROOT)!r})
-        from folders import FolderLock
-        FolderLock({str(folder)!r}, flag="f", shared={shared}).acquire()
-        print("locked", flush=True)
-        time.sleep(60)
-    """)
-    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    assert holder.stdout.readline().strip() == "locked"
-    return holder
-
-
 def test_a_second_writer_is_refused_while_the_first_lives_and_admitted_after(tmp_path):
-    holder = _hold_lock_in_another_process(tmp_path / "run")
+    holder = hold_lock_in_another_process(tmp_path / "run")
     try:
         with pytest.raises(UsageError, match=f"in use by another run \\(pid {holder.pid} on "):
             FolderLock(tmp_path / "run", flag="runs/run").acquire()
@@ -120,7 +104,7 @@ def test_a_second_writer_is_refused_while_the_first_lives_and_admitted_after(tmp
 
 
 def test_readers_share_a_lock_that_keeps_a_writer_out(tmp_path):
-    holder = _hold_lock_in_another_process(tmp_path / "store", shared=True)
+    holder = hold_lock_in_another_process(tmp_path / "store", shared=True)
     try:
         FolderLock(tmp_path / "store", flag="s", shared=True).acquire().release()
         with pytest.raises(UsageError, match="in use by another run \\(a reader holds it\\)"):

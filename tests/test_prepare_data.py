@@ -13,13 +13,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from conftest import hold_lock_in_another_process
 
 import folders
 import prepare_data
@@ -385,24 +385,10 @@ def test_without_overwrite_an_existing_store_is_kept(old_store):
     assert listing(old_store) == before
 
 
-def _hold_lock(folder: Path, shared: bool) -> subprocess.Popen:
-    code = textwrap.dedent(f"""
-        import sys, time
-        sys.path.insert(0, {str(ROOT)!r})
-        from folders import FolderLock
-        FolderLock({str(folder)!r}, flag="f", shared={shared}).acquire()
-        print("locked", flush=True)
-        time.sleep(60)
-    """)
-    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    assert holder.stdout.readline().strip() == "locked"
-    return holder
-
-
 @pytest.mark.parametrize("shared", [False, True], ids=["another prepare", "a training run reading it"])
 def test_a_store_in_use_is_refused_and_untouched(old_store, shared):
     before = listing(old_store)
-    holder = _hold_lock(old_store, shared)
+    holder = hold_lock_in_another_process(old_store, shared)
     try:
         with pytest.raises(UsageError, match="in use by another run"):
             main(*DEMO_ARGS, "--path_to_data_store", old_store, "--overwrite")
