@@ -53,7 +53,7 @@ EPILOG = """examples:
 """
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> ArgumentParser:
     p = ArgumentParser(description=__doc__, epilog=EPILOG, formatter_class=HelpFormatter)
     p.add_argument("--model", required=True,
                    help="a finetune_roberta_qa.py run folder (or its checkpoints/checkpoint-N), or a transformers "
@@ -86,7 +86,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, cuda:1, mps...")
     run.add_argument("--path_to_cache_dir", default=None, help="where a Hub --model is downloaded; unset: the "
                                                                 "Hugging Face cache")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -93,7 +93,7 @@ CONFIG_FLAGS = {"hidden_size": "--embedding_dimension", "num_hidden_layers": "--
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> ArgumentParser:
     p = ArgumentParser(description=__doc__, epilog=EXAMPLES, formatter_class=HelpFormatter)
     g = p.add_argument_group("run")
     g.add_argument("--experiment_name", default="roberta_pretraining", help="name of the run folder")
@@ -146,7 +146,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--log_wandb", action=argparse.BooleanOptionalAction, default=False,
                    help="also log to Weights & Biases (offline when not logged in; honours WANDB_MODE)")
     g.add_argument("--wandb_project", default="roberta-pretraining", help="Weights & Biases project")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def check_arguments(args: argparse.Namespace) -> None:

@@ -203,18 +203,6 @@ def test_deepspeed_config_gets_our_batch_and_clipping_or_is_refused():
         configure_deepspeed({}, 1.0, 24, True)
 
 
-def test_help_shows_every_flag_with_help_and_default(capsys):
-    with pytest.raises(SystemExit):
-        train.parse_args(["--help"])
-    text = capsys.readouterr().out
-    parser_flags = [a for a in train.parse_args.__code__.co_consts if isinstance(a, str) and a.startswith("--")]
-    assert len(parser_flags) > 35
-    for flag in parser_flags:
-        assert flag in text, flag
-    assert text.count("(default:") >= len(parser_flags) - 1  # every flag but the required store
-    assert "100,000 updates" in text and "examples:" in text
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Bad input: one clear line, before anything is built or written
 # ----------------------------------------------------------------------------------------------------------------
