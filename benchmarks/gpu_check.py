@@ -299,33 +299,50 @@ def leg_qa(ctx: Context):
 
 
 def leg_fsdp(ctx: Context):
+    """FSDP1, then FSDP2 with --compile: each stopped by SIGTERM halfway (a sharded checkpoint), resumed to the end;
+    the loss falls, and final_model/ loads and equals the last checkpoint's gathered weights."""
     need(ctx, "store")
-    plan = ctx.plan
+    on_gpu = ctx.plan.benchmark.device == "cuda"
+    summaries, numbers, checks = [], {}, {}
+    for version, extra in ((1, []), (2, ctx.plan.train_extra)):
+        summary, run_numbers, run_checks = fsdp_run(ctx, version, extra, on_gpu)
+        summaries.append(summary)
+        numbers[f"fsdp{version}"] = run_numbers
+        checks.update({f"FSDP{version}: {name}": ok for name, ok in run_checks.items()})
+    return "; ".join(summaries), numbers, checks
+
+
+def fsdp_run(ctx: Context, version: int, extra: list[str], on_gpu: bool):
+    steps, name = ctx.plan.fsdp_steps, f"fsdp{version}"
     # Wrapped a layer at a time (attention reads its query/key/value weights directly: a Linear must not be a unit).
-    launch = ["--use_fsdp", "--fsdp_auto_wrap_policy", "TRANSFORMER_BASED_WRAP",
-              "--fsdp_transformer_layer_cls_to_wrap", "RobertaLayer", "--fsdp_state_dict_type", "FULL_STATE_DICT"]
-    on_gpu = plan.benchmark.device == "cuda"
+    launch = ["--use_fsdp", "--fsdp_version", str(version), "--fsdp_auto_wrap_policy", "TRANSFORMER_BASED_WRAP",
+              "--fsdp_transformer_layer_cls_to_wrap", "RobertaLayer"] if on_gpu else []
     # accelerate refuses FSDP without an accelerator ("no available devices"): a CPU smoke run checks the rest of
-    # the leg (launch, training, final_model against the checkpoint) without it.
-    run_script(ctx, "fsdp", train_command(ctx, "fsdp", plan.fsdp_steps, [], launch if on_gpu else []))
-    run_dir = ctx.workdir / "runs" / "fsdp"
+    # the leg (launch, stop, resume, final_model against the checkpoint) without it.
+    first = train_command(ctx, name, steps, extra, launch)
+    run_script(ctx, f"{name}-first-half", first, env={"TRAIN_TEST_SIGNAL_AT_STEP": f"{steps // 2}:TERM"})
+    resume = [arg for arg in first if arg != "--overwrite"] + ["--resume_from_checkpoint", "latest"]
+    run_script(ctx, f"{name}-resumed", resume)
+    run_dir = ctx.workdir / "runs" / name
     numbers, checks = loss_checks(*read_metrics(run_dir))
-    numbers["fsdp"] = "FSDP on one GPU" if on_gpu else "CPU: without FSDP (it needs a GPU)"
-    final, checkpoint = run_dir / "final_model", run_dir / "checkpoints" / f"step_{plan.fsdp_steps}"
+    log = (ctx.workdir / "logs" / f"{name}-resumed.log").read_text(errors="replace")
+    checks["resumed from the halfway checkpoint"] = f"step_{steps // 2} at step {steps // 2}" in log
+    final, checkpoint = run_dir / "final_model", run_dir / "checkpoints" / f"step_{steps}"
     from model import RobertaForMaskedLM
 
     model = RobertaForMaskedLM.from_pretrained(final).eval()  # raises on missing or mis-shaped weights
     ids = torch.randint(5, model.config.vocab_size, (2, 16))
     with torch.no_grad():
         checks["final_model loads and predicts finite logits"] = bool(torch.isfinite(model(ids).logits).all())
-    if (checkpoint / "model.safetensors").is_file():
-        from safetensors.torch import load_file
+    from safetensors.torch import load_file
 
-        a, b = load_file(final / "model.safetensors"), load_file(checkpoint / "model.safetensors")
-        checks["final_model equals the last checkpoint"] = a.keys() == b.keys() and all(
-            torch.equal(a[k], b[k]) for k in a)
-    return (f"{numbers['fsdp']}: loss {numbers['first_loss']:.2f} -> {numbers['last_loss']:.2f}; "
-            "final_model loads"), numbers, checks
+    a, b = load_file(final / "model.safetensors"), load_file(checkpoint / "model.safetensors")
+    checks["final_model equals the last checkpoint"] = a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    first_weights = load_file(run_dir / "checkpoints" / f"step_{steps // 2}" / "model.safetensors") if (
+        run_dir / "checkpoints" / f"step_{steps // 2}").is_dir() else a
+    checks["the weights trained after the resume"] = any(not torch.equal(a[k], first_weights[k]) for k in a)
+    where = f"FSDP{version}{' + compile' if extra else ''}" if on_gpu else f"CPU stand-in for FSDP{version}"
+    return f"{where}: loss {numbers['first_loss']:.2f} -> {numbers['last_loss']:.2f}, resumed", numbers, checks
 
 
 def need(ctx: Context, leg: str) -> None:
