@@ -1,11 +1,12 @@
 """Write notebooks/roberta_walkthrough.ipynb from the cells below, and optionally execute it in place.
 
     python notebooks/build_walkthrough.py            # write the notebook without outputs
-    python notebooks/build_walkthrough.py --execute  # write it, run it top to bottom (~2-3 min on 2 CPU cores),
+    python notebooks/build_walkthrough.py --execute  # write it, run it top to bottom (~4-5 min on 2 CPU cores),
                                                      # and save it with its outputs (what the repository commits)
 
 The notebook is the source of truth for readers; this script is the source of truth for edits, so that a change
-is reviewed as Python text and the committed outputs always come from one clean top-to-bottom run.
+is reviewed as Python text and the committed outputs always come from one clean top-to-bottom run. The public
+repository's name is set in one place, REPOSITORY below: the Colab badge and the setup cell's clone URL use it.
 """
 
 from __future__ import annotations
@@ -16,10 +17,15 @@ from pathlib import Path
 
 import nbformat
 
+# Set this to the public GitHub repository ("owner/name"), then run `python notebooks/build_walkthrough.py --execute`:
+# the notebook's Open-in-Colab badge and the clone URL of its setup cell are both made from it.
+REPOSITORY = "OWNER/REPO"
+BRANCH = "main"  # the branch whose notebook the Colab badge opens
+
 HERE = Path(__file__).resolve().parent
 NOTEBOOK = HERE / "roberta_walkthrough.ipynb"
-COLAB_URL = "https://colab.research.google.com/github/OWNER/REPO/blob/main/notebooks/roberta_walkthrough.ipynb"
-REPO_URL = "https://github.com/OWNER/REPO"
+REPO_URL = f"https://github.com/{REPOSITORY}"
+COLAB_URL = f"https://colab.research.google.com/github/{REPOSITORY}/blob/{BRANCH}/notebooks/{NOTEBOOK.name}"
 
 CELLS: list[tuple[str, str]] = []  # (kind, source), kind "md" or "code", in notebook order
 
@@ -59,46 +65,56 @@ the architecture is BERT's; the recipe is not.
 * **Adam with β₂ = 0.98** (and ε = 1e-6), which the authors found more stable than 0.999 with large batches.
 
 The notebook: (1) trains a tokenizer, (2) packs documents into training blocks, (3) masks a real sentence,
-(4) builds the model and follows one batch through it, (5) asks it to fill in blanks, (6) trains it for a few
-minutes, and (7) asks again.
+(4) builds the model and recomputes one batch by hand from its weights (embeddings, attention heads, post-LayerNorm,
+the MLM head), (5) asks it to fill in blanks, (6) trains it for a few minutes, (7) asks again, and (8) fine-tunes it
+to answer questions about paragraphs it has never seen, as SQuAD asks, and compares it with the same fine-tuning of a
+model that was not pretrained.
 """)
 
 code(f'''
-# Setup: install the requirements only where they are missing (a fresh Colab runtime; on Colab the repository is
-# fetched first, as the notebook arrives there alone), then make `import model, utils, demo_world` work.
+# Setup. Where this notebook runs without the repository around it (Colab opens it alone), fetch the repository;
+# install only what the notebook imports and is missing (nothing where all is present); make `import model` work.
 import importlib.metadata
 import importlib.util
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
-REPO_URL = "{REPO_URL}"  # fetched only where this notebook runs outside a clone
-CLONE_DIR = Path("roberta-from-scratch")
+REPO_URL = "{REPO_URL}"  # set by REPOSITORY in notebooks/build_walkthrough.py
+CLONE_DIR = Path(REPO_URL.rsplit("/", 1)[-1])
+# What the notebook imports, module -> pip specification (numpy and pyarrow: utils' SQuAD post-processing). Colab has
+# them all, perhaps with a transformers older than 5. The training scripts also need datasets, accelerate, evaluate
+# and wandb (requirements.txt); this notebook does not, and installing them could clash with Colab's own versions.
+REQUIREMENTS = {{"torch": "torch", "transformers": "transformers>=5", "tokenizers": "tokenizers", "numpy": "numpy",
+                "pyarrow": "pyarrow", "matplotlib": "matplotlib"}}
 
 
 def find_repo_root() -> Path | None:
-    """The folder holding model.py: here or above (the notebook lives in notebooks/), or an earlier clone."""
+    \"\"\"The folder holding model.py: here or above (the notebook lives in notebooks/), or an earlier clone.\"\"\"
     candidates = [Path.cwd(), *Path.cwd().parents, CLONE_DIR]
     return next((folder.resolve() for folder in candidates if (folder / "model.py").is_file()), None)
 
 
 def missing_requirements() -> list[str]:
-    """What this notebook imports and cannot find (utils.py needs transformers 5 or later)."""
-    missing = [name for name in ("torch", "transformers", "tokenizers", "matplotlib")
-               if importlib.util.find_spec(name) is None]
-    if "transformers" not in missing and int(importlib.metadata.version("transformers").split(".")[0]) < 5:
-        missing.append("transformers>=5")
+    \"\"\"pip specifications of what this notebook imports and cannot find (utils.py needs transformers 5).\"\"\"
+    missing = [spec for module, spec in REQUIREMENTS.items() if importlib.util.find_spec(module) is None]
+    if importlib.util.find_spec("transformers") and int(importlib.metadata.version("transformers").split(".")[0]) < 5:
+        missing.append(REQUIREMENTS["transformers"])
     return missing
 
 
 ROOT = find_repo_root()
 if ROOT is None:
+    if REPO_URL.endswith("/OWNER/REPO"):
+        raise SystemExit("this copy of the notebook does not name its repository: set REPOSITORY in "
+                         "notebooks/build_walkthrough.py and rebuild it, or run it inside a clone")
     subprocess.run(["git", "clone", "--quiet", "--depth", "1", REPO_URL, str(CLONE_DIR)], check=True)
     ROOT = CLONE_DIR.resolve()
 if missing_requirements():
     print("installing:", ", ".join(missing_requirements()))
-    requirements = ROOT / "requirements.txt"
-    %pip install -q -r "{{requirements}}"
+    packages = " ".join(shlex.quote(spec) for spec in missing_requirements())  # quoted: ">=" is a shell redirection
+    %pip install -q {{packages}}
 else:
     print("requirements: all present")
 sys.path.insert(0, str(ROOT))
@@ -130,6 +146,7 @@ BATCH_SIZE = 16  # sequences per step (RoBERTa: 8,000)
 TRAIN_STEPS = 3000  # about two and a half minutes on one CPU core
 WARMUP_STEPS = 150  # linear warm-up to the peak learning rate, then linear decay to zero
 LEARNING_RATE = 1e-3  # peak (roberta-base: 6e-4 with 8,000-sequence batches)
+QA_MAX_LENGTH = 64  # tokens per question-answering window in section 8 (SQuAD with roberta-base: 384)
 SEED = 0
 
 # Threads: one per two cores, at most four. The matrices here are small; and on a 2-core machine busy with anything
@@ -223,11 +240,14 @@ print("\\nblock 1:", repr(tokenizer.decode(train_blocks[1])))
 md("""
 ## 3. Masking, shown on a real sentence
 
-`utils.mask_tokens` is RoBERTa's recipe, drawn as the paper's own code (fairseq) draws it: a sequence with n
-ordinary tokens gets exactly int(0.15 n + U) of them chosen, U uniform in [0, 1), so 15% on average (special
-tokens never are). A chosen token is replaced by `<mask>` 80% of the time, by a random token 10% of the time, and
-left as it is 10% of the time, so that the model cannot learn that only `<mask>` positions matter. The labels
-hold the original ids at the chosen positions and -100 (ignored by the loss) everywhere else.
+`utils.mask_tokens` chooses 15% of the ordinary tokens of each row (special tokens never), counted per row as
+the paper's own code (fairseq) counts them: of n ordinary tokens, ⌊0.15·n⌋ positions, plus one more with
+probability 0.15·n − ⌊0.15·n⌋, so that the average is exactly 15% (transformers' collator flips a 15% coin per
+token instead: the same on average, with a count that varies more from row to row). A fixed count also gives
+each row at most a known number of predictions, which lets the model's MLM head run on a static shape. A chosen
+token is replaced by `<mask>` 80% of the time, by a random token 10% of the time, and left as it is 10% of the
+time, so that the model cannot learn that only `<mask>` positions matter. The labels hold the original ids at
+the chosen positions and -100 (ignored by the loss) everywhere else.
 """)
 
 code('''
@@ -268,13 +288,21 @@ print(f"\\nchosen: {chosen.sum() / ordinary.sum():.1%} of ordinary tokens; of th
 md("""
 ## 4. The model
 
-`model.py` is BERT's encoder with RoBERTa's conventions: token + position embeddings, a stack of post-LayerNorm
-transformer layers, and an MLM head whose output matrix is the word-embedding matrix (tied). Ours is tiny:
-4 layers of width 128 (roberta-base: 12 of width 768).
+`model.py` is BERT's encoder with RoBERTa's conventions: token and position embeddings, a stack of post-LayerNorm
+transformer layers, and a masked-language-model head whose output matrix is the word-embedding matrix (tied). Ours
+is tiny: 4 layers of width 128 with 4 attention heads (roberta-base: 12 layers of width 768, 12 heads).
 
-**The position offset.** RoBERTa numbers positions from `pad_token_id + 1 = 2`, not 0 (a quirk inherited from
-fairseq: position 1 is the padding's). So a model for blocks of 64 tokens needs a position table of
-`64 + 2 = 66` rows; a table of 64 rows is the classic "index out of range" of pretraining RoBERTa from scratch.
+Two details that trip people up when pretraining RoBERTa from scratch:
+
+* **The position offset.** RoBERTa numbers positions from `pad_token_id + 1 = 2`, not 0 (a quirk inherited from
+  fairseq: position 1 is the padding's). A model for inputs of 64 tokens needs a position table of `64 + 2 = 66`
+  rows; a table of 64 rows is the classic "index out of range". Ours is sized for the 64-token windows of the
+  question-answering part (section 8); pretraining on 32-token blocks uses its first rows only, and fine-tuning
+  learns the others. (BERT, too, learned its later positions late: 90% of its steps at 128 tokens, the last 10%
+  at 512.)
+* **One token type.** BERT added a "segment" embedding, A or B, for its sentence pairs. RoBERTa has no sentence
+  pairs, so `type_vocab_size` is 1: a single row, added to every token. It stays in the model only so that the
+  checkpoint's names and shapes match BERT's.
 """)
 
 code('''
@@ -282,7 +310,7 @@ from model import RobertaConfig, RobertaForMaskedLM
 
 config = RobertaConfig(
     vocab_size=len(tokenizer), hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512,
-    max_position_embeddings=BLOCK_SIZE + 2,  # positions start at pad_token_id + 1 = 2
+    max_position_embeddings=QA_MAX_LENGTH + 2,  # positions start at pad_token_id + 1 = 2
     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,  # a tiny model trained for minutes does not overfit
 )
 model = RobertaForMaskedLM(config)
@@ -293,35 +321,159 @@ with torch.device("meta"):  # shapes only, no memory: the real size of roberta-b
 print(f"roberta-base: {base.num_parameters():>11,} parameters, "
       f"{base.num_parameters(exclude_embeddings=True):>10,} without the embeddings")
 print(f"longest input: {config.max_sequence_length} tokens (max_position_embeddings {config.max_position_embeddings})")
+token_types = model.roberta.embeddings.token_type_embeddings.weight
+print(f"token types: type_vocab_size {config.type_vocab_size}, table {tuple(token_types.shape)}")
 ''')
 
 md("""
-One batch of 3 blocks through the model, with the shape after each stage (B = batch, T = tokens, C = width,
-V = vocabulary). With `labels`, the head runs only on the masked positions: it is the largest matrix product of
-the model, and the other positions do not count in the loss.
+### One batch through the model, then again by hand
+
+Three blocks go through the model, with forward hooks keeping what each stage receives and returns (B = batch,
+T = tokens, C = width, V = vocabulary). The cells after it recompute each stage from the model's own weights,
+with plain tensor operations, and check that the results agree: the printed differences are rounding errors.
 """)
 
 code('''
 import math
 
-shapes = []
-stages = {"embeddings": model.roberta.embeddings, "layer 0: attention": model.roberta.encoder.layer[0].attention,
-          "layer 0: MLP, inner": model.roberta.encoder.layer[0].intermediate, "layer 0": model.roberta.encoder.layer[0],
-          f"all {config.num_hidden_layers} layers": model.roberta.encoder, "MLM head": model.lm_head}
-hooks = [module.register_forward_hook(lambda module, args, out, name=name: shapes.append((name, tuple(out.shape))))
-         for name, module in stages.items()]
-batch = train_blocks[:3]
-inputs, labels = utils.mask_tokens(batch, tokenizer, generator=generator)
+import torch.nn.functional as F
+
+layer0 = model.roberta.encoder.layer[0]
+stages = {"embeddings": model.roberta.embeddings, "layer 0: self-attention": layer0.attention.self,
+          "layer 0: attention block": layer0.attention, "layer 0: MLP, inner": layer0.intermediate,
+          "layer 0": layer0, f"encoder ({config.num_hidden_layers} layers)": model.roberta.encoder,
+          "MLM head": model.lm_head}
+seen = {}  # stage -> (its first input, its output), from the forward hooks
+
+
+def keep(name):
+    def hook(module, args, output):
+        seen[name] = (args[0], output)
+    return hook
+
+
+hooks = [module.register_forward_hook(keep(name)) for name, module in stages.items()]
+inputs, labels = utils.mask_tokens(train_blocks[:3], tokenizer, generator=generator)
 with torch.no_grad():
-    dense, sparse = model(inputs), model(inputs, labels=labels)
+    output = model(inputs, labels=labels)
 for hook in hooks:
     hook.remove()
 print(f"input ids {tuple(inputs.shape)}")
-for name, shape in shapes[: len(stages)]:
-    print(f"  {name:<22} -> {shape}")
-print(f"without labels: logits {tuple(dense.logits.shape)}")
-print(f"with labels:    logits {tuple(sparse.logits.shape)} for the {(labels != -100).sum().item()} masked positions")
-print(f"loss {sparse.loss.item():.2f}; a uniform guess scores ln {len(tokenizer)} = {math.log(len(tokenizer)):.2f}")
+for name in stages:
+    print(f"  {name:<26} -> {tuple(seen[name][1].shape)}")
+print(f"loss {output.loss.item():.2f}; a uniform guess scores ln {len(tokenizer)} = {math.log(len(tokenizer)):.2f}")
+
+
+def linear(x, layer):  # what nn.Linear computes
+    return x @ layer.weight.T + layer.bias
+
+
+def layer_norm(x, norm):  # what nn.LayerNorm computes: each token's C features to mean 0, variance 1, then scaled
+    return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+
+
+def gelu(x):  # exact GELU, x·Φ(x) with Φ the standard normal CDF (model.py's F.gelu; not the tanh approximation)
+    return 0.5 * x * (1 + torch.erf(x / math.sqrt(2)))
+
+
+def max_difference(a, b) -> float:
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return (a - b).abs().max().item()
+''')
+
+md("""
+**Embeddings.** Each token's vector is its word embedding + the embedding of its position + the one token type,
+then LayerNorm. Positions start at 2 (the offset above).
+""")
+
+code('''
+emb = model.roberta.embeddings
+B, T = inputs.shape
+positions = torch.arange(T) + config.pad_token_id + 1  # 2, 3, ..., T + 1
+x = emb.word_embeddings.weight[inputs] + emb.position_embeddings.weight[positions] + emb.token_type_embeddings.weight[0]
+by_hand = layer_norm(x, emb.LayerNorm)  # (B, T, C)
+print(f"position ids: {positions[:4].tolist()} ... {positions[-1].item()}")
+print(f"embeddings by hand vs the model's: max difference {max_difference(by_hand, seen['embeddings'][1]):.1e}")
+assert torch.allclose(by_hand, seen["embeddings"][1], atol=1e-5)
+''')
+
+md("""
+**Self-attention, with heads.** Three linear maps of the input give each token a query, a key and a value. The
+C = 128 features are split into `num_attention_heads` = 4 heads of `hs` = 32 features, and each head attends on
+its own: token i's output is the average of the values of all tokens j, weighted by softmax over j of
+q<sub>i</sub>·k<sub>j</sub> / √hs (the √hs keeps the scores' scale independent of the head size). The heads'
+outputs are laid side by side again. `model.py` does this in `RobertaSelfAttention` with one call to PyTorch's
+`scaled_dot_product_attention`; here it is spelled out, with the layer's own weights.
+""")
+
+code('''
+x, model_attention = seen["layer 0: self-attention"]  # (B, T, C) in, (B, T, C) out
+attention = layer0.attention.self
+nh = config.num_attention_heads
+hs = config.hidden_size // nh  # features per head
+
+
+def split_heads(t):  # (B, T, C) -> (B, nh, T, hs): head h gets features h*hs ... (h+1)*hs - 1
+    return t.view(B, T, nh, hs).transpose(1, 2)
+
+
+q, k, v = (split_heads(linear(x, proj)) for proj in (attention.query, attention.key, attention.value))
+weights = (q @ k.transpose(-2, -1) / math.sqrt(hs)).softmax(dim=-1)  # (B, nh, T, T), each row sums to 1
+by_hand = (weights @ v).transpose(1, 2).reshape(B, T, config.hidden_size)  # (B, nh, T, hs) -> (B, T, C)
+print(f"q, k, v {tuple(q.shape)} (B, nh, T, hs); attention weights {tuple(weights.shape)}")
+print(f"self-attention by hand vs the model's: max difference {max_difference(by_hand, model_attention):.1e}")
+assert torch.allclose(by_hand, model_attention, atol=1e-5)
+print(f"untrained, token 5 spreads its attention evenly: weights from {weights[0, 0, 5].min():.4f} to "
+      f"{weights[0, 0, 5].max():.4f} (uniform: 1/T = {1 / T:.4f})")
+''')
+
+md("""
+**Post-LayerNorm, and why it needs warm-up.** Each of the layer's two sub-blocks (attention, then the MLP) adds its
+output to its input and normalises the sum: `LayerNorm(x + sublayer(x))`, BERT's "post-LN" arrangement, which
+RoBERTa keeps. The MLP widens each token to 512 features, applies GELU, and projects back to 128. Xiong et al.
+2020, ["On Layer Normalization in the Transformer Architecture"](https://arxiv.org/abs/2002.04745), show that at
+initialisation a post-LN transformer's gradients are large for the parameters near the output, so that training at
+the full learning rate from the first step is unstable; a learning rate that warms up from zero over the first
+steps avoids that (roberta-base: 24,000 of 500,000 steps; here 150 of 3,000). Pre-LN transformers
+(`x + sublayer(LayerNorm(x))`, GPT-2 onwards) train without warm-up in their experiments.
+""")
+
+code('''
+x, model_layer = seen["layer 0"]
+h = layer_norm(x + linear(model_attention, layer0.attention.output.dense), layer0.attention.output.LayerNorm)
+mlp = linear(gelu(linear(h, layer0.intermediate.dense)), layer0.output.dense)  # C -> 4C -> GELU -> C
+by_hand = layer_norm(h + mlp, layer0.output.LayerNorm)  # post-LN: normalise after the residual add
+print(f"layer 0 by hand vs the model's: max difference {max_difference(by_hand, model_layer):.1e}")
+assert torch.allclose(by_hand, model_layer, atol=1e-5)
+
+z = torch.tensor([-3.0, -1.0, -0.5, 0.0, 0.5, 1.0, 3.0])
+tanh_gelu = F.gelu(z, approximate="tanh")
+print("z       " + " ".join(f"{value:7.3f}" for value in z))
+print("GELU(z) " + " ".join(f"{value:7.4f}" for value in gelu(z))
+      + f"   (tanh approximation differs by up to {(gelu(z) - tanh_gelu).abs().max():.1e})")
+''')
+
+md("""
+**The MLM head** turns each hidden vector back into a score per vocabulary entry: dense → GELU → LayerNorm, then the
+decoder, whose weight *is* the word-embedding matrix (tied: the same 2,000 × 128 tensor embeds tokens at the input
+and scores them at the output), plus a bias. With `labels`, `model.py` runs it only on the masked positions: the
+loss reads nothing else, and the decoder is the model's largest matrix product (roberta-base: 768 × 50,265 per
+token).
+""")
+
+code('''
+head = model.lm_head
+hidden = seen[f"encoder ({config.num_hidden_layers} layers)"][1]  # (B, T, C)
+predicted = labels != -100  # (B, T): the masked positions
+selected = hidden[predicted]  # (N, C)
+word_embeddings = model.roberta.embeddings.word_embeddings.weight  # (V, C)
+logits = layer_norm(gelu(linear(selected, head.dense)), head.layer_norm) @ word_embeddings.T + head.bias  # (N, V)
+loss = F.cross_entropy(logits, labels[predicted])
+print(f"decoder weight is the word-embedding matrix: {head.decoder.weight is word_embeddings}")
+print(f"hidden {tuple(hidden.shape)} -> the {predicted.sum().item()} masked positions {tuple(selected.shape)} "
+      f"-> logits {tuple(logits.shape)}")
+print(f"loss by hand {loss.item():.6f}, the model's {output.loss.item():.6f}")
+assert torch.isclose(loss, output.loss, atol=1e-5)
 ''')
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -412,8 +564,9 @@ md("""
 
 What `train.py` does at scale, in a dozen lines: random batches of blocks, masked afresh each step (dynamic
 masking), AdamW with RoBERTa's β = (0.9, 0.98) and ε = 1e-6, weight decay 0.01 on matrices only (biases and
-LayerNorm gains are 1-D and not decayed), gradient clipping at 1.0, and a learning rate that warms up linearly and
-then decays linearly to zero. The held-out loss is measured with the same masks every time, so its values compare.
+LayerNorm gains are 1-D and not decayed), gradient clipping at 1.0, and a learning rate that warms up linearly (the
+post-LN warm-up of section 4) and then decays linearly to zero. The held-out loss is measured with the same masks
+every time, so its values compare.
 """)
 
 code('''
@@ -425,9 +578,9 @@ def make_optimizer(model, lr: float) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-6)
 
 
-def warmup_then_linear_decay(step: int) -> float:
-    """Learning-rate multiplier: 0 -> 1 over WARMUP_STEPS, then 1 -> 0 at TRAIN_STEPS."""
-    return min((step + 1) / WARMUP_STEPS, max(0.0, (TRAIN_STEPS - step) / (TRAIN_STEPS - WARMUP_STEPS)))
+def warmup_then_linear_decay(warmup_steps: int, total_steps: int):
+    """Learning-rate multiplier of a step: 0 -> 1 over `warmup_steps`, then 1 -> 0 at `total_steps`."""
+    return lambda step: min((step + 1) / warmup_steps, max(0.0, (total_steps - step) / (total_steps - warmup_steps)))
 
 
 @torch.no_grad()
@@ -442,7 +595,7 @@ def heldout_loss(model) -> float:
 
 code('''
 optimizer = make_optimizer(model, LEARNING_RATE)
-scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_then_linear_decay)
+scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_then_linear_decay(WARMUP_STEPS, TRAIN_STEPS))
 generator = torch.Generator().manual_seed(SEED)
 train_losses, evaluations = [], [(0, heldout_loss(model))]
 model.train()
@@ -465,8 +618,22 @@ training_seconds = time.perf_counter() - started
 print(f"{TRAIN_STEPS} steps, {TRAIN_STEPS * BATCH_SIZE * BLOCK_SIZE:,} tokens, in {training_seconds:.0f} s")
 ''')
 
+md("""
+The dashed line below is the loss of a guess that ignores the context: each masked token predicted with its
+frequency in the training blocks.
+""")
+
 code('''
 import matplotlib.pyplot as plt
+
+special_ids = torch.tensor(tokenizer.all_special_ids)
+counts = torch.bincount(train_blocks.flatten(), minlength=len(tokenizer)).float()
+counts[special_ids] = 0  # special tokens are never masked, so never predicted
+frequencies = (counts + 1) / (counts + 1).sum()  # + 1: a token unseen in training keeps some probability
+heldout_ordinary = heldout_blocks[~torch.isin(heldout_blocks, special_ids)]
+context_free_loss = -frequencies[heldout_ordinary].log().mean().item()
+most_frequent = [tokenizer.decode(token_id) for token_id in counts.topk(5).indices.tolist()]
+print(f"context-free guess: held-out loss {context_free_loss:.2f}; the most frequent tokens: {most_frequent}")
 
 smooth = [sum(train_losses[max(0, i - 49) : i + 1]) / len(train_losses[max(0, i - 49) : i + 1])
           for i in range(len(train_losses))]
@@ -475,6 +642,7 @@ ax.plot(range(1, len(train_losses) + 1), train_losses, color="tab:blue", alpha=0
         label="train loss (each step)")
 ax.plot(range(1, len(smooth) + 1), smooth, color="tab:blue", label="train loss (mean of 50 steps)")
 ax.plot(*zip(*evaluations, strict=True), "o-", color="tab:orange", label="held-out loss")
+ax.axhline(context_free_loss, color="gray", linestyle="--", label="context-free guess (token frequencies)")
 ax.set_xlabel("step")
 ax.set_ylabel("MLM loss (nats)")
 ax.set_title("Pretraining a 4-layer RoBERTa on the CPU")
@@ -482,6 +650,17 @@ ax.grid(alpha=0.3)
 ax.legend()
 plt.show()
 ''')
+
+md("""
+**The plateau.** In its first 200 steps the model falls from ln 2000 ≈ 7.6 to the dashed line: it has learned
+which tokens are frequent and predicts them wherever the mask is, whatever surrounds it. For the next thousand
+steps or so it gets only slowly below that line, until it learns to use the context and the loss falls faster.
+Small masked language models are known to stall on this plateau. What gets this one past it within a few CPU
+minutes: short blocks (32 tokens) in small batches (16), so that many updates fit in the budget, no dropout, and a
+high peak learning rate (1e-3). Measured while writing this notebook: blocks of 64 tokens in batches of 8, the same
+tokens per update, were still on the plateau after 3,000 updates (held-out loss 5.1). `make demo`, which trains
+longer, uses blocks of 64 in batches of 16.
+""")
 
 # ---------------------------------------------------------------------------------------------------------------
 md("""
@@ -513,7 +692,232 @@ print(f"held-out MLM loss: {initial_loss:.3f} before training, {final_loss:.3f} 
 n = len(PROBES)
 print(f"probes answered right (top-1): {top1_right(before)}/{n} before, {top1_right(after)}/{n} after")
 print(f"probes with the answer in the top 5: {in_top5(before)}/{n} before, {in_top5(after)}/{n} after")
-print(f"whole notebook: {time.perf_counter() - notebook_started:.0f} s")
+''')
+
+# ---------------------------------------------------------------------------------------------------------------
+md("""
+## 8. Question answering, as SQuAD asks it
+
+Fine-tuning is the other half of the project. SQuAD (Rajpurkar et al. 2016,
+[arXiv:1606.05250](https://arxiv.org/abs/1606.05250)) asks 100,000 questions about Wikipedia paragraphs, and each
+answer is a span of its paragraph: the model does not write an answer, it points at one.
+`RobertaForQuestionAnswering` is the encoder plus one linear layer that gives every token two scores, a **start
+logit** and an **end logit**; training is cross-entropy of the start logits against the answer's first token and
+of the end logits against its last. A prediction is scored by **exact match** (its text equals a gold answer, after
+lower-casing and dropping punctuation and a/an/the) and **F1** (the overlap of their words), in percent.
+
+The demo world has such questions: `demo_world.generate_squad` writes them in SQuAD's JSON layout, about the world's
+articles in other wordings than the pretraining text, and its `validation` split asks about people, towns and
+institutions that the `train` split never mentions. (With a `TEXT_FILE`, the model pretrained on your text is
+fine-tuned on these questions all the same.)
+""")
+
+code('''
+import numpy as np
+
+from model import RobertaForQuestionAnswering
+
+qa_started = time.perf_counter()
+QA_DOC_STRIDE = 24  # tokens shared by consecutive windows of a long context (roberta-base on SQuAD: 128)
+QA_TRAIN_STEPS = 400  # batches of fine-tuning: about 40 seconds
+QA_BATCH_SIZE = 16  # windows per batch
+QA_LEARNING_RATE = 6e-4  # peak; a tiny model fine-tunes fast (roberta-base on SQuAD: 3e-5)
+
+
+def squad_rows(squad: dict) -> list[dict]:
+    """SQuAD's nested JSON (data[].paragraphs[].qas[]) -> one row per question, as finetune_roberta_qa.py reads it."""
+    return [{"id": qa["id"], "question": qa["question"], "context": paragraph["context"],
+             "answers": {"text": [a["text"] for a in qa["answers"]],
+                         "answer_start": [a["answer_start"] for a in qa["answers"]]}}
+            for article in squad["data"] for paragraph in article["paragraphs"] for qa in paragraph["qas"]]
+
+
+def columns(rows: list[dict]) -> dict[str, list]:
+    """Rows -> columns: the batch layout utils' SQuAD functions take (that of a datasets.map batch)."""
+    return {key: [row[key] for row in rows] for key in rows[0]}
+
+
+qa_train = squad_rows(demo_world.generate_squad(seed=SEED, split="train"))
+validation_squad = demo_world.generate_squad(seed=SEED, split="validation")  # SQuAD's JSON layout
+qa_validation = squad_rows(validation_squad)
+print(f"{len(qa_train):,} training questions, {len(qa_validation):,} held-out questions. One of them:\\n")
+example = qa_validation[0]
+answer_start = example["answers"]["answer_start"][0]
+print(f"context:  {example['context']}\\nquestion: {example['question']}\\n"
+      f"answer:   {example['answers']['text'][0]!r}, from character {answer_start} of the context")
+''')
+
+md("""
+### Windows: `max_length` and `doc_stride`
+
+The model reads at most **`max_length`** tokens at once (here `QA_MAX_LENGTH` = 64, which the position table was
+sized for; roberta-base on SQuAD: 384). Each input is a **window** `<s> question </s></s> piece of the context
+</s>`, padded to `max_length`. A context too long for one window is cut into several, and consecutive windows share
+**`doc_stride`** tokens (here 24; on SQuAD 128), so that an answer cut by one window's edge is whole in the next.
+In training, a window that does not hold the whole answer is labelled with start = end = 0, the `<s>` token: "not
+in this window". At prediction, the best span over all the windows of a question wins.
+`utils.prepare_qa_eval_features` cuts the windows; the longest held-out context:
+""")
+
+code('''
+long_one = max(qa_validation, key=lambda row: len(row["context"]))
+windows = utils.prepare_qa_eval_features(columns([long_one]), tokenizer, max_length=QA_MAX_LENGTH,
+                                         doc_stride=QA_DOC_STRIDE)
+context_tokens = len(tokenizer(long_one["context"], add_special_tokens=False, verbose=False)["input_ids"])
+print(f"question: {long_one['question']}\\n{context_tokens} context tokens -> {len(windows['input_ids'])} windows of "
+      f"{QA_MAX_LENGTH} tokens. The last one, in full:")
+last_window = windows["input_ids"][-1]
+print(tokenizer.decode(last_window).replace("<pad>", ""), f"+ {last_window.count(tokenizer.pad_token_id)} <pad>\\n")
+previous_end = None  # the character where the previous window's context ends
+for i, offsets in enumerate(windows["offset_mapping"]):
+    spans = [span for span in offsets if span is not None]  # (start, end) characters of each context token
+    text = long_one["context"][spans[0][0] : spans[-1][1]]
+    shared = "" if i == 0 else f", {sum(start < previous_end for start, _ in spans)} shared with the previous"
+    print(f"window {i}: {len(spans)} context tokens{shared}: {text[:36]!r}...")
+    previous_end = spans[-1][1]
+''')
+
+md("""
+### Fine-tuning, the same loop again
+
+The pretrained encoder's weights are copied into a `RobertaForQuestionAnswering`, whose two-score head starts at
+random. `utils.prepare_qa_train_features` cuts the training windows and labels each with its answer's first and
+last token, found through the tokenizer's character offsets. Then the loop of section 6 on batches of windows, with
+the attention mask, since windows are padded. For the held-out questions, `utils.postprocess_qa_predictions` turns
+each question's windows' start and end logits into one answer (shown below), and `utils.compute_squad_metrics`
+scores the answers as SQuAD's official script does.
+""")
+
+code('''
+train_features = utils.prepare_qa_train_features(columns(qa_train), tokenizer, QA_MAX_LENGTH, QA_DOC_STRIDE)
+train_windows = {key: torch.tensor(train_features[key])  # (windows, QA_MAX_LENGTH), or (windows,) for the labels
+                 for key in ("input_ids", "attention_mask", "start_positions", "end_positions")}
+validation_features = utils.prepare_qa_eval_features(columns(qa_validation), tokenizer, QA_MAX_LENGTH, QA_DOC_STRIDE)
+print(f"{len(qa_train):,} training questions -> {len(train_windows['input_ids']):,} windows, "
+      f"{(train_windows['start_positions'] == 0).float().mean():.0%} of them without their answer; "
+      f"{len(qa_validation):,} held-out questions -> {len(validation_features['input_ids']):,} windows")
+
+
+def finetune_qa(qa_model) -> list[float]:
+    """QA_TRAIN_STEPS random batches of training windows, with pretraining's optimizer and schedule; the losses."""
+    optimizer = make_optimizer(qa_model, QA_LEARNING_RATE)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_then_linear_decay(max(1, QA_TRAIN_STEPS // 10), QA_TRAIN_STEPS))
+    generator = torch.Generator().manual_seed(SEED)
+    qa_model.train()
+    losses = []
+    for _ in range(QA_TRAIN_STEPS):
+        rows = torch.randint(len(train_windows["input_ids"]), (QA_BATCH_SIZE,), generator=generator)
+        loss = qa_model(**{key: values[rows] for key, values in train_windows.items()}).loss  # start and end CE
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(qa_model.parameters(), max_norm=1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    return losses
+
+
+@torch.no_grad()
+def qa_logits(qa_model, features: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end logits of every window of `features`, (windows, QA_MAX_LENGTH) each."""
+    qa_model.eval()
+    input_ids, attention_mask = torch.tensor(features["input_ids"]), torch.tensor(features["attention_mask"])
+    outputs = [qa_model(input_ids[i : i + 256], attention_mask=attention_mask[i : i + 256])
+               for i in range(0, len(input_ids), 256)]
+    return (torch.cat([o.start_logits for o in outputs]).numpy(), torch.cat([o.end_logits for o in outputs]).numpy())
+
+
+def evaluate_qa(qa_model) -> dict[str, float]:
+    """Exact match and F1 on the held-out questions: each question's best span over its windows vs its gold answer."""
+    logits = qa_logits(qa_model, validation_features)
+    answers = utils.postprocess_qa_predictions(columns(qa_validation), validation_features, logits)
+    return utils.compute_squad_metrics(answers, {row["id"]: row["answers"]["text"] for row in qa_validation})
+''')
+
+code('''
+torch.manual_seed(SEED)  # the same QA head as the comparison below starts with
+qa_model = RobertaForQuestionAnswering(config)
+qa_model.roberta.load_state_dict(model.roberta.state_dict())  # the pretrained encoder; the QA head starts at random
+started = time.perf_counter()
+qa_losses = finetune_qa(qa_model)
+pretrained_scores = evaluate_qa(qa_model)
+print(f"{QA_TRAIN_STEPS} steps in {time.perf_counter() - started:.0f} s, loss {np.mean(qa_losses[:20]):.2f} "
+      f"-> {np.mean(qa_losses[-20:]):.2f}")
+print(f"held-out questions: exact match {pretrained_scores['exact_match']:.1f}, F1 {pretrained_scores['f1']:.1f}")
+''')
+
+md("""
+### From logits to an answer
+
+For one held-out question: the tokens with the highest start and end logits, and the span that
+`utils.postprocess_qa_predictions` picks. It tries the 20 highest starts and 20 highest ends of each window, keeps
+the pairs whose start is not after their end, lies in the context (not in the question, nor padding) and spans at
+most 30 tokens, and returns the pair with the highest start + end logit over all the windows, as characters of the
+context (through the tokenizer's offsets).
+""")
+
+code('''
+features = utils.prepare_qa_eval_features(columns([example]), tokenizer, QA_MAX_LENGTH, QA_DOC_STRIDE)
+start_logits, end_logits = qa_logits(qa_model, features)  # (windows, QA_MAX_LENGTH) each
+print(f"question: {example['question']} (gold answer {example['answers']['text'][0]!r}); "
+      f"window 1 of {len(features['input_ids'])}:")
+window_ids = features["input_ids"][0]
+for name, logits in (("start", start_logits[0]), ("end", end_logits[0])):
+    top = np.argsort(logits)[::-1][:4]
+    print(f"  highest {name} logits: "
+          + ", ".join(f"{tokenizer.decode([window_ids[i]])!r} (token {i}) {logits[i]:.1f}" for i in top))
+answer = utils.postprocess_qa_predictions(columns([example]), features, (start_logits, end_logits))[example["id"]]
+print(f"best span: {answer!r}")
+''')
+
+md("""
+### What pretraining buys
+
+The same fine-tuning (steps, batches, learning rate, the same initial QA head) from a model that was never
+pretrained, with RoBERTa's random initialisation: whatever it scores, it learned from the QA windows alone.
+""")
+
+code('''
+torch.manual_seed(SEED)
+random_qa_model = RobertaForQuestionAnswering(config)  # RoBERTa's initialisation, no pretraining
+finetune_qa(random_qa_model)
+random_scores = evaluate_qa(random_qa_model)
+print(f"question answering on {len(qa_validation):,} held-out questions, exact match / F1: "
+      f"{pretrained_scores['exact_match']:.1f} / {pretrained_scores['f1']:.1f} after pretraining, "
+      f"{random_scores['exact_match']:.1f} / {random_scores['f1']:.1f} from random weights")
+''')
+
+md("""
+### Ask it
+
+The questions of the first held-out article, paragraph by paragraph. `ask` goes through `utils.answer_questions`
+(windows, logits and span search in one call, what `ask.py` uses too). Expect mistakes: this is a
+one-million-parameter model after a minute of fine-tuning (`make demo` trains longer), and it is weakest on
+relatives, teachers and schools, and on towns, whose questions are rare in the training set. To ask your own:
+`ask(qa_model, ["your question?", ...], ["its context", ...])`.
+""")
+
+code('''
+def ask(qa_model, questions: list[str], contexts: list[str]) -> list[dict]:
+    """The model's answer to each question about its context: dicts with "answer", "start" and "end" (characters,
+    `answer == context[start:end]`) and "score" (start logit + end logit)."""
+    return utils.answer_questions(qa_model, tokenizer, questions, contexts, max_seq_length=QA_MAX_LENGTH,
+                                  doc_stride=QA_DOC_STRIDE)
+
+
+article = validation_squad["data"][0]
+print(f"{article['title']}, from an article the model has never seen:\\n")
+for paragraph in article["paragraphs"]:
+    questions = [qa["question"] for qa in paragraph["qas"]]
+    answers = ask(qa_model, questions, [paragraph["context"]] * len(questions))
+    print(f"paragraph: {paragraph['context']}")
+    for qa, answer in zip(paragraph["qas"], answers, strict=True):
+        print(f"Q: {qa['question']}\\nA: {answer['answer']!r} (character {answer['start']}; "
+              f"gold: {qa['answers'][0]['text']!r})")
+    print()
+print(f"question answering part: {time.perf_counter() - qa_started:.0f} s; "
+      f"whole notebook: {time.perf_counter() - notebook_started:.0f} s")
 ''')
 
 md("""
@@ -521,12 +925,13 @@ md("""
 
 * `prepare_data.py`: the same tokenizing and packing for a real corpus (English Wikipedia + BookCorpus from the
   Hugging Face Hub, your own text files, or `--dataset demo`), written to a data store for training.
-* `train.py`: this loop at scale, on one or many GPUs with `accelerate launch`: mixed precision, gradient
-  accumulation to RoBERTa's large batches, checkpoints that resume exactly, evaluation, logging.
-* `finetune_roberta_qa.py`: fine-tunes a pretrained checkpoint for extractive question answering (SQuAD, or the
-  demo world's questions) and reports exact match and F1.
-* `make demo` runs all three on the demo world, offline, in about a quarter of an hour on a laptop CPU; the README
-  has the commands for a real roberta-base run.
+* `train.py`: the loop of section 6 at scale, on one or many GPUs with `accelerate launch`: mixed precision,
+  gradient accumulation to RoBERTa's large batches, checkpoints that resume exactly, evaluation, logging.
+* `finetune_roberta_qa.py`: section 8 at scale, with transformers' Trainer: SQuAD 1.1 or 2.0 (or the demo world's
+  questions), from a `train.py` checkpoint, published weights or random initialisation, scored by exact match and
+  F1 (roberta-base: about 86 / 92 on SQuAD 1.1).
+* `make demo` runs all three on the demo world, offline, in about a quarter of an hour on a laptop CPU, with a
+  longer pretraining and fine-tuning than here; the README has the commands for a real roberta-base run.
 """)
 
 
@@ -570,6 +975,9 @@ def main() -> None:
         print(f"executed in {execute(notebook, args.timeout):.0f} s")
     nbformat.write(notebook, NOTEBOOK)
     print(f"wrote {NOTEBOOK} ({NOTEBOOK.stat().st_size / 1024:.0f} KiB)")
+    if REPOSITORY == "OWNER/REPO":
+        print("note: REPOSITORY (top of this script) is still the placeholder OWNER/REPO: the notebook's Colab badge "
+              "and its clone step will not work until it names the public GitHub repository")
 
 
 if __name__ == "__main__":

@@ -2,10 +2,12 @@
 
 Executes notebooks/roberta_walkthrough.ipynb with nbclient on an in-memory copy (the committed file with its
 outputs is left as it is), in notebooks/ as a reader would, on a kernel that runs this very Python, so that it
-sees the packages of this test run. The full run takes about three minutes on a 2-core CPU; a second, short run
-(30 training steps) takes the `TEXT_FILE` path.
+sees the packages of this test run. The full run takes about four minutes on a 2-core CPU; a second, short run
+(30 pretraining steps, 10 question-answering steps) takes the `TEXT_FILE` path.
 """
 
+import ast
+import importlib.util
 import json
 import re
 import sys
@@ -15,7 +17,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "notebooks" / "roberta_walkthrough.ipynb"
+BUILDER = ROOT / "notebooks" / "build_walkthrough.py"
 CELL_TIMEOUT_S = 900  # generous: the training cell takes about two and a half minutes on an idle core
+REPOSITORY_MODULES = {"model", "utils", "demo_world", "prepare_data"}
+TRAINING_ONLY_PACKAGES = {"datasets", "evaluate", "accelerate", "wandb"}  # requirements.txt, not the notebook's
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +43,9 @@ def kernel_name(tmp_path_factory):
 
 
 def run_notebook(kernel_name: str, edits: dict[str, str] | None = None):
-    """Execute a fresh copy of the notebook, with `edits` ({old: new} in code cells) applied; returns
-    (notebook, all its text output). Any cell error raises CellExecutionError with the cell and traceback."""
+    """Execute a fresh copy of the notebook, with `edits` ({old: new} in code cells) applied and a last cell that
+    lists the training-only packages the run imported; returns (notebook, all its text output). Any cell error
+    raises CellExecutionError with the cell and traceback."""
     import nbformat
     from nbclient import NotebookClient
 
@@ -51,6 +57,9 @@ def run_notebook(kernel_name: str, edits: dict[str, str] | None = None):
         matches = [cell for cell in notebook.cells if cell.cell_type == "code" and old in cell.source]
         assert len(matches) == 1, f"expected one code cell containing {old!r}"
         matches[0].source = matches[0].source.replace(old, new)
+    notebook.cells.append(nbformat.v4.new_code_cell(
+        f"import sys\nprint('training-only packages imported:', sorted(set({sorted(TRAINING_ONLY_PACKAGES)!r}) & "
+        "set(sys.modules)))"))
     client = NotebookClient(notebook, timeout=CELL_TIMEOUT_S, kernel_name=kernel_name, allow_errors=False,
                             resources={"metadata": {"path": str(NOTEBOOK.parent)}})
     client.execute()
@@ -58,13 +67,17 @@ def run_notebook(kernel_name: str, edits: dict[str, str] | None = None):
 
 
 def _texts(notebook) -> list[str]:
+    """Each cell's text output. A cell's printed lines may arrive in several stream outputs, split anywhere
+    between two writes: they are concatenated as they were printed."""
     texts = []
     for cell in notebook.cells:
+        pieces = []
         for output in cell.get("outputs", []):
             if output.output_type == "stream":
-                texts.append(output.text)
+                pieces.append(output.text)
             elif "text/plain" in output.get("data", {}):
-                texts.append(output.data["text/plain"])
+                pieces.append(output.data["text/plain"] + "\n")
+        texts.append("".join(pieces))
     return texts
 
 
@@ -72,13 +85,33 @@ def _plots(notebook) -> list:
     return [o for cell in notebook.cells for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
 
 
-def test_committed_notebook_is_colab_ready_executed_and_small():
+def _load_builder():
+    spec = importlib.util.spec_from_file_location("build_walkthrough", BUILDER)
+    builder = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(builder)
+    return builder
+
+
+def _imported_modules(source: str) -> set[str]:
+    """Top-level names of the modules a code cell imports (IPython magics skipped)."""
+    tree = ast.parse("\n".join(line for line in source.splitlines() if not line.lstrip().startswith("%")))
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_committed_notebook_is_the_builders_executed_and_small():
     import nbformat
 
     notebook = nbformat.read(NOTEBOOK, as_version=4)
-    assert "colab.research.google.com/github/" in notebook.cells[0].source
-    setup = notebook.cells[1].source
-    assert "%pip install" in setup and "if missing_requirements():" in setup, "installs must be conditional"
+    built = _load_builder().build()
+    assert [(c.cell_type, c.source) for c in notebook.cells] == [(c.cell_type, c.source) for c in built.cells], (
+        "the committed notebook is not what notebooks/build_walkthrough.py writes: edit the builder, then run "
+        "`python notebooks/build_walkthrough.py --execute`")
     code_cells = [cell for cell in notebook.cells if cell.cell_type == "code"]
     assert all(cell.outputs for cell in code_cells if "print(" in cell.source), "commit the notebook executed"
     assert not any(output.output_type == "error" for cell in code_cells for output in cell.outputs)
@@ -86,12 +119,37 @@ def test_committed_notebook_is_colab_ready_executed_and_small():
     assert NOTEBOOK.stat().st_size < 1_000_000
 
 
+def test_colab_badge_and_clone_name_one_repository_and_only_the_needed_packages_are_installed():
+    import nbformat
+
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    badge = re.search(r"colab\.research\.google\.com/github/([\w.-]+/[\w.-]+)/blob/", notebook.cells[0].source)
+    setup = notebook.cells[1].source
+    clone = re.search(r'REPO_URL = "https://github\.com/([\w.-]+/[\w.-]+)"', setup)
+    assert badge and clone and badge[1] == clone[1], "the Colab badge and the clone URL must name one repository"
+
+    assert "%pip install" in setup and "if missing_requirements():" in setup, "installs must be conditional"
+    requirements = ast.literal_eval(re.search(r"REQUIREMENTS = (\{.*?\})", setup, re.DOTALL)[1])
+    assert not TRAINING_ONLY_PACKAGES & set(requirements), "the notebook must not install the training stack"
+    imported = set().union(*(_imported_modules(c.source) for c in notebook.cells if c.cell_type == "code"))
+    third_party = imported - set(sys.stdlib_module_names) - REPOSITORY_MODULES
+    assert third_party <= set(requirements), f"imported but never installed: {third_party - set(requirements)}"
+
+
 @pytest.mark.slow
 def test_notebook_runs_and_the_model_learns(kernel_name):
     notebook, text = run_notebook(kernel_name)
     assert "requirements: all present" in text  # nothing was installed: the test environment has it all
+    assert "training-only packages imported: []" in text  # so Colab needs none of them
     assert "round trip exact: True | <unk> used: False" in text
     assert len(_plots(notebook)) == 1
+
+    # Section 4 recomputes the model by hand from its weights (the cells assert it too; these lines must be there).
+    differences = re.findall(r"(embeddings|self-attention|layer 0) by hand vs the model's: max difference (\S+)", text)
+    assert [name for name, _ in differences] == ["embeddings", "self-attention", "layer 0"]
+    assert all(float(value) < 1e-5 for _, value in differences), differences
+    head = re.search(r"loss by hand ([\d.]+), the model's ([\d.]+)", text)
+    assert head and abs(float(head[1]) - float(head[2])) < 1e-4
 
     losses = re.search(r"held-out MLM loss: ([\d.]+) before training, ([\d.]+) after", text)
     assert losses, "the summary line is missing"
@@ -104,6 +162,24 @@ def test_notebook_runs_and_the_model_learns(kernel_name):
     before, total, after = int(top5[1]), int(top5[2]), int(top5[3])
     assert before <= 1 and after >= total // 2, f"fill-in-the-blank: {before}/{total} before, {after}/{total} after"
 
+    # Section 8: a long context cut into windows that overlap by doc_stride tokens.
+    shared = [int(n) for n in re.findall(r"^window \d+: \d+ context tokens, (\d+) shared with the previous", text,
+                                         flags=re.MULTILINE)]
+    assert shared and all(n == 24 for n in shared), f"consecutive windows must share doc_stride = 24 tokens: {shared}"
+
+    qa = re.search(r"exact match / F1: ([\d.]+) / ([\d.]+) after pretraining, ([\d.]+) / ([\d.]+) from random", text)
+    assert qa, "the question-answering summary is missing"
+    pretrained_f1, random_f1 = float(qa[2]), float(qa[4])
+    assert pretrained_f1 > 35, f"QA fine-tuning learned little: F1 {pretrained_f1} (random spans score about 8)"
+    assert pretrained_f1 > random_f1 + 10, f"pretraining did not help QA: F1 {pretrained_f1} vs {random_f1}"
+
+    asked = re.findall(r"^paragraph: (.*)\n((?:Q: .*\nA: .*\n)+)", text, flags=re.MULTILINE)
+    assert asked, "no question was asked"
+    for paragraph, questions_and_answers in asked:
+        for answer, start in re.findall(r"^A: (.*) \(character (-?\d+);", questions_and_answers, flags=re.MULTILINE):
+            answer = ast.literal_eval(answer)  # printed with !r
+            assert answer and paragraph[int(start) : int(start) + len(answer)] == answer, (answer, start, paragraph)
+
 
 @pytest.mark.slow
 def test_notebook_trains_on_a_text_file(kernel_name, tmp_path):
@@ -114,7 +190,7 @@ def test_notebook_trains_on_a_text_file(kernel_name, tmp_path):
     text_file = tmp_path / "my text.txt"
     text_file.write_text("\n\n".join(documents) + "\n", encoding="utf-8")
     edits = {"TEXT_FILE = None": f"TEXT_FILE = {str(text_file)!r}", "TRAIN_STEPS = 3000": "TRAIN_STEPS = 30",
-             "WARMUP_STEPS = 150": "WARMUP_STEPS = 5"}
+             "WARMUP_STEPS = 150": "WARMUP_STEPS = 5", "QA_TRAIN_STEPS = 400": "QA_TRAIN_STEPS = 10"}
     notebook, text = run_notebook(kernel_name, edits)
     assert f"{len(documents):,} documents" in text
     assert "30 steps" in text
