@@ -1,4 +1,5 @@
-# The two commands of the README, and the helpers they use. `.ci/run` runs `make test`.
+# The two commands of the README (make demo, make test), make test-fast, and the helpers they use. `.ci/run` runs
+# `make test`.
 PYTHON ?= python3
 # A CPU build of torch where none is installed: a bare `pip install torch` would pull a multi-gigabyte CUDA
 # build. On a GPU machine, install the CUDA build of torch first and this step leaves it alone.
@@ -13,7 +14,7 @@ install:
 install-dev: install
 	$(PYTHON) -m pip install -q -r requirements-dev.txt
 
-## demo: the whole pipeline offline on the built-in demo world (about 12 minutes on a 2-core CPU)
+## demo: the whole pipeline offline on the built-in demo world (about 8 minutes on a 2-core CPU)
 demo: install
 	HF_HUB_OFFLINE=1 $(PYTHON) demo.py
 

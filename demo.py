@@ -23,7 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 
-# Sized for about 10 minutes on a 2-core laptop CPU. Small MLMs sit on a plateau (predicting frequent tokens)
+# Sized for about 8 minutes on a 2-core CPU. Small MLMs sit on a plateau (predicting frequent tokens)
 # for their first ~1,000 updates before they learn to use context; blocks of 64 tokens, batches of 16 and no
 # dropout get past it within a few minutes on a CPU, where longer blocks or bigger batches did not.
 CONTEXT_LENGTH = "64"
@@ -76,7 +76,9 @@ def pretrain(args, store: Path) -> float:
 
 def fill_mask(model_dir: Path) -> None:
     from transformers import pipeline
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # a loading bar would sit in the middle of the printed results
     print("\n=== fill in the blanks with the pretrained model (transformers' own fill-mask pipeline)")
     fill = pipeline("fill-mask", model=str(model_dir), device=-1)
     for sentence in FILL_MASK_SENTENCES:

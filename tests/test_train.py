@@ -180,6 +180,29 @@ def test_checkpoint_verification_reports_damage_and_falls_back(tmp_path):
     assert ckpt.resolve_resume("latest", tmp_path / "no_run_yet") is None  # a fresh start
 
 
+def test_resume_refuses_another_model_seed_or_store_and_lists_what_changed(tmp_path):
+    saved = vars(train.parse_args(["--path_to_prepped_data", "s", "--learning_rate", "1e-3"]))
+    (tmp_path / ckpt.STATE_FILE).write_text(json.dumps({"step": 40, "args": {**saved, "store_fingerprint": "abc"}}))
+    (tmp_path / "config.json").write_text(json.dumps({"vocab_size": 400, "max_position_embeddings": 514}))
+    config = {"vocab_size": 400, "max_position_embeddings": 514}
+
+    def check(*argv, fingerprint="abc", **config_changes):
+        now = vars(train.parse_args(["--path_to_prepped_data", "s", "--learning_rate", "1e-3", *argv]))
+        return ckpt.check_resume(tmp_path, now, {**config, **config_changes}, fingerprint)
+
+    assert check() == []
+    assert check("--learning_rate", "5e-4", "--per_gpu_batch_size", "16") == [
+        "--per_gpu_batch_size 32 -> 16", "--learning_rate 0.001 -> 0.0005"]
+    for argv, fingerprint, config_changes, message in [
+            (["--seed", "1"], "abc", {}, "--seed 42 \\(now 1\\)"),
+            (["--embedding_dimension", "384"], "abc", {}, "--embedding_dimension 768 \\(now 384\\)"),
+            ([], "xyz", {}, "another store's content"),
+            ([], "abc", {"vocab_size": 500}, "vocab_size 400 \\(now 500\\)"),
+            (["--num_training_steps", "40"], "abc", {}, "is at update 40, not before --num_training_steps 40")]:
+        with pytest.raises(UsageError, match=message):
+            check(*argv, fingerprint=fingerprint, **config_changes)
+
+
 def test_rotation_keeps_the_newest_complete_checkpoints(tmp_path):
     for step in [1, 2, 3, 4, 5]:
         (tmp_path / f"step_{step}").mkdir()
