@@ -583,6 +583,10 @@ def main(argv: list[str] | None = None) -> None:
         accelerator.end_training()
         print(f"error: {error}", file=sys.stderr, flush=True)
         sys.exit(1)
+    except KeyboardInterrupt:  # a second Ctrl-C: stop now, without saving
+        print("error: stopped by a second Ctrl-C before saving; continue from the last checkpoint with "
+              "--resume_from_checkpoint latest", file=sys.stderr, flush=True)
+        sys.exit(130)
     accelerator.end_training()
 
 
