@@ -59,6 +59,7 @@ from checkpoints import CheckpointError, TrainState
 from distributed import StopSignal, describe, is_sharded, prepare_model_and_optimizer
 from folders import PRETRAINING_RUN, FolderLock, check_output_folder, remove_own_outputs, write_json
 from utils import (
+    STORE_TOKENIZER_DIR,
     ArgumentParser,
     HelpFormatter,
     UsageError,
@@ -479,9 +480,13 @@ class RunFolder:
         earlier = json.loads((self.path / "args.json").read_text()).get("resumes", []) if self.plan.resume else []
         resumes = earlier + ([{"step": state.step, "from": str(self.plan.resume), "changed": self.plan.changes}]
                              if self.plan.resume else [])
-        write_json(self.path / "args.json", {"args": vars(args), "summary": summary, "global_batch_size": global_batch,
-                                             "model_config": c.to_dict(), "versions": library_versions(),
-                                             "resumes": resumes})
+        not_used = {"hf_model_name": "the store's own tokenizer/ was used"} if (
+            Path(args.path_to_prepped_data) / STORE_TOKENIZER_DIR).is_dir() else {}
+        if not args.log_wandb:
+            not_used["wandb_project"] = "no --log_wandb"
+        write_json(self.path / "args.json", {"args": vars(args), "not_used": not_used, "summary": summary,
+                                             "global_batch_size": global_batch, "model_config": c.to_dict(),
+                                             "versions": library_versions(), "resumes": resumes})
 
     def log_training(self, state: TrainState, window_loss: torch.Tensor, grad_norm, lr: float) -> None:
         steps = state.step - (state.step - 1) // self.args.logging_steps * self.args.logging_steps
