@@ -201,8 +201,9 @@ def save(accelerator, wrapped, raw_model, tokenizer, folder: Path, state: TrainS
             os.replace(tmp, final)
             rotate(folder, num_keep, keep=final)
     except (OSError, RuntimeError) as error:  # torch and safetensors report a full disk as RuntimeError
-        needed = size_of(step_folders(folder)[-1][1]) if step_folders(folder) else 12 * raw_model.num_parameters()
-        raise abandon(tmp, error, needed) from None  # fp32 weights + AdamW's two moments: 12 bytes a parameter
+        earlier = step_folders(folder)  # the size of the newest checkpoint, else fp32 weights + AdamW's two moments
+        needed = size_of(earlier[-1][1]) if earlier else 12 * raw_model.num_parameters()
+        raise abandon(tmp, error, needed) from None
     accelerator.wait_for_everyone()
     return final
 

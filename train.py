@@ -63,6 +63,7 @@ from utils import (
     ArgumentParser,
     HelpFormatter,
     UsageError,
+    is_main_process,
     library_versions,
     mask_tokens,
     matmul_flops_per_second,
@@ -224,11 +225,12 @@ def checked_plan(args: argparse.Namespace, run_dir: Path, locks: list[FolderLock
         raise UsageError(f"the train split has {len(data['train'])} blocks, fewer than one global batch of "
                          f"{args.per_gpu_batch_size * world_size} (--per_gpu_batch_size x {world_size} processes)")
     fingerprint = record.get("splits", {}).get("train", {}).get("content_hash")
-    if args.log_wandb and (note := wandb_offline_unless_logged_in()) and int(os.environ.get("RANK", "0")) == 0:
+    if args.log_wandb and (note := wandb_offline_unless_logged_in()) and is_main_process():
         print(note, flush=True)
     resume = ckpt.resolve_resume(args.resume_from_checkpoint, run_dir / "checkpoints")
     changes = ckpt.check_resume(resume, vars(args), config.to_dict(), fingerprint) if resume else []
-    locks += [] if locks else lock(run_dir, f"the run folder {run_dir}")
+    if not locks:  # the folder is new: locked now, after every check
+        locks += lock(run_dir, f"the run folder {run_dir}")
     with contextlib.suppress(PermissionError):  # shared: other readers welcome, prepare_data --overwrite kept out
         locks += lock(Path(args.path_to_prepped_data), f"--path_to_prepped_data {args.path_to_prepped_data}",
                       shared=True)
@@ -236,8 +238,8 @@ def checked_plan(args: argparse.Namespace, run_dir: Path, locks: list[FolderLock
 
 
 def lock(folder: Path, flag: str, shared: bool = False) -> list[FolderLock]:
-    """A lock held by rank 0 for the life of the run (RANK is set by torchrun / accelerate launch)."""
-    if int(os.environ.get("RANK", "0")) != 0:
+    """A lock held by the main process (rank 0) for the life of the run."""
+    if not is_main_process():
         return []
     return [FolderLock(folder, flag=flag, shared=shared).acquire()]
 

@@ -304,23 +304,30 @@ def plot_training_curves(records: list[dict], path: str | os.PathLike) -> None:
     os.replace(tmp, path)
 
 
-def matmul_flops_per_second(device, dtype) -> float:
-    """A GPU's measured rate of large matrix multiplies in `dtype`: the denominator of MFU. Uses a private RNG."""
+def matmul_flops_per_second(device, dtype, size: int = 8192, repeats: int = 10) -> float:
+    """The measured rate of `size` x `size` matrix multiplies in `dtype` on `device`: the denominator of MFU (for
+    train.py and the benchmarks alike). Three untimed products first; random operands from a private generator,
+    so that no other random stream moves."""
     import time
 
     import torch
 
-    n = 8192
+    device = torch.device(device)
     generator = torch.Generator(device=device).manual_seed(0)
-    a, b = (torch.randn(n, n, device=device, dtype=dtype, generator=generator) for _ in range(2))
+    a, b = (torch.randn(size, size, device=device, dtype=dtype, generator=generator) for _ in range(2))
+
+    def wait() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     for _ in range(3):
         a @ b
-    torch.cuda.synchronize(device)
+    wait()
     start = time.perf_counter()
-    for _ in range(10):
+    for _ in range(repeats):
         a @ b
-    torch.cuda.synchronize(device)
-    return 10 * 2 * n**3 / (time.perf_counter() - start)
+    wait()
+    return repeats * 2 * size**3 / (time.perf_counter() - start)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from model import RobertaConfig, RobertaForMaskedLM, flops_per_token  # noqa: E402
-from utils import mask_tokens, max_predictions_per_seq  # noqa: E402
+from utils import mask_tokens, matmul_flops_per_second, max_predictions_per_seq  # noqa: E402
 
 TRANSFORMERS = "transformers (sdpa)"
 OURS = "ours"
@@ -39,7 +39,7 @@ OURS = "ours"
 # each, so that its gain is measured in the same process; "baseline" is another model.py (--baseline_model).
 IMPLEMENTATIONS = (TRANSFORMERS, f"{TRANSFORMERS} + compile", OURS, f"{OURS} + compile", "ours (dynamic head)",
                    "ours (dynamic head) + compile", "ours (unfused qkv)", "baseline", "baseline + compile")
-PRESETS = {  # the shapes the issues set targets at
+PRESETS = {  # the shapes the speed targets are set at (README, Results)
     "cpu": dict(hidden=256, layers=4, heads=4, seq=128, batch=16, steps=12, warmup=3, dtype="fp32"),
     "cuda": dict(hidden=768, layers=12, heads=12, seq=512, batch=32, steps=30, warmup=10, dtype="bf16"),
 }
@@ -220,18 +220,9 @@ def time_steps(models: dict[str, torch.nn.Module], settings: Settings) -> dict[s
 
 def matmul_rate(settings: Settings) -> float:
     """Measured FLOP/s of a large square matrix multiply in the benchmark's dtype: the ceiling for MFU."""
-    n = 8192 if settings.device == "cuda" else 1024
     dtype = torch.bfloat16 if settings.dtype == "bf16" and settings.device == "cuda" else torch.float32
-    a, b = (torch.randn(n, n, device=settings.device, dtype=dtype) for _ in range(2))
-    for _ in range(3):
-        a @ b
-    sync(settings.device)
-    repeats = 20 if settings.device == "cuda" else 5
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    sync(settings.device)
-    return 2 * n**3 * repeats / (time.perf_counter() - start)
+    on_gpu = settings.device == "cuda"
+    return matmul_flops_per_second(settings.device, dtype, size=8192 if on_gpu else 1024, repeats=20 if on_gpu else 5)
 
 
 def result_rows(results: dict[str, Result], settings: Settings, peak_flops: float) -> list[dict]:
