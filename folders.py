@@ -211,16 +211,25 @@ def _owner() -> str:
 
 
 def _is_stale(owner: dict) -> bool:
-    """A pid-file lock of a process that no longer exists on this host."""
+    """A pid-file lock of a process that no longer exists on this host (or an unreadable record of one)."""
     if owner.get("host") != socket.gethostname():
         return False  # cannot tell from here
     try:
-        os.kill(int(owner["pid"]), 0)
-    except (ProcessLookupError, ValueError, KeyError):
+        pid = int(owner["pid"])
+    except (ValueError, KeyError, TypeError):
         return True
-    except PermissionError:
+    return not pid_alive(pid)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this host (another user's counts: it is alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
         return False
-    return False
+    except PermissionError:
+        return True
+    return True
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -1096,16 +1096,6 @@ def make_work_folder(store: Path) -> Path:
     return work
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
-
-
 def clean_stale_work_folders(store: Path) -> list[str]:
     """Remove what runs killed mid-way left beside the store (their pid is not alive on this host).
 
@@ -1117,7 +1107,7 @@ def clean_stale_work_folders(store: Path) -> list[str]:
     done = []
     for entry in sorted(store.parent.iterdir()):
         match = pattern.match(entry.name)
-        if not match or not entry.is_dir() or pid_alive(int(match[2])):
+        if not match or not entry.is_dir() or folders.pid_alive(int(match[2])):
             continue
         if match[1] == "old":
             done.extend(restore_old_store(entry, store))
