@@ -11,9 +11,11 @@ masks as an uninterrupted one, and the global RNG is left to dropout alone (its 
 from __future__ import annotations
 
 import os
+import socket
 
 import numpy as np
 import torch
+from accelerate.utils import gather_object
 
 from utils import STORE_COLUMN, mask_tokens
 
@@ -66,6 +68,17 @@ class EpochBatches(torch.utils.data.Sampler):
             yield order[first:first + self.batch_size].tolist()
 
 
+def processes_on_this_node(accelerator) -> int:
+    """LOCAL_WORLD_SIZE where the launcher sets it (torchrun, accelerate launch); else counted by host name across
+    the processes, since srun and mpirun do not set it (and the global count would starve each node's loaders)."""
+    if "LOCAL_WORLD_SIZE" in os.environ:
+        return int(os.environ["LOCAL_WORLD_SIZE"])
+    if accelerator.num_processes == 1:
+        return 1
+    here = socket.gethostname()
+    return gather_object([here]).count(here)
+
+
 def loader_workers(requested: int, processes_on_this_node: int) -> int:
     """At most one worker per spare core of this process: reading packed rows is light, and workers that outnumber
     the cores take CPU time from the training process they feed."""
@@ -83,7 +96,7 @@ def train_batches(split, batch_size: int, seed: int, accelerator, epoch: int, sa
     dataset = PackedBlocks(split)
     global_batch = batch_size * accelerator.num_processes
     start = samples_in_epoch // global_batch
-    workers = loader_workers(num_workers, int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes)))
+    workers = loader_workers(num_workers, processes_on_this_node(accelerator))
     while True:
         sampler = EpochBatches(len(dataset), batch_size, accelerator.num_processes, accelerator.process_index, seed,
                                epoch, start)

@@ -17,8 +17,13 @@ module's `_orig_mod.` keys never reach a checkpoint. What cannot work is refused
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
+from collections import Counter
+from pathlib import Path
+
+import torch
 
 from utils import UsageError
 
@@ -26,11 +31,21 @@ STOP_CHECK_STEPS = 10  # several processes agree on a stop request every this ma
 
 
 def prepare_model_and_optimizer(accelerator, raw_model, make_optimizer, max_grad_norm: float, per_process_batch: int,
-                                compile: bool):
-    """(prepared model, its optimizer); `make_optimizer(model)` builds the optimizer on a model's parameters."""
-    from accelerate.utils import DistributedType
+                                compile: bool, fsdp_reduce_dtype: str = "fp32"):
+    """(prepared model, its optimizer); `make_optimizer(model)` builds the optimizer on a model's parameters.
+    Afterwards the decoder must still be the word-embedding matrix and every trainable parameter in exactly one
+    optimizer group (`check_prepared`)."""
+    from accelerate.utils import DistributedType, DynamoBackend
 
-    fsdp1 = accelerator.distributed_type == DistributedType.FSDP and not accelerator.is_fsdp2
+    backend = accelerator.state.dynamo_plugin.backend
+    if compile and backend != DynamoBackend.NO:
+        raise UsageError(f"--compile and accelerate's --dynamo_backend {backend.value.lower()} would compile the "
+                         "model twice: use one (--compile compiles each layer and the loss; --dynamo_backend the "
+                         "whole model)")
+    fsdp = accelerator.distributed_type == DistributedType.FSDP
+    if fsdp:
+        reduce_in_fp32(accelerator.state.fsdp_plugin, fsdp_reduce_dtype)
+    fsdp1 = fsdp and not accelerator.is_fsdp2
     if fsdp1 and not accelerator.state.fsdp_plugin.use_orig_params:
         accelerator.print("FSDP1: use_orig_params set to true (the optimizer and torch.compile need the original "
                           "parameters)")
@@ -42,11 +57,77 @@ def prepare_model_and_optimizer(accelerator, raw_model, make_optimizer, max_grad
             for module in raw_model.modules():  # when it is called: concatenating q, k, v by hand would skip that
                 if hasattr(module, "fused_qkv"):
                     module.fused_qkv = False
-    return accelerator.prepare(raw_model, make_optimizer(raw_model))
+    wrapped, optimizer = accelerator.prepare(raw_model, make_optimizer(raw_model))
+    deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
+    check_prepared(raw_model, wrapped, optimizer, check_groups=not deepspeed)
+    return wrapped, optimizer
+
+
+def reduce_in_fp32(plugin, reduce_dtype: str) -> None:
+    """FSDP's gradient reduction in float32 (as torchtitan does) unless --fsdp_reduce_dtype asks otherwise:
+    accelerate's bf16 policy reduces in bf16, which sums the shards' gradients with 8 bits of mantissa."""
+    policy = plugin.mixed_precision_policy
+    wanted = {"fp32": torch.float32, "bf16": torch.bfloat16}[reduce_dtype]
+    if policy is not None and getattr(policy, "reduce_dtype", None) not in (None, wanted):
+        plugin.mixed_precision_policy = dataclasses.replace(policy, reduce_dtype=wanted)
+
+
+def check_prepared(raw_model, wrapped, optimizer, check_groups: bool = True) -> None:
+    """Refuse (one line naming the parameter) a preparation that broke the tie or lost a parameter: the MLM decoder
+    must be the word-embedding parameter itself, and every trainable parameter must be in exactly one optimizer
+    group. FSDP2's meta-device loading (`cpu_ram_efficient_loading`) unties a model that cannot `tie_weights()`;
+    the decoder then trains nowhere and is saved over the trained embeddings."""
+    decoder, embeddings = raw_model.get_output_embeddings(), raw_model.get_input_embeddings()
+    if decoder is not None and decoder.weight is not embeddings.weight:
+        raise UsageError("after accelerate prepared the model, lm_head.decoder.weight is no longer "
+                         "roberta.embeddings.word_embeddings.weight (the tie was lost): the decoder would never "
+                         "train and would be saved over the trained embeddings")
+    if not check_groups:  # DeepSpeed's optimizer holds its own flattened copies
+        return
+    in_groups = Counter(id(p) for group in optimizer.param_groups for p in group["params"])
+    for name, parameter in wrapped.named_parameters():
+        if parameter.requires_grad and in_groups[id(parameter)] != 1:
+            where = "in no optimizer group" if not in_groups[id(parameter)] else "in several optimizer groups"
+            raise UsageError(f"after accelerate prepared the model, the trainable parameter {clean_name(name)} is "
+                             f"{where}: it would not train as the flags say")
+
+
+def clean_name(name: str) -> str:
+    """A parameter's name without the wrappers' prefixes (FSDP1's `_fsdp_wrapped_module.`, DDP's `module.`)."""
+    parts = [p for p in name.split(".") if p not in ("_fsdp_wrapped_module", "_checkpoint_wrapped_module",
+                                                      "_orig_mod")]
+    return ".".join(parts[1:] if parts and parts[0] == "module" else parts)
+
+
+def agree_on_resume(accelerator, resume: Path | None) -> Path | None:
+    """The checkpoint the main process chose and verified, on every process. Only it resolves `latest` and checks
+    the manifests: on many nodes, ranks reading a shared filesystem could otherwise pick different checkpoints (one
+    saved in between, one damaged in one node's view), and every rank would read every file to verify it."""
+    if accelerator.num_processes == 1:
+        return resume
+    from accelerate.utils import broadcast_object_list
+
+    chosen = broadcast_object_list([str(resume) if resume else None], from_process=0)[0]
+    return Path(chosen) if chosen else None
+
+
+def check_resume_layout(accelerator, saved_processes: int) -> None:
+    """A DeepSpeed checkpoint holds one optimizer partition per process and loads only at the same count; FSDP's
+    sharded checkpoints (torch.distributed.checkpoint) reshard on load, and DDP's are whole."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.DEEPSPEED and saved_processes != accelerator.num_processes:
+        raise UsageError(f"this DeepSpeed checkpoint was saved by {saved_processes} processes and cannot be loaded by "
+                         f"{accelerator.num_processes}: resume with --num_processes {saved_processes}")
 
 
 def configure_deepspeed(config: dict, max_grad_norm: float, per_process_batch: int, compile: bool) -> None:
     """Fill the DeepSpeed config's "auto" micro-batch and clipping from the flags; refuse what would not work."""
+    for section in ("optimizer", "scheduler"):  # DeepSpeed would build its own and ignore train.py's
+        if section in config:
+            raise UsageError(f'the DeepSpeed config has its own "{section}" section: train.py builds the optimizer '
+                             "(AdamW, --learning_rate, --adam_*, --weight_decay) and the learning-rate schedule "
+                             f"itself; remove \"{section}\" from the config")
     if config.get("train_micro_batch_size_per_gpu", "auto") == "auto":  # accelerate guesses it from a dataloader
         config["train_micro_batch_size_per_gpu"] = per_process_batch
     clipping = config.get("gradient_clipping", "auto")

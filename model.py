@@ -333,6 +333,17 @@ class RobertaPreTrainedModel(nn.Module):
     def init_weights(self) -> None:
         self.apply(self._init_weights)
 
+    # transformers' contract for tied embeddings (accelerate's FSDP2 loading calls these).
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.get_submodule(self.base_model_prefix).embeddings.word_embeddings if hasattr(
+            self, self.base_model_prefix) else self.embeddings.word_embeddings
+
+    def get_output_embeddings(self) -> nn.Module | None:
+        return None  # no tied output layer (RobertaForMaskedLM has one)
+
+    def tie_weights(self) -> None:
+        pass  # nothing tied (RobertaForMaskedLM ties its decoder)
+
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         """Parameters counted once (the tied decoder is the word embedding matrix); optionally without embeddings."""
         skip = set()
@@ -542,6 +553,12 @@ class RobertaForMaskedLM(RobertaPreTrainedModel):
         hidden = self.roberta(input_ids, attention_mask)  # (B, T, C)
         if labels is None:
             return MaskedLMOutput(logits=self.lm_head(hidden))
+        return self.masked_lm_loss(hidden, labels, max_predictions_per_seq)
+
+    def masked_lm_loss(self, hidden: torch.Tensor, labels: torch.Tensor,
+                       max_predictions_per_seq: int | None) -> MaskedLMOutput:
+        """The head and loss on the predicted positions of `hidden` (B, T, C): see `forward`. A method of its own
+        so that `compile_regions` can compile it as one region."""
         if max_predictions_per_seq is None:
             rows, row_labels = _predicted_rows(hidden, labels)
         else:
@@ -553,6 +570,15 @@ class RobertaForMaskedLM(RobertaPreTrainedModel):
         loss = F.cross_entropy(logits.float(), row_labels, ignore_index=IGNORE_INDEX, reduction="sum")
         loss = loss / row_labels.ne(IGNORE_INDEX).sum().clamp(min=1)
         return MaskedLMOutput(loss=loss, logits=logits, logits_labels=row_labels)
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head.decoder
+
+    def tie_weights(self) -> None:
+        """Make the decoder's weight the word embedding matrix again (transformers' contract). accelerate calls
+        this after FSDP2 rebuilds the model from the meta device (`cpu_ram_efficient_loading`), which gives every
+        parameter a new tensor: without it the decoder becomes a separate, untrained copy."""
+        self.lm_head.decoder.weight = self.roberta.embeddings.word_embeddings.weight
 
     def _tied_keys(self) -> set[str]:
         return {"lm_head.decoder.weight"}
@@ -588,6 +614,19 @@ class RobertaForQuestionAnswering(RobertaPreTrainedModel):
 
     def _fresh_head_modules(self) -> list[nn.Module]:
         return [self.qa_outputs]
+
+
+def compile_regions(model: nn.Module, fullgraph: bool = True, **options) -> nn.Module:
+    """Regional compilation (as torchtitan does): compile each `RobertaLayer` and the masked-LM head and loss, in
+    place, instead of the whole model. The layers share one compiled graph, so compilation takes about the time of
+    one layer, not of the whole stack, and the state-dict names stay as they are (no `_orig_mod.` prefix).
+    `fullgraph=False` lets hooks that wrappers put around a layer (FSDP's) break the graph instead of failing."""
+    for module in model.modules():
+        if isinstance(module, RobertaLayer):
+            module.forward = torch.compile(module.forward, fullgraph=fullgraph, **options)
+        if isinstance(module, RobertaForMaskedLM):
+            module.masked_lm_loss = torch.compile(module.masked_lm_loss, fullgraph=fullgraph, **options)
+    return model
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -714,5 +753,6 @@ __all__ = [
     "MaskedLMOutput",
     "QuestionAnsweringOutput",
     "flops_per_token",
+    "compile_regions",
     "IGNORE_INDEX",
 ]

@@ -56,7 +56,14 @@ import torch.nn.functional as F
 import checkpoints as ckpt
 from batches import MASK, derived_seed, eval_batches, train_batches
 from checkpoints import CheckpointError, TrainState
-from distributed import StopSignal, describe, is_sharded, prepare_model_and_optimizer
+from distributed import (
+    StopSignal,
+    agree_on_resume,
+    check_resume_layout,
+    describe,
+    is_sharded,
+    prepare_model_and_optimizer,
+)
 from folders import PRETRAINING_RUN, FolderLock, check_output_folder, remove_own_outputs, write_json
 from utils import (
     STORE_TOKENIZER_DIR,
@@ -125,7 +132,11 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--layer_norm_eps", type=float, default=1e-5, help="LayerNorm epsilon (RoBERTa's)")
     g.add_argument("--initializer_range", type=float, default=0.02, help="std of the initial weights")
     g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
-                   help="torch.compile the model (minutes of compilation, then faster steps on a GPU)")
+                   help="torch.compile each layer and the MLM loss (a minute of compilation, then faster GPU steps)")
+    g.add_argument("--pad_vocab_to_multiple_of", type=int, default=1, help="round the embedding/decoder rows up to "
+                   "a multiple of this (64: faster matmuls; the checkpoint then differs from transformers' shape)")
+    g.add_argument("--fsdp_reduce_dtype", choices=["fp32", "bf16"], default="fp32",
+                   help="dtype of FSDP's gradient reduction under bf16 mixed precision")
     g = p.add_argument_group("optimisation")
     g.add_argument("--per_gpu_batch_size", type=int, default=32, help="blocks per process per micro-step")
     g.add_argument("--gradient_accumulation_steps", type=int, default=1, help="micro-steps per update")
@@ -166,6 +177,8 @@ def check_arguments(args: argparse.Namespace) -> None:
         "learning_rate", "adam_epsilon", "initializer_range", "mlp_ratio"] if not getattr(args, n) > 0]
     problems += [f"--{n} must not be negative, got {getattr(args, n)}" for n in [
         "weight_decay", "max_grad_norm", "num_workers", "seed", "num_warmup_steps"] if getattr(args, n) < 0]
+    problems += [f"--pad_vocab_to_multiple_of must be at least 1, got {args.pad_vocab_to_multiple_of}"] if \
+        args.pad_vocab_to_multiple_of < 1 else []
     if not 0 < args.masking_probability < 1:
         problems.append(f"--masking_probability must be in (0, 1), got {args.masking_probability}")
     if args.num_warmup_steps > args.num_training_steps:
@@ -227,7 +240,8 @@ def checked_plan(args: argparse.Namespace, run_dir: Path, locks: list[FolderLock
     fingerprint = record.get("splits", {}).get("train", {}).get("content_hash")
     if args.log_wandb and (note := wandb_offline_unless_logged_in()) and is_main_process():
         print(note, flush=True)
-    resume = ckpt.resolve_resume(args.resume_from_checkpoint, run_dir / "checkpoints")
+    # The main process alone chooses and verifies the checkpoint; main() hands its choice to the others.
+    resume = ckpt.resolve_resume(args.resume_from_checkpoint, run_dir / "checkpoints") if is_main_process() else None
     changes = ckpt.check_resume(resume, vars(args), config.to_dict(), fingerprint) if resume else []
     if not locks:  # the folder is new: locked now, after every check
         locks += lock(run_dir, f"the run folder {run_dir}")
@@ -250,7 +264,8 @@ def model_config(args: argparse.Namespace, tokenizer):
 
     try:
         return RobertaConfig(
-            vocab_size=len(tokenizer), hidden_size=args.embedding_dimension,
+            vocab_size=-(-len(tokenizer) // args.pad_vocab_to_multiple_of) * args.pad_vocab_to_multiple_of,
+            hidden_size=args.embedding_dimension,
             num_hidden_layers=args.num_transformer_blocks, num_attention_heads=args.num_attention_heads,
             intermediate_size=round(args.mlp_ratio * args.embedding_dimension),
             hidden_dropout_prob=args.hidden_dropout_p, attention_probs_dropout_prob=args.attention_dropout_p,
@@ -275,18 +290,19 @@ def setup(args: argparse.Namespace, plan: Plan, accelerator):
     """(model to call, prepared model to save from, optimizer, our RobertaForMaskedLM) on this process."""
     from accelerate.utils import set_seed
 
-    from model import RobertaForMaskedLM
+    from model import RobertaForMaskedLM, compile_regions
 
     set_seed(args.seed)  # the same initial weights on every process
     raw_model = RobertaForMaskedLM(plan.config)
+    if args.compile:  # each layer and the MLM loss compiled in place: one layer's compile time, no renamed weights
+        compile_regions(raw_model, fullgraph=not is_sharded(accelerator))
     wrapped, optimizer = prepare_model_and_optimizer(
         accelerator, raw_model, lambda model: build_optimizer(model, args, accelerator.device), args.max_grad_norm,
-        args.per_gpu_batch_size, args.compile)
+        args.per_gpu_batch_size, args.compile, args.fsdp_reduce_dtype)
     if not is_sharded(accelerator):  # the weights are saved once, in the transformers-format folder
         accelerator.register_save_state_pre_hook(lambda models, weights, folder: weights.clear())
         accelerator.register_load_state_pre_hook(lambda models, folder: models.clear())
-    # The compiled module is only called: saving reads the uncompiled one, whose keys have no `_orig_mod.`.
-    model = torch.compile(wrapped) if args.compile else wrapped
+    model = wrapped
     set_seed(args.seed, device_specific=True)  # dropout differs between processes
     return model, wrapped, optimizer, raw_model
 
@@ -575,6 +591,9 @@ def main(argv: list[str] | None = None) -> None:
     if accelerator.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matrix multiplies on tensor cores
         torch.backends.cudnn.allow_tf32 = True
+    plan.resume = agree_on_resume(accelerator, plan.resume)
+    if plan.resume is not None:
+        check_resume_layout(accelerator, len(ckpt.read_state(plan.resume).window_loss))
     model, wrapped, optimizer, raw_model = setup(args, plan, accelerator)
     run = RunFolder(args, accelerator, plan, wrapped, raw_model)
     state = TrainState()

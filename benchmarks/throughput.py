@@ -30,15 +30,26 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from model import RobertaConfig, RobertaForMaskedLM, flops_per_token  # noqa: E402
+from model import RobertaConfig, RobertaForMaskedLM, compile_regions, flops_per_token  # noqa: E402
 from utils import mask_tokens, matmul_flops_per_second, max_predictions_per_seq  # noqa: E402
 
 TRANSFORMERS = "transformers (sdpa)"
+GATHERED = "transformers (sdpa, gathered head)"
 OURS = "ours"
-# Every implementation a run can time. "ours" is the static head; the two variants switch off one optimisation
-# each, so that its gain is measured in the same process; "baseline" is another model.py (--baseline_model).
-IMPLEMENTATIONS = (TRANSFORMERS, f"{TRANSFORMERS} + compile", OURS, f"{OURS} + compile", "ours (dynamic head)",
-                   "ours (dynamic head) + compile", "ours (unfused qkv)", "baseline", "baseline + compile")
+REGIONAL = "ours + regional compile"
+PADDED = "ours + regional compile, vocab padded to 64"
+# Every implementation a run can time. "ours" is the static head; the variants switch off (or on) one
+# optimisation each, so that its gain is measured in the same process; "baseline" is another model.py
+# (--baseline_model). GATHERED is transformers' model with our algorithm: its MLM head runs on the same gathered
+# rows as ours, so that the algorithm's gain (scoring only the predicted rows) and the implementation's separate.
+# REGIONAL compiles each layer and the head (model.compile_regions, what train.py --compile does) instead of the
+# whole model; PADDED also rounds the vocabulary up to a multiple of 64 (train.py --pad_vocab_to_multiple_of 64).
+IMPLEMENTATIONS = (TRANSFORMERS, f"{TRANSFORMERS} + compile", GATHERED, f"{GATHERED} + compile", OURS,
+                   f"{OURS} + compile", REGIONAL, PADDED, "ours (dynamic head)", "ours (dynamic head) + compile",
+                   "ours (unfused qkv)", "baseline", "baseline + compile")
+# Dense bf16 tensor-core peaks from NVIDIA's datasheets (TFLOP/s, without sparsity), by a name torch reports.
+DATASHEET_BF16_TFLOPS = {"H200": 989.4, "H100 80GB HBM3": 989.4, "H100 SXM": 989.4, "H100 NVL": 835.0,
+                         "H100 PCIe": 756.0, "A100": 312.0, "L40S": 362.1, "L4": 121.0, "A10G": 70.0}
 PRESETS = {  # the shapes the speed targets are set at (README, Results)
     "cpu": dict(hidden=256, layers=4, heads=4, seq=128, batch=16, steps=12, warmup=3, dtype="fp32"),
     "cuda": dict(hidden=768, layers=12, heads=12, seq=512, batch=32, steps=30, warmup=10, dtype="bf16"),
@@ -80,6 +91,9 @@ class Settings:
                              num_attention_heads=self.heads, intermediate_size=4 * self.hidden,
                              max_position_embeddings=self.seq + 2)
 
+    def padded_config(self) -> RobertaConfig:
+        return replace(self.config(), vocab_size=-(-self.vocab_size // 64) * 64)
+
     @property
     def max_predictions_per_seq(self) -> int:
         return max_predictions_per_seq(self.seq, self.mlm_probability)
@@ -89,7 +103,9 @@ class Settings:
 class Result:
     name: str
     step_times: list[float] = field(default_factory=list)
-    peak_memory_gib: float | None = None
+    peak_memory_gib: float | None = None  # this model's own: its weights and optimizer state plus a step's peak
+    warmup_s: float = 0.0  # the untimed first steps: compilation, for a compiled implementation
+    error: str | None = None  # set when this implementation failed: the other rows still stand
 
     @property
     def step_s(self) -> float:
@@ -136,10 +152,13 @@ def build_model(name: str, settings: Settings, folder: str) -> torch.nn.Module:
     import transformers
 
     transformers.utils.logging.disable_progress_bar()  # "Loading weights" bars in the middle of the table
-    if name.startswith(TRANSFORMERS):
+    if name.startswith("transformers"):
         model = transformers.RobertaForMaskedLM.from_pretrained(folder, attn_implementation="sdpa")
     elif name.startswith("baseline"):
         model = _load_model_module(settings.baseline_model).RobertaForMaskedLM.from_pretrained(folder)
+    elif name == PADDED:  # other shapes: its own weights, drawn the same way
+        torch.manual_seed(0)
+        model = RobertaForMaskedLM(settings.padded_config())
     else:
         model = RobertaForMaskedLM.from_pretrained(folder)
         if "unfused qkv" in name:
@@ -147,24 +166,38 @@ def build_model(name: str, settings: Settings, folder: str) -> torch.nn.Module:
                 if hasattr(module, "fused_qkv"):
                     module.fused_qkv = False
     model = model.to(settings.device).train()
-    if name.endswith("+ compile"):
+    if name in (REGIONAL, PADDED):
+        compile_regions(model, backend=settings.compile_backend)
+    elif name.endswith("+ compile") and not name.startswith(GATHERED):
         # Ours must trace to one graph: a break there is a bug. transformers' may break where it likes.
         fullgraph = name == f"{OURS} + compile"
         model = torch.compile(model, backend=settings.compile_backend, fullgraph=fullgraph)
     return model
 
 
-def build_models(settings: Settings) -> dict[str, torch.nn.Module]:
-    """Every implementation of `settings`, from one set of weights (ours, saved in transformers' format)."""
+def build_models(settings: Settings, results: dict[str, Result]) -> dict[str, torch.nn.Module]:
+    """Every implementation of `settings`, from one set of weights (ours, saved in transformers' format). One that
+    fails to build gets its error in `results` and is left out."""
     torch.manual_seed(0)
+    models = {}
     with tempfile.TemporaryDirectory() as folder:
         RobertaForMaskedLM(settings.config()).save_pretrained(folder)
-        return {name: build_model(name, settings, folder) for name in settings.implementations}
+        for name in settings.implementations:
+            try:
+                models[name] = build_model(name, settings, folder)
+            except Exception as error:  # noqa: BLE001 - one implementation's failure is one row's
+                results[name].error = f"build: {type(error).__name__}: {first_line(error)}"
+    return models
+
+
+def first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:300] if text else ""
 
 
 def forward_kwargs(name: str, model: torch.nn.Module, settings: Settings) -> dict:
     """Ours and a baseline that knows the flag get the static head; transformers and 'dynamic head' do not."""
-    if name.startswith(TRANSFORMERS) or "dynamic head" in name:
+    if name.startswith("transformers") or "dynamic head" in name:
         return {}
     forward = getattr(model, "_orig_mod", model).forward
     if "max_predictions_per_seq" not in inspect.signature(forward).parameters:
@@ -173,21 +206,43 @@ def forward_kwargs(name: str, model: torch.nn.Module, settings: Settings) -> dic
 
 
 def make_step(name: str, model: torch.nn.Module, settings: Settings):
-    """One training step: forward and loss under autocast, backward, AdamW (fused on CUDA)."""
+    """(one training step: forward and loss under autocast, backward, AdamW (fused on CUDA); its optimizer)."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01,
                                   fused=settings.device == "cuda")
     autocast_dtype = torch.bfloat16 if settings.dtype == "bf16" else None
     kwargs = forward_kwargs(name, model, settings)
+    forward = model
+    if name.startswith(GATHERED):  # compiled here, as a function: the whole model is never called
+        forward = gathered_head_forward(model, settings)
+        if name.endswith("+ compile"):
+            forward = torch.compile(forward, backend=settings.compile_backend)
 
     def step(inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         with torch.autocast(settings.device, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            loss = model(input_ids=inputs, labels=labels, **kwargs).loss
+            loss = forward(input_ids=inputs, labels=labels, **kwargs).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return loss
 
-    return step
+    return step, optimizer
+
+
+def gathered_head_forward(model: torch.nn.Module, settings: Settings):
+    """transformers' RobertaForMaskedLM run with our algorithm: its encoder, then its own MLM head on the same
+    B x k gathered rows our static head scores (model._first_predicted_rows), and the same loss."""
+    from model import MaskedLMOutput, _first_predicted_rows
+
+    k = settings.max_predictions_per_seq
+
+    def forward(input_ids: torch.Tensor, labels: torch.Tensor) -> MaskedLMOutput:
+        hidden = model.roberta(input_ids=input_ids).last_hidden_state  # (B, T, C)
+        rows, row_labels = _first_predicted_rows(hidden, labels, k)  # (B*k, C), (B*k,)
+        logits = model.lm_head(rows)  # (B*k, V)
+        loss = torch.nn.functional.cross_entropy(logits.float(), row_labels, reduction="sum")
+        return MaskedLMOutput(loss=loss / row_labels.ne(-100).sum().clamp(min=1))
+
+    return forward
 
 
 def sync(device: str) -> None:
@@ -195,27 +250,52 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_steps(models: dict[str, torch.nn.Module], settings: Settings) -> dict[str, Result]:
-    steps = {name: make_step(name, model, settings) for name, model in models.items()}
-    results = {name: Result(name) for name in models}
+def persistent_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """What a model keeps between steps: its weights (a tied one once) and its optimizer's state."""
+    tensors = {id(p): p for p in model.parameters()}
+    tensors.update({id(t): t for state in optimizer.state.values() for t in state.values() if torch.is_tensor(t)})
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def time_steps(models: dict[str, torch.nn.Module], settings: Settings, results: dict[str, Result],
+               deadline: float = float("inf")) -> None:
+    """Warm each implementation up (compilation happens here), then time them interleaved. An implementation that
+    fails, or whose warm-up would start after `deadline` (time.monotonic()), keeps its error and is not timed."""
     batches = make_batches(settings)
-    for step in steps.values():  # warm-up (and compilation) outside the timed region
-        for i in range(settings.warmup):
-            step(*batches[i % len(batches)])
-        sync(settings.device)
+    steps = {}
+    for name, model in models.items():
+        if time.monotonic() > deadline:
+            results[name].error = "skipped (budget)"
+            continue
+        start = time.perf_counter()
+        try:
+            step, optimizer = make_step(name, model, settings)
+            for i in range(settings.warmup):
+                step(*batches[i % len(batches)])
+            sync(settings.device)
+        except Exception as error:  # noqa: BLE001 - one implementation's failure is one row's
+            results[name].error = f"warm-up: {type(error).__name__}: {first_line(error)}"
+            continue
+        results[name].warmup_s = time.perf_counter() - start
+        steps[name] = (step, persistent_bytes(model, optimizer))
     for i in range(settings.steps):
-        for name, step in steps.items():
+        for name, (step, kept) in list(steps.items()):
             if settings.device == "cuda":
                 torch.cuda.reset_peak_memory_stats()
+                before = torch.cuda.memory_allocated()
             sync(settings.device)
             start = time.perf_counter()
-            step(*batches[i % len(batches)])
-            sync(settings.device)
+            try:
+                step(*batches[i % len(batches)])
+                sync(settings.device)
+            except Exception as error:  # noqa: BLE001
+                results[name].error = f"step: {type(error).__name__}: {first_line(error)}"
+                del steps[name]
+                continue
             results[name].step_times.append(time.perf_counter() - start)
-            if settings.device == "cuda":
-                peak = torch.cuda.max_memory_allocated() / 2**30
-                results[name].peak_memory_gib = max(results[name].peak_memory_gib or 0.0, peak)
-    return results
+            if settings.device == "cuda":  # the other models' memory is constant during this step: left out
+                alone = (torch.cuda.max_memory_allocated() - before + kept) / 2**30
+                results[name].peak_memory_gib = max(results[name].peak_memory_gib or 0.0, alone)
 
 
 def matmul_rate(settings: Settings) -> float:
@@ -225,20 +305,36 @@ def matmul_rate(settings: Settings) -> float:
     return matmul_flops_per_second(settings.device, dtype, size=8192 if on_gpu else 1024, repeats=20 if on_gpu else 5)
 
 
+def datasheet_flops(device: str) -> float | None:
+    """The card's dense bf16 peak from its datasheet (DATASHEET_BF16_TFLOPS), None when unknown."""
+    if device != "cuda":
+        return None
+    name = torch.cuda.get_device_name()
+    return next((tflops * 1e12 for key, tflops in DATASHEET_BF16_TFLOPS.items() if key in name), None)
+
+
 def result_rows(results: dict[str, Result], settings: Settings, peak_flops: float) -> list[dict]:
-    """One dict per implementation: step time, tokens/s, speed against transformers, MFU, peak memory."""
+    """One dict per implementation: step time, tokens/s, speed against transformers, MFU against the measured
+    matrix rate and against the datasheet's peak, peak memory alone, warm-up (compile) seconds, error."""
     useful = flops_per_token(settings.config(), settings.seq, settings.mlm_probability)
     tokens = settings.batch * settings.seq
+    sheet = datasheet_flops(settings.device)
 
     def reference(name: str) -> Result | None:  # transformers in the same mode (eager or compiled)
-        return results.get(TRANSFORMERS + (" + compile" if name.endswith("+ compile") else ""))
+        ref = results.get(TRANSFORMERS + (" + compile" if "compile" in name else ""))
+        return ref if ref and ref.step_times else None
 
     rows = []
     for r in results.values():
-        ref = reference(r.name)
-        rows.append(dict(implementation=r.name, step_ms=1e3 * r.step_s, tokens_per_second=tokens / r.step_s,
-                         vs_transformers=ref.step_s / r.step_s if ref else None,
-                         mfu=useful * tokens / r.step_s / peak_flops, peak_memory_gib=r.peak_memory_gib))
+        row = dict(implementation=r.name, step_ms=None, tokens_per_second=None, vs_transformers=None, mfu=None,
+                   mfu_datasheet=None, peak_memory_gib=r.peak_memory_gib, warmup_s=r.warmup_s, error=r.error)
+        if r.step_times:
+            ref = reference(r.name)
+            rate = tokens / r.step_s
+            row.update(step_ms=1e3 * r.step_s, tokens_per_second=rate,
+                       vs_transformers=ref.step_s / r.step_s if ref else None, mfu=useful * rate / peak_flops,
+                       mfu_datasheet=useful * rate / sheet if sheet else None)
+        rows.append(row)
     return rows
 
 
@@ -253,24 +349,36 @@ def device_name(device: str) -> str:
     return torch.cuda.get_device_name() if device == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
 
 
-def run(settings: Settings) -> dict:
-    """Time every implementation of `settings`; returns {device, settings, shape, matmul_flops, rows}."""
+def run(settings: Settings, budget_s: float | None = None) -> dict:
+    """Time every implementation of `settings`; returns {device, settings, shape, matmul_flops, datasheet_flops,
+    rows}. With `budget_s`, implementations whose warm-up would start after 70% of it are skipped."""
+    deadline = time.monotonic() + 0.7 * budget_s if budget_s else float("inf")
     if settings.device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
     peak_flops = matmul_rate(settings)
-    results = time_steps(build_models(settings), settings)
+    results = {name: Result(name) for name in settings.implementations}
+    time_steps(build_models(settings, results), settings, results, deadline)
     return dict(device=device_name(settings.device), torch=torch.__version__, settings=asdict(settings),
-                shape=describe(settings), matmul_flops=peak_flops, rows=result_rows(results, settings, peak_flops))
+                shape=describe(settings), matmul_flops=peak_flops, datasheet_flops=datasheet_flops(settings.device),
+                rows=result_rows(results, settings, peak_flops))
 
 
 def markdown_table(rows: list[dict]) -> str:
-    lines = ["| implementation | step ms | tokens/s | vs transformers | MFU | peak GiB |",
-             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| implementation | step ms | tokens/s | vs transformers | MFU (measured matmul) | MFU (datasheet) "
+             "| peak GiB (alone) | warm-up s |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+
+    def number(value, fmt: str) -> str:
+        return "-" if value is None else format(value, fmt)
+
     for row in rows:
+        if row.get("error"):
+            lines.append(f"| {row['implementation']} | {row['error'].replace('|', '/')} | | | | | | |")
+            continue
         ratio = f"{row['vs_transformers']:.2f}x" if row["vs_transformers"] else "-"
-        memory = f"{row['peak_memory_gib']:.2f}" if row["peak_memory_gib"] is not None else "-"
+        mfu_sheet = f"{100 * row['mfu_datasheet']:.1f}%" if row.get("mfu_datasheet") else "-"
         lines.append(f"| {row['implementation']} | {row['step_ms']:.1f} | {row['tokens_per_second']:,.0f} | {ratio} "
-                     f"| {100 * row['mfu']:.1f}% | {memory} |")
+                     f"| {100 * row['mfu']:.1f}% | {mfu_sheet} | {number(row['peak_memory_gib'], '.2f')} "
+                     f"| {number(row.get('warmup_s'), '.0f')} |")
     return "\n".join(lines)
 
 
@@ -290,6 +398,8 @@ def parse_args() -> tuple[Settings, Path | None]:
                         f"any of {', '.join(repr(n) for n in IMPLEMENTATIONS)}")
     p.add_argument("--baseline_model", help="another model.py to time as 'baseline' (and 'baseline + compile')")
     p.add_argument("--json", type=Path, help="also write the results to this file")
+    p.add_argument("--budget_s", type=float, help="skip the implementations whose warm-up would start after 70%% "
+                   "of this many seconds (default: no limit)")
     args = p.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is visible to torch")
@@ -298,16 +408,17 @@ def parse_args() -> tuple[Settings, Path | None]:
     if implementations is None:
         implementations = [TRANSFORMERS, OURS] + (["baseline"] if args.baseline_model else [])
         implementations += [f"{name} + compile" for name in implementations] if compile_ else []
+        implementations += [REGIONAL] if compile_ else []
     overrides = {f.name: getattr(args, f.name) for f in fields(Settings)
                  if f.name in vars(args) and getattr(args, f.name) is not None and f.name != "device"}
     settings = Settings.preset(args.device, **overrides)
-    return replace(settings, implementations=tuple(implementations)), args.json
+    return replace(settings, implementations=tuple(implementations)), args.json, args.budget_s
 
 
 def main() -> None:
-    settings, json_path = parse_args()
+    settings, json_path, budget_s = parse_args()
     print(f"device {device_name(settings.device)}, torch {torch.__version__}, {describe(settings)}", flush=True)
-    report = run(settings)
+    report = run(settings, budget_s)
     print(f"measured matrix-multiply rate: {report['matmul_flops'] / 1e12:.2f} TFLOP/s\n")
     print(markdown_table(report["rows"]))
     if json_path:
