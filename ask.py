@@ -39,7 +39,7 @@ from qa import (
     read_squad_file,
     squad_v2_summary,
 )
-from utils import ArgumentParser, HelpFormatter, UsageError, load_tokenizer, run_cli
+from utils import ArgumentParser, HelpFormatter, UsageError, load_tokenizer, looks_local, run_cli
 
 RUN_RECORD = "finetune_args.json"
 CHUNK = 256  # questions answered between two progress lines of --squad_file
@@ -93,10 +93,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # ----------------------------------------------------------------------------------------------------------------
 # Checking the request
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def _is_local(name: str) -> bool:
-    return Path(name).expanduser().exists() or name.startswith((".", "/", "~")) or name.count("/") > 1
 
 
 def read_context(args: argparse.Namespace) -> str:
@@ -212,7 +208,7 @@ def load_model(args: argparse.Namespace):
         model = RobertaForQuestionAnswering.from_pretrained(folder)
     except ValueError as error:
         raise UsageError(f"--model {error}") from None
-    tokenizer = load_tokenizer(folder if _is_local(name) else name, flag="--model", cache_dir=args.path_to_cache_dir)
+    tokenizer = load_tokenizer(folder if looks_local(name) else name, flag="--model", cache_dir=args.path_to_cache_dir)
     check_qa_tokenizer(tokenizer, config, name)
     record = run_record(folder)
     resolve_settings(args, record, config)

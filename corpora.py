@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from store import TEST, TEXT_COLUMN, TRAIN
-from utils import UsageError
+from utils import UsageError, first_line, looks_local
 from utils import log as shared_log
 
 DATASETS = ["wikipedia_bookcorpus", "wikipedia", "demo"]
@@ -88,8 +88,7 @@ def not_utf8(path: str | os.PathLike, offset: int) -> UsageError:
 
 def check_dataset_name(name: str, config: str | None, split: str) -> None:
     path = Path(name).expanduser()
-    looks_local = path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1
-    if looks_local and not path.exists():
+    if looks_local(name) and not path.exists():
         raise UsageError(f"--dataset_name {name} does not exist (a local folder or file, or a Hub id like "
                          "Salesforce/wikitext)")
     if path.is_file() and not name.endswith(tuple(LOCAL_BUILDERS)):
@@ -129,7 +128,7 @@ class Corpus:
 
     @property
     def local(self) -> bool:
-        return Path(self.path).expanduser().exists()
+        return looks_local(self.path)
 
     def describe(self) -> str:
         where = f" @ {self.sha[:10]}" if self.sha else ""
@@ -213,7 +212,7 @@ def hub_error(what: str, error: Exception) -> UsageError:
     """One line for a failed Hub call: what was asked, why it failed, what to do."""
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
 
-    reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+    reason = first_line(error, 160)
     if isinstance(error, RevisionNotFoundError):
         return UsageError(f"{what}: that revision does not exist on the Hub ({reason})")
     if isinstance(error, GatedRepoError):
@@ -239,7 +238,7 @@ def preflight(corpora: list[Corpus], tokenizer_name: str | None) -> dict:
             corpus.files = [str(p) for p in files if p.name.endswith(DATA_FILE_SUFFIXES)]
             corpus.download_bytes = sum(Path(p).stat().st_size for p in corpus.files)
     hub = [c for c in corpora if not c.local]
-    if tokenizer_name and Path(tokenizer_name).expanduser().exists():
+    if tokenizer_name and looks_local(tokenizer_name):
         tokenizer_name = None  # a local folder
     if hub_offline():
         if hub or tokenizer_name:
@@ -305,7 +304,7 @@ def load_error(corpus: Corpus, error: Exception) -> UsageError:
     """datasets' many load failures, each as what to change."""
     from datasets.exceptions import DatasetNotFoundError
 
-    text = (str(error).strip().splitlines() or [type(error).__name__])[0][:240]
+    text = first_line(error, 240)
     name = corpus.label
     if "BuilderConfig" in text or "Config name is missing" in text:
         return UsageError(f"--dataset_config_name {corpus.config}: {text}")

@@ -78,10 +78,12 @@ from utils import (
     ArgumentParser,
     HelpFormatter,
     UsageError,
+    first_line,
     is_main_process,
     library_versions,
     load_tokenizer,
     log,
+    looks_local,
     run_cli,
     tokenizer_fingerprint,
     wandb_offline_unless_logged_in,
@@ -215,11 +217,6 @@ def check_data_source(args: argparse.Namespace) -> None:
         raise UsageError(f"--path_to_cache_dir {args.path_to_cache_dir} is a file, not a folder")
 
 
-def _is_local(name: str) -> bool:
-    """Whether a model name means a local folder rather than a Hub id (as model.py and utils.py tell them apart)."""
-    return Path(name).expanduser().exists() or name.startswith((".", "/", "~")) or name.count("/") > 1
-
-
 def check_backbone(args: argparse.Namespace) -> None:
     """The backbone flags fit together and every local model folder holds what is needed (no weights read yet)."""
     if args.pretrained_backbone == "pretrained" and not args.path_to_pretrained_backbone:
@@ -230,7 +227,7 @@ def check_backbone(args: argparse.Namespace) -> None:
                          "for pretrained_huggingface give --huggingface_model_name")
     source, need_weights = backbone_source(args), args.pretrained_backbone != "random"
     flag = "--path_to_pretrained_backbone" if source == args.path_to_pretrained_backbone else "--huggingface_model_name"
-    if _is_local(source):
+    if looks_local(source):
         from model import check_checkpoint_folder
 
         try:
@@ -260,7 +257,7 @@ def check_run_folder(args: argparse.Namespace) -> Path:
         if parent.exists() and not parent.is_dir():
             raise UsageError(f"{run_folder_flag(run_dir)} cannot be made: {parent} is a file")
     inputs = {"--path_to_pretrained_backbone": args.path_to_pretrained_backbone,
-              "--huggingface_model_name": args.huggingface_model_name if _is_local(args.huggingface_model_name)
+              "--huggingface_model_name": args.huggingface_model_name if looks_local(args.huggingface_model_name)
               else None,
               "--train_file": args.train_file, "--validation_file": args.validation_file,
               "--path_to_cache_dir": args.path_to_cache_dir}
@@ -309,7 +306,7 @@ def check_request(args: argparse.Namespace) -> tuple[Path, list[str]]:
 def backbone_provenance(args: argparse.Namespace, folder: Path) -> dict:
     """Where the weights, the architecture and the tokenizer came from, for eval_results.json."""
     source = backbone_source(args)
-    where = source if _is_local(source) else f"{source} (Hugging Face Hub, files in {folder})"
+    where = source if looks_local(source) else f"{source} (Hugging Face Hub, files in {folder})"
     weights = f"random initialisation (RoBERTa's, --seed {args.seed})" if args.pretrained_backbone == "random" \
         else where
     return {"pretrained_backbone": args.pretrained_backbone, "weights": weights, "architecture": where,
@@ -386,7 +383,7 @@ def load_hub_dataset(name: str, cache_dir: str | None):
         folder = snapshot_download(name, repo_type="dataset", allow_patterns=["README.md", "*.parquet"], **where)
         return load_dataset(folder, **where)
     except Exception as error:  # offline, no cache, unknown layout: one line with the way out
-        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+        reason = first_line(error)
         raise UsageError(f"could not load {name} from the Hugging Face Hub ({type(error).__name__}: {reason}); "
                          "use --train_file/--validation_file or --dataset demo") from None
 

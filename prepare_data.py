@@ -116,9 +116,12 @@ from utils import (
     BPE_MIN_VOCAB_SIZE,
     ArgumentParser,
     HelpFormatter,
+    ScriptExit,
     UsageError,
+    exit_code_for_signal,
     library_versions,
     load_tokenizer,
+    run_cli,
     tokenizer_fingerprint,
     train_bpe_tokenizer,
 )
@@ -541,23 +544,18 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def cli() -> None:
-    """The command line: one line and exit code 2 for bad input, 130/143 for Ctrl-C/SIGTERM."""
+    """main() under the exit policy of utils.run_cli: an interruption and a full disk end in one line too."""
     try:
         main()
-    except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
     except Interrupted as interruption:
-        print(f"prepare_data: interrupted ({interruption}): the work folder is removed and the store is as it was",
-              file=sys.stderr)
-        sys.exit(128 + interruption.signum)
+        raise ScriptExit(f"prepare_data: interrupted ({interruption}): the work folder is removed and the store is as "
+                         "it was", exit_code_for_signal(interruption.signum)) from None
     except OSError as error:
         if error.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
-        print(f"error: the disk filled up ({error.strerror}: {error.filename or ''}); the work folder is removed and "
-              "the store is as it was; free space, or choose folders on a larger disk", file=sys.stderr)
-        sys.exit(1)
+        raise ScriptExit(f"error: the disk filled up ({error.strerror}: {error.filename or ''}); the work folder is "
+                         "removed and the store is as it was; free space, or choose folders on a larger disk") from None
 
 
 if __name__ == "__main__":
-    cli()
+    run_cli(cli)

@@ -44,8 +44,9 @@ from pathlib import Path
 
 import numpy as np
 
+import fault_injection
 import folders
-from utils import UsageError, load_tokenizer, tokenizer_fingerprint
+from utils import UsageError, first_line, load_tokenizer, tokenizer_fingerprint
 
 STORE_SPLITS = ("train", "test")
 STORE_COLUMN = "input_ids"
@@ -56,7 +57,6 @@ TEXT_COLUMN = "text"  # the one column of the documents a store is written from
 SHARD_BYTES = 500 * 10**6  # store shard size, as save_to_disk's default max_shard_size
 MIN_CONTEXT_LENGTH = 8
 TOKENIZE_BATCH_DOCUMENTS = 1000  # documents per task of a tokenising worker (memory per worker: one batch)
-SLOW_TOKENIZING_ENV = "PREPARE_DATA_TEST_SECONDS_PER_BATCH"  # tests only: each tokenising task sleeps this long
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -81,7 +81,7 @@ def open_store(path: str | os.PathLike, *, flag: str = "--path_to_prepped_data",
         data = datasets.load_from_disk(str(store))
         record = json.loads((store / STORE_RECORD).read_text()) if (store / STORE_RECORD).is_file() else {}
     except Exception as error:  # a damaged store fails in many ways; all mean the same to a user
-        raise UsageError(f"{flag} {path} could not be read ({type(error).__name__}: {str(error)[:200]}); "
+        raise UsageError(f"{flag} {path} could not be read ({type(error).__name__}: {first_line(error)}); "
                          f"{hint}") from None
     for split in STORE_SPLITS:
         if split not in data or STORE_COLUMN not in data[split].column_names or len(data[split]) == 0:
@@ -203,8 +203,8 @@ def encode_range(documents, start: int, stop: int, tokenizer, dtype: np.dtype) -
     """(lengths, ids end to end) of documents[start:stop]."""
     texts = [(text or "").strip() for text in
              documents.with_format("arrow")[start:stop].column(TEXT_COLUMN).to_pylist()]
-    if os.environ.get(SLOW_TOKENIZING_ENV):
-        time.sleep(float(os.environ[SLOW_TOKENIZING_ENV]))
+    if fault_injection.TOKENIZING_DELAY_S:
+        time.sleep(fault_injection.TOKENIZING_DELAY_S)
     ids = encode_texts(texts, tokenizer)
     lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
     return lengths, np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=int(lengths.sum()))

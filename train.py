@@ -45,7 +45,7 @@ import contextlib
 import json
 import math
 import os
-import sys
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,11 +58,14 @@ from batches import MASK, derived_seed, eval_batches, mask_tokens, max_predictio
 from checkpoints import CheckpointError, TrainState
 from distributed import StopSignal, describe, is_sharded, prepare_model_and_optimizer
 from folders import PRETRAINING_RUN, FolderLock, check_output_folder, remove_own_outputs, write_json
+from model import IGNORE_INDEX, RobertaConfig, RobertaForMaskedLM, flops_per_token
 from store import STORE_TOKENIZER_DIR, open_store, tokenizer_from_store
 from utils import (
     ArgumentParser,
     HelpFormatter,
+    ScriptExit,
     UsageError,
+    exit_code_for_signal,
     is_main_process,
     library_versions,
     matmul_flops_per_second,
@@ -242,8 +245,6 @@ def lock(folder: Path, flag: str, shared: bool = False) -> list[FolderLock]:
 
 def model_config(args: argparse.Namespace, tokenizer):
     """The architecture from the flags; RobertaConfig does the checking, reported in the flags' names."""
-    from model import RobertaConfig
-
     try:
         return RobertaConfig(
             vocab_size=len(tokenizer), hidden_size=args.embedding_dimension,
@@ -270,8 +271,6 @@ def model_config(args: argparse.Namespace, tokenizer):
 def setup(args: argparse.Namespace, plan: Plan, accelerator):
     """(model to call, prepared model to save from, optimizer, our RobertaForMaskedLM) on this process."""
     from accelerate.utils import set_seed
-
-    from model import RobertaForMaskedLM
 
     set_seed(args.seed)  # the same initial weights on every process
     raw_model = RobertaForMaskedLM(plan.config)
@@ -322,8 +321,6 @@ def lr_schedule(args: argparse.Namespace):
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, batches: list, accelerator, predictions_per_row: int) -> dict:
     """Loss and accuracy over every predicted token of the evaluation set, summed over processes."""
-    from model import IGNORE_INDEX
-
     model.eval()
     totals = torch.zeros(3, dtype=torch.float64, device=accelerator.device)  # loss sum, correct, count
     for inputs, labels in batches:
@@ -418,8 +415,6 @@ class RunFolder:
     loss needs them all); the main process alone writes and prints."""
 
     def __init__(self, args, accelerator, plan: Plan, wrapped, raw_model):
-        from model import flops_per_token
-
         self.args, self.accelerator, self.plan, self.wrapped, self.raw_model = args, accelerator, plan, wrapped, \
             raw_model  # the prepared (uncompiled) model to gather weights from; our RobertaForMaskedLM
         self.path, self.main = plan.run_dir, accelerator.is_main_process
@@ -584,12 +579,10 @@ def main(argv: list[str] | None = None) -> None:
             run.save_final_model()
     except (NonFiniteLoss, CheckpointError) as error:
         accelerator.end_training()
-        print(f"error: {error}", file=sys.stderr, flush=True)
-        sys.exit(1)
+        raise ScriptExit(f"error: {error}") from None
     except KeyboardInterrupt:  # a second Ctrl-C: stop now, without saving
-        print("error: stopped by a second Ctrl-C before saving; continue from the last checkpoint with "
-              "--resume_from_checkpoint latest", file=sys.stderr, flush=True)
-        sys.exit(130)
+        raise ScriptExit("error: stopped by a second Ctrl-C before saving; continue from the last checkpoint with "
+                         "--resume_from_checkpoint latest", exit_code_for_signal(signal.SIGINT)) from None
     accelerator.end_training()
 
 

@@ -22,6 +22,7 @@ import pytest
 from conftest import hold_lock_in_another_process
 
 import corpora
+import fault_injection
 import folders
 import prepare_data
 import store as store_module
@@ -807,7 +808,7 @@ def start_slow_prepare(store: Path, tiny_tokenizer_dir: Path) -> subprocess.Pope
                "--hf_model_name", str(tiny_tokenizer_dir), "--context_length", "29", "--num_workers", "2",
                "--path_to_data_store", str(store)]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, store_module.SLOW_TOKENIZING_ENV: "1"})
+                               env={**os.environ, fault_injection.SLOW_TOKENIZING_ENV: "1"})
     for line in process.stdout:
         if "tokenizing with 2 worker(s)" in line:
             break
