@@ -21,7 +21,6 @@ and leaves no partial checkpoint behind.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import re
@@ -29,6 +28,7 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import fault_injection
 from folders import file_manifest, human_bytes, is_disk_full, verify_manifest, write_json
 from utils import UsageError
 
@@ -190,7 +190,7 @@ def save(accelerator, wrapped, raw_model, tokenizer, folder: Path, state: TrainS
     accelerator.wait_for_everyone()
     try:
         save_model_folder(accelerator, wrapped, raw_model, tokenizer, tmp)
-        _testing_disk_full(state.step)
+        fault_injection.check_disk_full(state.step)
         accelerator.save_state(str(tmp / ACCELERATE_STATE))
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
@@ -256,12 +256,6 @@ def load(accelerator, raw_model, path: Path, sharded: bool) -> TrainState:
         raw_model.load_state_dict(type(raw_model).from_pretrained(path).state_dict(), strict=True)
     accelerator.load_state(str(path / ACCELERATE_STATE))  # last: building the model above draws random numbers
     return read_state(path)
-
-
-def _testing_disk_full(step: int) -> None:
-    """TRAIN_TEST_DISK_FULL_AT_STEP=N: the checkpoint of update N fails as a full disk does (tests only)."""
-    if os.environ.get("TRAIN_TEST_DISK_FULL_AT_STEP") == str(step):
-        raise OSError(errno.ENOSPC, "No space left on device (TRAIN_TEST_DISK_FULL_AT_STEP)")
 
 
 def rotate(folder: Path, num_keep: int, keep: Path) -> None:

@@ -2,7 +2,7 @@
 
 The recipe is RoBERTa's (Liu et al. 2019): packed full-length blocks with no padding (so the model gets no
 attention mask and PyTorch may pick the flash kernel), dynamic masking drawn afresh for every batch
-(`utils.mask_tokens`: 15% of tokens, 80% <mask> / 10% random / 10% unchanged), AdamW with β2 = 0.98 and weight
+(`batches.mask_tokens`: 15% of tokens, 80% <mask> / 10% random / 10% unchanged), AdamW with β2 = 0.98 and weight
 decay on matrices only, linear warmup then decay, gradient clipping, accumulation and large global batches. The
 defaults are roberta-base's recipe (12 layers x 768, blocks of 512, 100,000 updates of 32 blocks per process): a
 multi-GPU job. For a first run on a laptop, use the small command at the end of --help.
@@ -45,7 +45,7 @@ import contextlib
 import json
 import math
 import os
-import sys
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 
 import checkpoints as ckpt
-from batches import MASK, derived_seed, eval_batches, train_batches
+from batches import MASK, derived_seed, eval_batches, mask_tokens, max_predictions_per_seq, train_batches
 from checkpoints import CheckpointError, TrainState
 from distributed import (
     StopSignal,
@@ -65,20 +65,19 @@ from distributed import (
     prepare_model_and_optimizer,
 )
 from folders import PRETRAINING_RUN, FolderLock, check_output_folder, remove_own_outputs, write_json
+from model import IGNORE_INDEX, RobertaConfig, RobertaForMaskedLM, compile_regions, flops_per_token
+from store import STORE_TOKENIZER_DIR, open_store, tokenizer_from_store
 from utils import (
-    STORE_TOKENIZER_DIR,
     ArgumentParser,
     HelpFormatter,
+    ScriptExit,
     UsageError,
+    exit_code_for_signal,
     is_main_process,
     library_versions,
-    mask_tokens,
     matmul_flops_per_second,
-    max_predictions_per_seq,
-    open_store,
     plot_training_curves,
     run_cli,
-    store_tokenizer,
     wandb_offline_unless_logged_in,
 )
 
@@ -229,7 +228,7 @@ def checked_plan(args: argparse.Namespace, run_dir: Path, locks: list[FolderLock
                         inputs={"--path_to_prepped_data": args.path_to_prepped_data,
                                 "--hf_model_name": args.hf_model_name})
     data, record = open_store(args.path_to_prepped_data, context_length=args.context_length)
-    tokenizer = store_tokenizer(args.path_to_prepped_data, record, args.hf_model_name)
+    tokenizer = tokenizer_from_store(args.path_to_prepped_data, record, args.hf_model_name)
     if tokenizer.mask_token_id is None or tokenizer.pad_token_id is None:
         raise UsageError("the store's tokenizer has no <mask> or <pad> token; masked LM needs both")
     config = model_config(args, tokenizer)
@@ -260,8 +259,6 @@ def lock(folder: Path, flag: str, shared: bool = False) -> list[FolderLock]:
 
 def model_config(args: argparse.Namespace, tokenizer):
     """The architecture from the flags; RobertaConfig does the checking, reported in the flags' names."""
-    from model import RobertaConfig
-
     try:
         return RobertaConfig(
             vocab_size=-(-len(tokenizer) // args.pad_vocab_to_multiple_of) * args.pad_vocab_to_multiple_of,
@@ -289,8 +286,6 @@ def model_config(args: argparse.Namespace, tokenizer):
 def setup(args: argparse.Namespace, plan: Plan, accelerator):
     """(model to call, prepared model to save from, optimizer, our RobertaForMaskedLM) on this process."""
     from accelerate.utils import set_seed
-
-    from model import RobertaForMaskedLM, compile_regions
 
     set_seed(args.seed)  # the same initial weights on every process
     raw_model = RobertaForMaskedLM(plan.config)
@@ -342,8 +337,6 @@ def lr_schedule(args: argparse.Namespace):
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, batches: list, accelerator, predictions_per_row: int) -> dict:
     """Loss and accuracy over every predicted token of the evaluation set, summed over processes."""
-    from model import IGNORE_INDEX
-
     model.eval()
     totals = torch.zeros(3, dtype=torch.float64, device=accelerator.device)  # loss sum, correct, count
     for inputs, labels in batches:
@@ -438,8 +431,6 @@ class RunFolder:
     loss needs them all); the main process alone writes and prints."""
 
     def __init__(self, args, accelerator, plan: Plan, wrapped, raw_model):
-        from model import flops_per_token
-
         self.args, self.accelerator, self.plan, self.wrapped, self.raw_model = args, accelerator, plan, wrapped, \
             raw_model  # the prepared (uncompiled) model to gather weights from; our RobertaForMaskedLM
         self.path, self.main = plan.run_dir, accelerator.is_main_process
@@ -607,12 +598,10 @@ def main(argv: list[str] | None = None) -> None:
             run.save_final_model()
     except (NonFiniteLoss, CheckpointError) as error:
         accelerator.end_training()
-        print(f"error: {error}", file=sys.stderr, flush=True)
-        sys.exit(1)
+        raise ScriptExit(f"error: {error}") from None
     except KeyboardInterrupt:  # a second Ctrl-C: stop now, without saving
-        print("error: stopped by a second Ctrl-C before saving; continue from the last checkpoint with "
-              "--resume_from_checkpoint latest", file=sys.stderr, flush=True)
-        sys.exit(130)
+        raise ScriptExit("error: stopped by a second Ctrl-C before saving; continue from the last checkpoint with "
+                         "--resume_from_checkpoint latest", exit_code_for_signal(signal.SIGINT)) from None
     accelerator.end_training()
 
 

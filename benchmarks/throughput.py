@@ -30,8 +30,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from batches import mask_tokens, max_predictions_per_seq  # noqa: E402
 from model import RobertaConfig, RobertaForMaskedLM, compile_regions, flops_per_token  # noqa: E402
-from utils import mask_tokens, matmul_flops_per_second, max_predictions_per_seq  # noqa: E402
+from utils import first_line, matmul_flops_per_second  # noqa: E402
 
 TRANSFORMERS = "transformers (sdpa)"
 GATHERED = "transformers (sdpa, gathered head)"
@@ -188,11 +189,6 @@ def build_models(settings: Settings, results: dict[str, Result]) -> dict[str, to
             except Exception as error:  # noqa: BLE001 - one implementation's failure is one row's
                 results[name].error = f"build: {type(error).__name__}: {first_line(error)}"
     return models
-
-
-def first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:300] if text else ""
 
 
 def forward_kwargs(name: str, model: torch.nn.Module, settings: Settings) -> dict:
