@@ -252,7 +252,15 @@ def wandb_offline_unless_logged_in() -> str | None:
 
 
 def plot_training_curves(records: list[dict], path: str | os.PathLike) -> None:
-    """Loss and eval-accuracy curves of train.py's metrics.jsonl records, written atomically to a PNG."""
+    """Loss and eval-accuracy curves of train.py's metrics.jsonl records, written atomically to a PNG. Without
+    matplotlib (a bare GPU image may lack it) the picture is skipped with one line, once: the numbers are all in
+    metrics.jsonl, and a run must not die at its first evaluation for a plot."""
+    if importlib.util.find_spec("matplotlib") is None:
+        if not getattr(plot_training_curves, "warned", False):
+            print(f"note: matplotlib is not installed: {Path(path).name} is not drawn (metrics.jsonl has every "
+                  "number)", flush=True)
+            plot_training_curves.warned = True
+        return
     import matplotlib
 
     matplotlib.use("Agg")
