@@ -4,7 +4,7 @@ qa.py.
 Sections:
   * command line: the exit codes, `UsageError`, `ScriptExit` and `run_cli` (an expected failure ends in one line),
     `first_line` (an exception as a short reason), `looks_local` (a path, not a Hub id), the `ArgumentParser` and
-    `HelpFormatter` of the scripts' --help, `log` (main process only), `library_versions`;
+    `HelpFormatter` of the scripts' --help, `log` (main process only), `duration`, `library_versions`;
   * tokenizer: `load_tokenizer` (a local folder or a Hub id, any failure one UsageError), `tokenizer_fingerprint`
     and `train_bpe_tokenizer` (RoBERTa's byte-level BPE trained on our own text);
   * Weights & Biases: `wandb_offline_unless_logged_in`;
@@ -116,6 +116,16 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         if "(default" in text or action.default is argparse.SUPPRESS or not action.option_strings:
             return text
         return f"{text} (default: %(default)s)"
+
+
+def duration(seconds: float) -> str:
+    """A duration for a log line: 42s, 6m05s, 2h07m."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 def library_versions() -> dict[str, str]:
