@@ -258,7 +258,8 @@ def resolve_num_workers(requested: int) -> int:
 
 
 def tokenizer_for_new_store(name: str, cache_dir: str | None, context_length: int):
-    """utils.load_tokenizer, plus what packing needs: framing tokens, and blocks no longer than the tokenizer allows."""
+    """The tokenizer to write a new store with: utils.load_tokenizer, checked for what packing needs (framing tokens,
+    blocks no longer than the tokenizer allows)."""
     tokenizer = load_tokenizer(name, flag="--hf_model_name",
                                cache_dir=str(hub_cache_dir(cache_dir)) if cache_dir else None)
     check_tokenizer(tokenizer, name, context_length)

@@ -147,9 +147,9 @@ def library_versions() -> dict[str, str]:
 def load_tokenizer(name_or_path: str | os.PathLike, *, flag: str, cache_dir: str | None = None):
     """The tokenizer in a local folder or of a Hub id; any failure is one UsageError naming `flag` and the value.
 
-    The one tokenizer loader of the three scripts. A folder must hold tokenizer files: from a model folder without
-    them, transformers would quietly build a tokenizer of special tokens only, and all that follows would run on
-    garbage. Callers check what their task needs on top (a <mask> token, a fast tokenizer with offsets)."""
+    A folder must hold tokenizer files: from a model folder without them, transformers would quietly build a
+    tokenizer of special tokens only, and all that follows would run on garbage. Callers check what their task
+    needs on top (a <mask> token, a fast tokenizer with offsets)."""
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
