@@ -7,35 +7,11 @@ decay on matrices only, linear warmup then decay, gradient clipping, accumulatio
 defaults are roberta-base's recipe (12 layers x 768, blocks of 512, 100,000 updates of 32 blocks per process): a
 multi-GPU job. For a first run on a laptop, use the small command at the end of --help.
 
-Reading order: `main` checks every input first (`validate`), builds the model and optimizer (`setup`), then
-`train` is the loop, top to bottom: one update over accumulated micro-batches, then logging, evaluation,
-checkpoint and stop. batches.py holds the data order and masking, checkpoints.py the checkpoint files, folders.py
-the rules that keep a user's folders safe.
-
-Run folder <working_directory>/<experiment_name>/ (written by the main process):
-    args.json      the arguments, batch arithmetic, model config, processes and library versions, and one entry
-                   per resume listing the flags that changed
-    metrics.jsonl  one JSON object a line. Training lines (every --logging_steps): step, loss (mean masked-LM loss
-                   of the updates since the previous line, nats), lr, grad_norm (before clipping),
-                   tokens_per_second (all processes), epoch, and mfu on a GPU (model FLOP utilisation: training
-                   FLOPs per token x tokens/s / measured matrix rate). Evaluation lines: step, eval_loss,
-                   eval_accuracy (top-1 on the masked tokens), eval_perplexity (exp eval_loss), eval_tokens
-    curves.png     loss and accuracy curves, redrawn at every evaluation
-    checkpoints/step_N/  a transformers-format model folder plus the training state (see checkpoints.py)
-    final_model/   the trained model in transformers' format with its tokenizer
-
-Resuming (--resume_from_checkpoint latest, or a checkpoints/step_N folder) continues exactly: the same batches,
-masks and dropout follow, and on a CPU the weights end bit-identical to an uninterrupted run's. Flags may change on
-resume; each difference is printed and recorded in args.json:
-  * the architecture, --context_length, --seed and the store's content must match (refused otherwise);
-  * optimisation flags take effect from the resumed update: the learning rate is a pure function of the update and
-    of --learning_rate, --lr_scheduler, --num_warmup_steps, --num_training_steps, so a changed flag means the new
-    schedule evaluated from that update on; --weight_decay, --adam_*, --max_grad_norm, dropout and
-    --masking_probability apply from the next update;
-  * a changed batch layout (--per_gpu_batch_size, --gradient_accumulation_steps, processes) continues from the same
-    position in the data, no longer bit-exactly.
-SIGTERM (what schedulers send), SIGINT (Ctrl-C) and SIGHUP save a checkpoint after the current update and exit 0
-(a second Ctrl-C stops at once). A non-finite loss stops the run and lists the checkpoints with their losses.
+Reading order: `main` checks every input first (`validate`), builds the model and optimizer (`setup`), then `train`
+is the loop, top to bottom. batches.py holds the data order and masking, checkpoints.py the checkpoint files,
+folders.py the rules that keep a user's folders safe. docs/run_folder.md (each run folder's README.md) describes
+the run folder and resuming: the same command plus --resume_from_checkpoint latest continues exactly. SIGTERM,
+SIGINT (Ctrl-C) and SIGHUP save a checkpoint after the current update and exit 0; a second Ctrl-C stops at once.
 """
 
 from __future__ import annotations
@@ -45,6 +21,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import signal
 import time
 from dataclasses import dataclass
@@ -54,17 +31,11 @@ import torch
 import torch.nn.functional as F
 
 import checkpoints as ckpt
+import distributed
 from batches import MASK, derived_seed, eval_batches, mask_tokens, max_predictions_per_seq, train_batches
 from checkpoints import CheckpointError, TrainState
-from distributed import (
-    StopSignal,
-    agree_on_resume,
-    check_resume_layout,
-    describe,
-    is_sharded,
-    prepare_model_and_optimizer,
-)
-from folders import PRETRAINING_RUN, FolderLock, check_output_folder, remove_own_outputs, write_json
+from distributed import StopSignal, describe, is_sharded, prepare_model_and_optimizer
+from folders import PRETRAINING_RUN, FolderLock, check_output_folder, own_entries, remove_own_outputs, write_json
 from model import IGNORE_INDEX, RobertaConfig, RobertaForMaskedLM, compile_regions, flops_per_token
 from store import STORE_TOKENIZER_DIR, open_store, tokenizer_from_store
 from utils import (
@@ -72,6 +43,7 @@ from utils import (
     HelpFormatter,
     ScriptExit,
     UsageError,
+    duration,
     exit_code_for_signal,
     is_main_process,
     library_versions,
@@ -81,6 +53,7 @@ from utils import (
     wandb_offline_unless_logged_in,
 )
 
+RUN_README = Path(__file__).resolve().parent / "docs" / "run_folder.md"  # copied into every run folder
 EXAMPLES = """examples:
   python prepare_data.py --dataset demo --train_tokenizer 4000 --context_length 64 --path_to_data_store data/demo
   python train.py --path_to_prepped_data data/demo --context_length 64 --experiment_name tiny \\
@@ -447,7 +420,7 @@ class RunFolder:
     def start(self, state: TrainState) -> None:
         """Clear an --overwrite'n run and a crash's leftovers, record the plan, start the trackers."""
         if self.main:
-            if self.args.overwrite and self.path.is_dir():
+            if self.args.overwrite and self.path.is_dir() and own_entries(self.path, PRETRAINING_RUN):
                 kept = remove_own_outputs(self.path, PRETRAINING_RUN)
                 print(f"--overwrite: removed the earlier run{'; kept ' + ', '.join(kept) if kept else ''}")
             self.path.mkdir(parents=True, exist_ok=True)
@@ -458,12 +431,13 @@ class RunFolder:
                 self.metrics.with_name("metrics.jsonl.tmp").write_text(kept_records)
                 os.replace(self.metrics.with_name("metrics.jsonl.tmp"), self.metrics)
             self.record_plan(state)
-            (self.path / "README.md").write_text("What train.py wrote here. " + "\n\n".join(__doc__.split("\n\n")[3:5]))
+            shutil.copyfile(RUN_README, self.path / "README.md")
         self.accelerator.wait_for_everyone()
         self.accelerator.init_trackers(self.args.wandb_project, config=vars(self.args), init_kwargs={
             "wandb": {"name": self.args.experiment_name, "dir": str(self.path)}})
         self.last_checkpoint_step, self.timer_start, self.updates_timed = state.step, time.perf_counter(), 0
         self.last_finite_step = state.step  # the latest update whose logged loss was finite
+        self.started, self.start_step = time.perf_counter(), state.step
 
     def record_plan(self, state: TrainState) -> None:
         """Print the numbers a user checks before leaving a run going, and record them in args.json."""
@@ -506,8 +480,10 @@ class RunFolder:
         rate = self.updates_timed * self.tokens_per_update / max(time.perf_counter() - self.timer_start, 1e-9)
         record = {"step": state.step, "loss": loss, "lr": lr, "grad_norm": None if grad_norm is None else
                   float(grad_norm), "tokens_per_second": round(rate, 1), "epoch": state.epoch}
+        elapsed = time.perf_counter() - self.started  # of this process's run; the ETA extrapolates its pace
+        eta = elapsed / (state.step - self.start_step) * (self.args.num_training_steps - state.step)
         line = (f"step {state.step:>7}/{self.args.num_training_steps} | loss {loss:.4f} | lr {lr:.3e} | grad_norm "
-                f"{record['grad_norm'] or 0:.3f} | {rate:,.0f} tok/s")
+                f"{record['grad_norm'] or 0:.3f} | {rate:,.0f} tok/s | {duration(elapsed)}, ETA {duration(eta)}")
         if self.peak_flops:
             record["mfu"] = rate * self.flops_per_token / (self.peak_flops * self.accelerator.num_processes)
             line += f" | mfu {100 * record['mfu']:.1f}%"
@@ -582,9 +558,9 @@ def main(argv: list[str] | None = None) -> None:
     if accelerator.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matrix multiplies on tensor cores
         torch.backends.cudnn.allow_tf32 = True
-    plan.resume = agree_on_resume(accelerator, plan.resume)
+    plan.resume = distributed.agree_on_resume(accelerator, plan.resume)
     if plan.resume is not None:
-        check_resume_layout(accelerator, len(ckpt.read_state(plan.resume).window_loss))
+        distributed.check_resume_layout(accelerator, len(ckpt.read_state(plan.resume).window_loss))
     model, wrapped, optimizer, raw_model = setup(args, plan, accelerator)
     run = RunFolder(args, accelerator, plan, wrapped, raw_model)
     state = TrainState()

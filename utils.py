@@ -4,7 +4,7 @@ qa.py.
 Sections:
   * command line: the exit codes, `UsageError`, `ScriptExit` and `run_cli` (an expected failure ends in one line),
     `first_line` (an exception as a short reason), `looks_local` (a path, not a Hub id), the `ArgumentParser` and
-    `HelpFormatter` of the scripts' --help, `log` (main process only), `library_versions`;
+    `HelpFormatter` of the scripts' --help, `log` (main process only), `duration`, `library_versions`;
   * tokenizer: `load_tokenizer` (a local folder or a Hub id, any failure one UsageError), `tokenizer_fingerprint`
     and `train_bpe_tokenizer` (RoBERTa's byte-level BPE trained on our own text);
   * Weights & Biases: `wandb_offline_unless_logged_in`;
@@ -118,6 +118,16 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
+def duration(seconds: float) -> str:
+    """A duration for a log line: 42s, 6m05s, 2h07m."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
 def library_versions() -> dict[str, str]:
     """Versions of the libraries a run depends on, for the record written beside its outputs."""
     versions = {"python": sys.version.split()[0]}
@@ -137,9 +147,9 @@ def library_versions() -> dict[str, str]:
 def load_tokenizer(name_or_path: str | os.PathLike, *, flag: str, cache_dir: str | None = None):
     """The tokenizer in a local folder or of a Hub id; any failure is one UsageError naming `flag` and the value.
 
-    The one tokenizer loader of the three scripts. A folder must hold tokenizer files: from a model folder without
-    them, transformers would quietly build a tokenizer of special tokens only, and all that follows would run on
-    garbage. Callers check what their task needs on top (a <mask> token, a fast tokenizer with offsets)."""
+    A folder must hold tokenizer files: from a model folder without them, transformers would quietly build a
+    tokenizer of special tokens only, and all that follows would run on garbage. Callers check what their task
+    needs on top (a <mask> token, a fast tokenizer with offsets)."""
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 

@@ -723,8 +723,10 @@ def test_help_gives_every_flag_its_default_and_the_whole_description():
         assert help_text in text, action.dest
         expected = "(required)" if action.required else f"(default: {action.default})"
         assert help_text.endswith(expected), (action.dest, help_text)
-    for paragraph in ["Packing:", "FULL-SENTENCES", "DOC-SENTENCES", "Exit codes:", "--huggingface_cache_dir DIR"]:
+    for paragraph in ["whatever token", "FULL-SENTENCES", "DOC-SENTENCES", "Exit codes:", "docs/prepare_data.md"]:
         assert paragraph in text
+    reference = (ROOT / "docs" / "prepare_data.md").read_text()  # what --help leaves to the reference page
+    assert all(words in reference for words in ["## Packing", "## The store", "--huggingface_cache_dir DIR"])
     assert "not a percentage: 0.005 holds out 0.5%" in text and "~15 GB download" in text
     assert text.count("python prepare_data.py") >= 7  # the examples and the epilog's commands
 
