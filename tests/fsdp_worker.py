@@ -66,7 +66,8 @@ def main() -> None:
 
     accelerator = Accelerator()  # MULTI_CPU over gloo; FSDP is declared below, as accelerate sets it on a GPU
     accelerator.state.distributed_type = DistributedType.FSDP
-    accelerator.state.fsdp_plugin = SimpleNamespace(fsdp_version=version, use_orig_params=True)
+    accelerator.state.fsdp_plugin = SimpleNamespace(fsdp_version=version, use_orig_params=True,
+                                                  mixed_precision_policy=None)
     allow_fsdp1_state_dict_on_cpu()
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     torch.manual_seed(0)

@@ -449,6 +449,52 @@ def test_static_head_compiles_to_one_graph_that_masks_never_recompile(tiny_token
     assert len(graphs) == 1  # one forward graph for every step (fullgraph: no break)
 
 
+def test_regional_compilation_compiles_one_layer_for_all_and_keeps_the_numbers_and_names(tiny_tokenizer):
+    """train.py --compile: model.compile_regions compiles every layer (one shared graph) and the MLM loss, in place:
+    the same loss and gradients as eager, no recompile as masks change, state-dict names without `_orig_mod.`."""
+    import copy
+
+    from batches import mask_tokens, max_predictions_per_seq
+    from model import compile_regions
+
+    torch._dynamo.reset()
+    torch.manual_seed(22)
+    eager = RobertaForMaskedLM(tiny_config(vocab_size=len(tiny_tokenizer), num_hidden_layers=3))
+    model = copy.deepcopy(eager)
+    graphs = []
+
+    def counting_backend(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return graph_module.forward
+
+    compile_regions(model, backend=counting_backend)
+    assert list(model.state_dict()) == list(eager.state_dict())
+    generator = torch.Generator().manual_seed(23)
+    blocks = torch.randint(5, len(tiny_tokenizer), (B, T), generator=generator)
+    blocks[:, 0], blocks[:, -1] = 0, 2
+    k = max_predictions_per_seq(T, 0.15)
+
+    def loss_and_grads(module, inputs, labels):
+        module.zero_grad()
+        loss = module(inputs, labels=labels, max_predictions_per_seq=k).loss
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in module.parameters()]
+
+    def step():
+        inputs, labels = mask_tokens(blocks, tiny_tokenizer, 0.15, generator)
+        loss, grads = loss_and_grads(model, inputs, labels)
+        expected_loss, expected_grads = loss_and_grads(eager, inputs, labels)
+        torch.testing.assert_close(loss, expected_loss, atol=TOL, rtol=0)
+        for got, want in zip(grads, expected_grads, strict=True):
+            torch.testing.assert_close(got, want, atol=TOL, rtol=0)
+
+    step()  # compiles
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for _ in range(3):
+            step()
+    assert len(graphs) == 2  # one graph for the three layers, one for the head and loss
+
+
 def test_fused_qkv_equals_the_three_projections():
     torch.manual_seed(20)
     model = RobertaForMaskedLM(tiny_config())

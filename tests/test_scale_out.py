@@ -215,3 +215,20 @@ def test_dataloader_workers_count_the_processes_of_this_host_without_local_world
     assert batches.processes_on_this_node(SimpleNamespace(num_processes=6)) == 3
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
     assert batches.processes_on_this_node(SimpleNamespace(num_processes=16)) == 8
+
+
+def test_the_vocabulary_can_be_padded_for_faster_matrix_multiplies(store, tmp_path):
+    import train
+
+    def config(*extra):
+        plan = train.validate(train.parse_args(["--path_to_prepped_data", str(store), "--working_directory",
+                                                str(tmp_path), *TINY, *extra]))
+        for lock in plan.locks:
+            lock.release()
+        return plan.config, len(plan.tokenizer)
+
+    (plain, size), (padded, _) = config(), config("--pad_vocab_to_multiple_of", "64")
+    assert plain.vocab_size == size  # off by default: transformers' shapes
+    assert padded.vocab_size % 64 == 0 and size <= padded.vocab_size < size + 64
+    with pytest.raises(UsageError, match="--pad_vocab_to_multiple_of must be at least 1"):
+        config("--pad_vocab_to_multiple_of", "0")
