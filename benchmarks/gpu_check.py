@@ -59,7 +59,7 @@ THROUGHPUT = ROOT / "benchmarks" / "throughput.py"
 LEGS = ("preflight", "throughput", "store", "pretrain", "fsdp2", "qa", "fsdp1")  # most telling first
 AGREEMENT = 0.10  # train.py's tokens/s within 10% of the benchmark's
 # What each leg imports (its scripts' imports included); the preflight tries them all in a fresh process.
-NEEDS = {"throughput": ["torch", "transformers"],
+NEEDS = {"throughput": ["torch", "transformers", "accelerate"],
          "store": ["torch", "transformers", "tokenizers", "datasets", "safetensors"],
          "pretrain": ["torch", "transformers", "datasets", "accelerate", "safetensors"],
          "qa": ["torch", "transformers", "datasets", "accelerate", "safetensors"],
@@ -287,9 +287,12 @@ def leg_preflight(ctx: Context):
         versions[name] = text if ok else "missing"
     if on_gpu:
         versions["gpu"] = torch.cuda.get_device_name()
-        smi = shutil.which("nvidia-smi")
-        driver = subprocess.run([smi, "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True,
-                                text=True, timeout=20).stdout.strip() if smi else ""
+        smi, driver = shutil.which("nvidia-smi"), ""
+        try:
+            driver = subprocess.run([smi, "--query-gpu=driver_version", "--format=csv,noheader"], text=True,
+                                    capture_output=True, timeout=20).stdout.strip() if smi else ""
+        except (OSError, subprocess.TimeoutExpired):
+            pass
         versions["driver"] = driver or "unknown"
     ctx.versions = versions
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
