@@ -80,6 +80,7 @@ from utils import (
     HelpFormatter,
     UsageError,
     duration,
+    elapsed_and_eta,
     first_line,
     is_main_process,
     library_versions,
@@ -594,10 +595,9 @@ def make_trainer(args, model, tokenizer, train_features, eval_examples, eval_fea
 def log_line(step: int, max_steps: int, logs: dict, elapsed: float, steps_done: int) -> str:
     """One readable line for a Trainer log: a training interval, an evaluation, or the end of training."""
     if "loss" in logs:
-        eta = elapsed / max(steps_done, 1) * (max_steps - step)
         return (f"step {step}/{max_steps} | epoch {logs.get('epoch', 0):.2f} | loss {logs['loss']:.4f} | lr "
                 f"{logs.get('learning_rate', 0):.3e} | grad_norm {logs.get('grad_norm') or 0:.3f} | "
-                f"{duration(elapsed)}, ETA {duration(eta)}")
+                f"{elapsed_and_eta(elapsed, steps_done, max_steps - step)}")
     if "eval_f1" in logs:
         return (f"eval {step}/{max_steps} | exact_match {logs['eval_exact_match']:.2f} | f1 {logs['eval_f1']:.2f} | "
                 f"{duration(logs.get('eval_runtime', 0))}")
