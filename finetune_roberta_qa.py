@@ -533,7 +533,7 @@ def make_trainer(args, model, tokenizer, train_features, eval_examples, eval_fea
 
     transformers' `compute_metrics` only sees windows, not questions, so `evaluate` is overridden, as in
     transformers' examples/pytorch/question-answering/trainer_qa.py."""
-    from transformers import PrinterCallback, ProgressCallback, Trainer, TrainerCallback
+    from transformers import PrinterCallback, ProgressCallback, Trainer
 
     references = {qid: list(a["text"]) for qid, a in zip(eval_examples["id"], eval_examples["answers"], strict=True)}
     model_inputs = eval_features.remove_columns(["example_id", "offset_mapping"])
@@ -566,9 +566,24 @@ def make_trainer(args, model, tokenizer, train_features, eval_examples, eval_fea
                 self.accelerator.unwrap_model(self.model).save_pretrained(output_dir or self.args.output_dir)
                 tokenizer.save_pretrained(output_dir or self.args.output_dir)
 
-    class LogLines(TrainerCallback):
-        """Each Trainer log as one line (its own printers show dictionaries of quoted numbers)."""
+    # No processing_class: the Trainer would "align" the config's special tokens through transformers' config API,
+    # which our dataclass config does not have (and every window is already padded, so no collator needs it).
+    trainer = QuestionAnsweringTrainer(model=model, args=training_arguments(args, run_dir),
+                                       train_dataset=train_features, eval_dataset=model_inputs)
+    log_lines, bar_only = log_callbacks()
+    if trainer.pop_callback(ProgressCallback):  # a terminal: keep the bar, without its dictionaries
+        trainer.add_callback(bar_only)
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(log_lines)
+    return trainer
 
+
+def log_callbacks():
+    """(a callback that logs each Trainer log as one line, a progress bar that prints no logs): the Trainer's own
+    printers show dictionaries of quoted numbers."""
+    from transformers import ProgressCallback, TrainerCallback
+
+    class LogLines(TrainerCallback):
         def on_train_begin(self, args, state, control, **kwargs):
             self.started, self.start_step = time.perf_counter(), state.global_step
 
@@ -581,15 +596,7 @@ def make_trainer(args, model, tokenizer, train_features, eval_examples, eval_fea
         def on_log(self, args, state, control, logs=None, **kwargs):
             pass  # LogLines prints them
 
-    # No processing_class: the Trainer would "align" the config's special tokens through transformers' config API,
-    # which our dataclass config does not have (and every window is already padded, so no collator needs it).
-    trainer = QuestionAnsweringTrainer(model=model, args=training_arguments(args, run_dir),
-                                       train_dataset=train_features, eval_dataset=model_inputs)
-    if trainer.pop_callback(ProgressCallback):  # a terminal: keep the bar, without its dictionaries
-        trainer.add_callback(BarOnly)
-    trainer.remove_callback(PrinterCallback)
-    trainer.add_callback(LogLines())
-    return trainer
+    return LogLines(), BarOnly
 
 
 def log_line(step: int, max_steps: int, logs: dict, elapsed: float, steps_done: int) -> str:
