@@ -1,4 +1,4 @@
-"""The data store: its layout, the writer prepare_data.py uses and the reader of train.py, batches.py and the notebook.
+"""The data store: its layout, the writer prepare_data.py uses, and the reader train.py and batches.py use.
 
 Layout (that of `datasets.DatasetDict.save_to_disk`, written directly so that the token stream is on disk once):
   * `dataset_dict.json` and one folder per split of STORE_SPLITS (`train`, `test`), each with
@@ -62,7 +62,7 @@ TOKENIZE_BATCH_DOCUMENTS = 1000  # documents per task of a tokenising worker (me
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Reading a store (train.py, batches.py, the notebook)
+# Reading a store (train.py; batches.py reads its STORE_COLUMN)
 # ----------------------------------------------------------------------------------------------------------------
 
 
