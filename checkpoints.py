@@ -30,7 +30,7 @@ from pathlib import Path
 
 import fault_injection
 from folders import file_manifest, human_bytes, is_disk_full, verify_manifest, write_json
-from utils import UsageError
+from utils import UsageError, first_line
 
 STATE_FILE = "trainer_state.json"
 MANIFEST_FILE = "manifest.json"
@@ -276,7 +276,7 @@ def abandon(tmp: Path, error: BaseException, needed_bytes: int) -> CheckpointErr
             f"({human_bytes(free)} free, a checkpoint needs about {human_bytes(needed_bytes)}); nothing partial "
             "was left behind. Free some space (or lower --num_keep_checkpoints), then continue with "
             "--resume_from_checkpoint latest")
-    return CheckpointError(f"could not write checkpoint {tmp} ({type(error).__name__}: {str(error)[:300]}); "
+    return CheckpointError(f"could not write checkpoint {tmp} ({type(error).__name__}: {first_line(error, 300)}); "
                            "nothing partial was left behind")
 
 

@@ -27,8 +27,14 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import huggingface_hub
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from huggingface_hub import constants
+from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
 
+import demo_world
 from store import TEST, TEXT_COLUMN, TRAIN
 from utils import UsageError, first_line, looks_local
 from utils import log as shared_log
@@ -166,8 +172,6 @@ def download_cache(folder: str | None):
     if not folder:
         yield
         return
-    from huggingface_hub import constants
-
     root = Path(folder).expanduser().absolute()
     settings = {"HF_HUB_CACHE": root / "hub", "HF_DATASETS_CACHE": root / "datasets", "HF_XET_CACHE": root / "xet"}
     saved_env = {name: os.environ.get(name) for name in settings}
@@ -190,8 +194,6 @@ def download_cache(folder: str | None):
 
 
 def hub_cache_dir(cache_dir: str | None) -> Path:
-    from huggingface_hub import constants
-
     return Path(cache_dir).expanduser().absolute() / "hub" if cache_dir else Path(constants.HF_HUB_CACHE)
 
 
@@ -203,15 +205,11 @@ def datasets_cache_dir(cache_dir: str | None) -> Path:
 
 
 def hub_offline() -> bool:
-    from huggingface_hub import constants
-
     return bool(constants.HF_HUB_OFFLINE)
 
 
 def hub_error(what: str, error: Exception) -> UsageError:
     """One line for a failed Hub call: what was asked, why it failed, what to do."""
-    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
-
     reason = first_line(error, 160)
     if isinstance(error, RevisionNotFoundError):
         return UsageError(f"{what}: that revision does not exist on the Hub ({reason})")
@@ -229,8 +227,6 @@ def preflight(corpora: list[Corpus], tokenizer_name: str | None) -> dict:
 
     Fills each Hub corpus's sha, files and download_bytes (local corpora: their files' size); returns the
     tokenizer repository's {"revision": sha} ({} for a local or trained tokenizer, or offline)."""
-    import huggingface_hub
-
     for corpus in corpora:
         if corpus.local:
             files = [p for p in Path(corpus.path).expanduser().rglob("*") if p.is_file()] if Path(
@@ -373,7 +369,6 @@ def read_text_file_documents(path: str | os.PathLike) -> Iterator[str]:
 
 def documents_dataset(texts: Iterable[str], path: Path):
     """A disk-backed Dataset with one column `text` (memory stays flat: texts are written a batch at a time)."""
-    import pyarrow as pa
     from datasets import Dataset, Features, Value
     from datasets.arrow_writer import ArrowWriter
 
@@ -445,9 +440,8 @@ def load_documents(args: argparse.Namespace, corpora: list[Corpus], work: Path, 
         texts = (text for path in args.text_files for text in read_text_file_documents(path))
         documents = documents_dataset(itertools.islice(texts, args.max_documents), work / "documents.arrow")
     elif args.source == "demo":
-        from demo_world import generate_documents
-
-        documents = documents_dataset(generate_documents(DEMO_WORLD_SEED, args.max_documents), work / "documents.arrow")
+        documents = documents_dataset(demo_world.generate_documents(DEMO_WORLD_SEED, args.max_documents),
+                                      work / "documents.arrow")
     else:
         parts, remaining = [], args.max_documents
         for corpus in corpora:
@@ -463,8 +457,6 @@ def load_documents(args: argparse.Namespace, corpora: list[Corpus], work: Path, 
 
 def nonempty_rows(documents) -> np.ndarray:
     """Indices of the documents with any non-space text (a vectorised pass over the Arrow column)."""
-    import pyarrow.compute as pc
-
     keep = []
     for start in range(0, len(documents), 10 * PACK_READ_DOCUMENTS):
         column = documents.with_format("arrow")[start:start + 10 * PACK_READ_DOCUMENTS].column(TEXT_COLUMN)

@@ -80,6 +80,7 @@ from utils import (
     HelpFormatter,
     UsageError,
     duration,
+    elapsed_and_eta,
     first_line,
     is_main_process,
     library_versions,
@@ -532,7 +533,7 @@ def make_trainer(args, model, tokenizer, train_features, eval_examples, eval_fea
 
     transformers' `compute_metrics` only sees windows, not questions, so `evaluate` is overridden, as in
     transformers' examples/pytorch/question-answering/trainer_qa.py."""
-    from transformers import PrinterCallback, ProgressCallback, Trainer, TrainerCallback
+    from transformers import PrinterCallback, ProgressCallback, Trainer
 
     references = {qid: list(a["text"]) for qid, a in zip(eval_examples["id"], eval_examples["answers"], strict=True)}
     model_inputs = eval_features.remove_columns(["example_id", "offset_mapping"])
@@ -565,9 +566,24 @@ def make_trainer(args, model, tokenizer, train_features, eval_examples, eval_fea
                 self.accelerator.unwrap_model(self.model).save_pretrained(output_dir or self.args.output_dir)
                 tokenizer.save_pretrained(output_dir or self.args.output_dir)
 
-    class LogLines(TrainerCallback):
-        """Each Trainer log as one line (its own printers show dictionaries of quoted numbers)."""
+    # No processing_class: the Trainer would "align" the config's special tokens through transformers' config API,
+    # which our dataclass config does not have (and every window is already padded, so no collator needs it).
+    trainer = QuestionAnsweringTrainer(model=model, args=training_arguments(args, run_dir),
+                                       train_dataset=train_features, eval_dataset=model_inputs)
+    log_lines, bar_only = log_callbacks()
+    if trainer.pop_callback(ProgressCallback):  # a terminal: keep the bar, without its dictionaries
+        trainer.add_callback(bar_only)
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(log_lines)
+    return trainer
 
+
+def log_callbacks():
+    """(a callback that logs each Trainer log as one line, a progress bar that prints no logs): the Trainer's own
+    printers show dictionaries of quoted numbers."""
+    from transformers import ProgressCallback, TrainerCallback
+
+    class LogLines(TrainerCallback):
         def on_train_begin(self, args, state, control, **kwargs):
             self.started, self.start_step = time.perf_counter(), state.global_step
 
@@ -580,24 +596,15 @@ def make_trainer(args, model, tokenizer, train_features, eval_examples, eval_fea
         def on_log(self, args, state, control, logs=None, **kwargs):
             pass  # LogLines prints them
 
-    # No processing_class: the Trainer would "align" the config's special tokens through transformers' config API,
-    # which our dataclass config does not have (and every window is already padded, so no collator needs it).
-    trainer = QuestionAnsweringTrainer(model=model, args=training_arguments(args, run_dir),
-                                       train_dataset=train_features, eval_dataset=model_inputs)
-    if trainer.pop_callback(ProgressCallback):  # a terminal: keep the bar, without its dictionaries
-        trainer.add_callback(BarOnly)
-    trainer.remove_callback(PrinterCallback)
-    trainer.add_callback(LogLines())
-    return trainer
+    return LogLines(), BarOnly
 
 
 def log_line(step: int, max_steps: int, logs: dict, elapsed: float, steps_done: int) -> str:
     """One readable line for a Trainer log: a training interval, an evaluation, or the end of training."""
     if "loss" in logs:
-        eta = elapsed / max(steps_done, 1) * (max_steps - step)
         return (f"step {step}/{max_steps} | epoch {logs.get('epoch', 0):.2f} | loss {logs['loss']:.4f} | lr "
                 f"{logs.get('learning_rate', 0):.3e} | grad_norm {logs.get('grad_norm') or 0:.3f} | "
-                f"{duration(elapsed)}, ETA {duration(eta)}")
+                f"{elapsed_and_eta(elapsed, steps_done, max_steps - step)}")
     if "eval_f1" in logs:
         return (f"eval {step}/{max_steps} | exact_match {logs['eval_exact_match']:.2f} | f1 {logs['eval_f1']:.2f} | "
                 f"{duration(logs.get('eval_runtime', 0))}")

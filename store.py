@@ -1,4 +1,4 @@
-"""The data store: its layout, the writer prepare_data.py uses and the reader of train.py, batches.py and the notebook.
+"""The data store: its layout, the writer prepare_data.py uses, and the reader train.py and batches.py use.
 
 Layout (that of `datasets.DatasetDict.save_to_disk`, written directly so that the token stream is on disk once):
   * `dataset_dict.json` and one folder per split of STORE_SPLITS (`train`, `test`), each with
@@ -43,6 +43,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+from tqdm.auto import tqdm
 
 import fault_injection
 import folders
@@ -60,7 +62,7 @@ TOKENIZE_BATCH_DOCUMENTS = 1000  # documents per task of a tokenising worker (me
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Reading a store (train.py, batches.py, the notebook)
+# Reading a store (train.py; batches.py reads its STORE_COLUMN)
 # ----------------------------------------------------------------------------------------------------------------
 
 
@@ -264,7 +266,6 @@ class SplitWriter:
         self.writer, self.in_shard, self.rows = None, 0, 0
 
     def write(self, blocks: np.ndarray) -> None:
-        import pyarrow as pa
         from datasets.arrow_writer import ArrowWriter
 
         self.hash.update(blocks.tobytes())
@@ -310,8 +311,6 @@ class SplitWriter:
 def pack_split(batches: Iterable[tuple[np.ndarray, np.ndarray]], writer: SplitWriter, start_id: int, end_id: int,
                dtype: np.dtype, total: int) -> dict:
     """Stream a split's token ids, in document order, through the packer into the store."""
-    from tqdm.auto import tqdm
-
     packer = BlockPacker(writer.context_length, start_id, end_id, dtype)
     counts = {"documents": 0, "tokens": 0, "separators": 0, "blocks": 0}
     with tqdm(total=total, desc=f"tokenizing and packing {writer.split}", unit=" docs") as progress:

@@ -43,7 +43,7 @@ from utils import (
     HelpFormatter,
     ScriptExit,
     UsageError,
-    duration,
+    elapsed_and_eta,
     exit_code_for_signal,
     is_main_process,
     library_versions,
@@ -53,7 +53,6 @@ from utils import (
     wandb_offline_unless_logged_in,
 )
 
-RUN_README = Path(__file__).resolve().parent / "docs" / "run_folder.md"  # copied into every run folder
 EXAMPLES = """examples:
   python prepare_data.py --dataset demo --train_tokenizer 4000 --context_length 64 --path_to_data_store data/demo
   python train.py --path_to_prepped_data data/demo --context_length 64 --experiment_name tiny \\
@@ -225,9 +224,7 @@ def checked_plan(args: argparse.Namespace, run_dir: Path, locks: list[FolderLock
 
 def lock(folder: Path, flag: str, shared: bool = False) -> list[FolderLock]:
     """A lock held by the main process (rank 0) for the life of the run."""
-    if not is_main_process():
-        return []
-    return [FolderLock(folder, flag=flag, shared=shared).acquire()]
+    return [FolderLock(folder, flag=flag, shared=shared).acquire()] if is_main_process() else []
 
 
 def model_config(args: argparse.Namespace, tokenizer):
@@ -431,7 +428,7 @@ class RunFolder:
                 self.metrics.with_name("metrics.jsonl.tmp").write_text(kept_records)
                 os.replace(self.metrics.with_name("metrics.jsonl.tmp"), self.metrics)
             self.record_plan(state)
-            shutil.copyfile(RUN_README, self.path / "README.md")
+            shutil.copyfile(Path(__file__).resolve().parent / "docs" / "run_folder.md", self.path / "README.md")
         self.accelerator.wait_for_everyone()
         self.accelerator.init_trackers(self.args.wandb_project, config=vars(self.args), init_kwargs={
             "wandb": {"name": self.args.experiment_name, "dir": str(self.path)}})
@@ -480,10 +477,10 @@ class RunFolder:
         rate = self.updates_timed * self.tokens_per_update / max(time.perf_counter() - self.timer_start, 1e-9)
         record = {"step": state.step, "loss": loss, "lr": lr, "grad_norm": None if grad_norm is None else
                   float(grad_norm), "tokens_per_second": round(rate, 1), "epoch": state.epoch}
-        elapsed = time.perf_counter() - self.started  # of this process's run; the ETA extrapolates its pace
-        eta = elapsed / (state.step - self.start_step) * (self.args.num_training_steps - state.step)
+        done, left = state.step - self.start_step, self.args.num_training_steps - state.step
         line = (f"step {state.step:>7}/{self.args.num_training_steps} | loss {loss:.4f} | lr {lr:.3e} | grad_norm "
-                f"{record['grad_norm'] or 0:.3f} | {rate:,.0f} tok/s | {duration(elapsed)}, ETA {duration(eta)}")
+                f"{record['grad_norm'] or 0:.3f} | {rate:,.0f} tok/s | "
+                f"{elapsed_and_eta(time.perf_counter() - self.started, done, left)}")
         if self.peak_flops:
             record["mfu"] = rate * self.flops_per_token / (self.peak_flops * self.accelerator.num_processes)
             line += f" | mfu {100 * record['mfu']:.1f}%"

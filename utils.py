@@ -4,7 +4,8 @@ qa.py.
 Sections:
   * command line: the exit codes, `UsageError`, `ScriptExit` and `run_cli` (an expected failure ends in one line),
     `first_line` (an exception as a short reason), `looks_local` (a path, not a Hub id), the `ArgumentParser` and
-    `HelpFormatter` of the scripts' --help, `log` (main process only), `duration`, `library_versions`;
+    `HelpFormatter` of the scripts' --help, `log` (main process only), `duration` and
+    `elapsed_and_eta` for log lines, `library_versions`;
   * tokenizer: `load_tokenizer` (a local folder or a Hub id, any failure one UsageError), `tokenizer_fingerprint`
     and `train_bpe_tokenizer` (RoBERTa's byte-level BPE trained on our own text);
   * Weights & Biases: `wandb_offline_unless_logged_in`;
@@ -126,6 +127,11 @@ def duration(seconds: float) -> str:
     if seconds < 3600:
         return f"{seconds // 60}m{seconds % 60:02d}s"
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def elapsed_and_eta(elapsed: float, done: int, remaining: int) -> str:
+    """`1m05s, ETA 9m06s`: the time the `done` steps took, and the `remaining` steps at that pace."""
+    return f"{duration(elapsed)}, ETA {duration(elapsed / max(done, 1) * remaining)}"
 
 
 def library_versions() -> dict[str, str]:
