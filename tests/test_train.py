@@ -178,6 +178,33 @@ def test_checkpoint_verification_reports_damage_and_falls_back(tmp_path):
                                          "checkpoint beside it is .*step_4"):
         ckpt.resolve_resume(str(folder / "step_12"), folder)
     assert ckpt.resolve_resume("latest", tmp_path / "no_run_yet") is None  # a fresh start
+    shutil.rmtree(folder / "step_4")  # every checkpoint damaged: `latest` is refused, as an explicit path is
+    with pytest.raises(UsageError, match="latest: no checkpoint in .* is intact \\(step_16: it has no manifest.json.*"
+                                         "step_12: model.safetensors has 5 bytes.*step_8: .*nothing was changed"):
+        ckpt.resolve_resume("latest", folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["step_12", "step_16", "step_8"]
+
+
+def test_resume_from_what_is_not_a_checkpoint_says_what_it_is(tmp_path):
+    def problem(path):
+        with pytest.raises(UsageError) as caught:
+            ckpt.resolve_resume(str(path), tmp_path)
+        return str(caught.value).split("cannot be used: ")[1]
+
+    for name, record, what in [("store", "prepare_data.json", "it is a data store"),
+                               ("qa", "finetune_args.json", "it is a question-answering run folder"),
+                               ("run", "args.json", "it is a pretraining run folder: pass latest")]:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / record).write_text("{}")
+        assert problem(tmp_path / name).startswith(what)
+    (tmp_path / "run" / "checkpoints" / "step_3").mkdir(parents=True)
+    assert problem(tmp_path / "run" / "checkpoints").startswith("it is a checkpoints folder, not one checkpoint")
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    assert problem(tmp_path / "weights.bin").startswith("it is a file; a checkpoint is a checkpoints/step_N folder")
+    (tmp_path / "step_5").mkdir()
+    (tmp_path / "step_5" / ckpt.STATE_FILE).write_text("{}")  # its manifest deleted
+    assert "the manifest was deleted, or a train.py older than" in problem(tmp_path / "step_5")
+    assert "earlier version" not in problem(tmp_path / "step_5")
 
 
 def test_resume_refuses_another_model_seed_or_store_and_lists_what_changed(tmp_path):
@@ -192,7 +219,12 @@ def test_resume_refuses_another_model_seed_or_store_and_lists_what_changed(tmp_p
 
     assert check() == []
     assert check("--learning_rate", "5e-4", "--per_gpu_batch_size", "16") == [
-        "--per_gpu_batch_size 32 -> 16", "--learning_rate 0.001 -> 0.0005"]
+        "--per_gpu_batch_size 32 -> 16", "--learning_rate 0.001 -> 0.0005",
+        "global batch size 32 -> 16 (processes 1 -> 1)"]
+    state = json.loads((tmp_path / ckpt.STATE_FILE).read_text())  # saved by 2 processes, resumed on 1
+    (tmp_path / ckpt.STATE_FILE).write_text(json.dumps({**state, "window_loss": [0.5, 0.7]}))
+    assert check() == ["global batch size 64 -> 32 (processes 2 -> 1)"]
+    (tmp_path / ckpt.STATE_FILE).write_text(json.dumps(state))
     for argv, fingerprint, config_changes, message in [
             (["--seed", "1"], "abc", {}, "--seed 42 \\(now 1\\)"),
             (["--embedding_dimension", "384"], "abc", {}, "--embedding_dimension 768 \\(now 384\\)"),
