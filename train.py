@@ -509,6 +509,8 @@ class RunFolder:
         self.write(record, line)
 
     def log_eval(self, step: int, metrics: dict) -> None:
+        if step == 0:  # the untrained model's loss: where a diverging training loss is measured from
+            self.loss_watch.start_from([{"step": 0, **metrics}])
         self.write({"step": step, **metrics}, f"eval {step:>7}/{self.args.num_training_steps} | eval_loss "
                    f"{readable(metrics['eval_loss'], 4)} | eval_accuracy {100 * metrics['eval_accuracy']:.2f}% | "
                    f"eval_perplexity {readable(metrics['eval_perplexity'], 2)}")

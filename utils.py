@@ -67,17 +67,20 @@ class ArgumentParser(argparse.ArgumentParser):
     def parse_known_args(self, args=None, namespace=None):
         namespace, extras = super().parse_known_args(args, namespace)
         for name, value in vars(namespace).items():
-            if isinstance(value, str):
+            if isinstance(value, str | Path):
                 setattr(namespace, name, user_path(value))
             elif isinstance(value, list):
                 setattr(namespace, name, [user_path(v) if isinstance(v, str) else v for v in value])
         return namespace, extras
 
 
-def user_path(value: str) -> str:
+def user_path(value: str | Path) -> str | Path:
     """`~` and `~/...` expanded to the home folder, as a shell would have (it does not in `--flag=~/x`, nor in
     quotes); any other value unchanged."""
-    return os.path.expanduser(value) if value == "~" or value.startswith("~/") else value
+    text = str(value)
+    if text == "~" or text.startswith("~/"):
+        return type(value)(os.path.expanduser(text))
+    return value
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -366,8 +369,9 @@ class LossWatch:
         self.warned = True
         return (f"the training loss is diverging: {readable(loss, 4)} at step {step}, above {self.FACTOR:g} x its "
                 f"starting value {readable(self.start, 4)} at every log line since step {self.above_since}. The "
-                "learning rate is likely too high: stop the run (Ctrl-C saves a checkpoint) and resume from a "
-                "checkpoint saved before that step with a lower --learning_rate, or more --num_warmup_steps")
+                f"learning rate is likely too high: stop the run (Ctrl-C saves a checkpoint), then resume from a "
+                f"checkpoint saved before step {self.above_since} or start again (--overwrite), with a lower "
+                "--learning_rate or more --num_warmup_steps")
 
 
 def command_with(parser: argparse.ArgumentParser, argv: list[str], changes: dict[str, str | None]) -> str:
