@@ -29,21 +29,18 @@ import time
 from pathlib import Path
 
 from folders import write_json
-from utils import (
-    ArgumentParser,
-    HelpFormatter,
-    UsageError,
+from qa import (
+    QA_DEFAULTS,
     answer_questions,
     audit_squad,
     check_qa_tokenizer,
+    check_window_budget,
     compute_squad_metrics,
-    load_tokenizer,
     read_squad_file,
-    run_cli,
     squad_v2_summary,
 )
+from utils import ArgumentParser, HelpFormatter, UsageError, load_tokenizer, run_cli
 
-DEFAULTS = {"max_seq_length": 384, "doc_stride": 128, "n_best_size": 20, "max_answer_length": 30}  # finetune's
 RUN_RECORD = "finetune_args.json"
 CHUNK = 256  # questions answered between two progress lines of --squad_file
 EPILOG = """examples:
@@ -71,7 +68,7 @@ def build_parser() -> ArgumentParser:
     squad.add_argument("--output", default=None, help="where --squad_file's {question id: answer} JSON goes")
     squad.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     answers = p.add_argument_group("answers (unset: as in the run's finetune_args.json, else finetune_roberta_qa.py's "
-                                   "defaults 384, 128, 20, 30)")
+                                   "defaults " + ", ".join(map(str, QA_DEFAULTS.values())) + ")")
     answers.add_argument("--allow_no_answer", action=argparse.BooleanOptionalAction, default=None,
                          help="allow 'no answer'; unset: as the model was fine-tuned")
     answers.add_argument("--null_score_diff_threshold", type=float, default=0.0,
@@ -185,7 +182,7 @@ def run_record(folder: Path) -> dict:
 
 def resolve_settings(args: argparse.Namespace, record: dict, config) -> None:
     """Window and answer settings: the flag, else the run's, else finetune_roberta_qa.py's default."""
-    for name, default in DEFAULTS.items():
+    for name, default in QA_DEFAULTS.items():
         if getattr(args, name) is None:
             setattr(args, name, record.get(name, default))
     if args.allow_no_answer is None:
@@ -193,11 +190,7 @@ def resolve_settings(args: argparse.Namespace, record: dict, config) -> None:
     if args.max_seq_length > config.max_sequence_length:
         raise UsageError(f"--max_seq_length {args.max_seq_length} is longer than the model allows "
                          f"({config.max_sequence_length} tokens)")
-    if args.doc_stride >= args.max_seq_length:
-        raise UsageError(f"--doc_stride {args.doc_stride} must be below --max_seq_length {args.max_seq_length}")
-    if args.max_seq_length - args.doc_stride - 4 < 1:
-        raise UsageError(f"--doc_stride {args.doc_stride} leaves no room for the question in --max_seq_length "
-                         f"{args.max_seq_length}; lower it (e.g. --doc_stride {args.max_seq_length // 3})")
+    check_window_budget(args.max_seq_length, args.doc_stride)
 
 
 def load_model(args: argparse.Namespace):

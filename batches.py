@@ -1,5 +1,8 @@
 """train.py's batches: the store's packed blocks in an order that resumes exactly, masked on the device.
 
+Sections: RoBERTa's dynamic masking (`mask_tokens`, fairseq's fixed count per row, 80/10/10, and its bound
+`max_predictions_per_seq`); the blocks of a store split (`PackedBlocks`); the training and evaluation batches.
+
 Every random stream is derived from integers, never drawn from a global generator:
   * the shuffle of epoch e is a permutation seeded by (seed, SHUFFLE, e);
   * the masks of micro-step s on process p are seeded by (seed, MASK, p, s);
@@ -10,14 +13,96 @@ masks as an uninterrupted one, and the global RNG is left to dropout alone (its 
 
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
 import torch
 
-from utils import STORE_COLUMN, mask_tokens
+from store import STORE_COLUMN
 
 SHUFFLE, MASK, EVAL = 1, 2, 3  # tags that keep the derived random streams apart
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Dynamic masking
+# ----------------------------------------------------------------------------------------------------------------
+
+_MASKING_TABLES: dict = {}  # (special ids, vocabulary size, device) -> (special ids, ordinary ids) on that device
+
+
+def _masking_tables(tokenizer, device):
+    """The special ids and the ordinary (non-special) ids as tensors on `device`, built once per device.
+
+    Cached because building them means a host-to-device copy, which would make every step wait for the GPU."""
+    special = tuple(sorted(set(tokenizer.all_special_ids)))
+    key = (special, len(tokenizer), str(device))
+    if key not in _MASKING_TABLES:
+        special_ids = torch.tensor(special, dtype=torch.long)
+        ordinary = torch.ones(len(tokenizer), dtype=torch.bool)
+        ordinary[special_ids[special_ids < len(tokenizer)]] = False
+        _MASKING_TABLES[key] = (special_ids.to(device), ordinary.nonzero().squeeze(-1).to(device))
+    return _MASKING_TABLES[key]
+
+
+def max_predictions_per_seq(context_length: int, mlm_probability: float = 0.15) -> int:
+    """The most positions `mask_tokens` can choose in one row of `context_length` tokens: floor(p * n) + 1 for
+    n = context_length, at most n.
+
+    The `max_predictions_per_seq` to give `RobertaForMaskedLM.forward` (BERT's flag of that name) for blocks of
+    this length masked with this probability: its MLM head then runs on a fixed `batch x k` rows, which
+    torch.compile traces into one graph. Special tokens only lower a row's count, so the bound holds for every
+    row; the model checks it on the device in eager mode (a row with more would lose the excess)."""
+    if context_length < 1 or not 0 <= mlm_probability <= 1:
+        raise ValueError(f"need context_length >= 1 and 0 <= mlm_probability <= 1, got {context_length} and "
+                         f"{mlm_probability}")
+    # The same float64 product as mask_tokens' count, so that the bound cannot round differently from it.
+    return min(math.floor(mlm_probability * context_length) + 1, context_length)
+
+
+def mask_tokens(input_ids, tokenizer, mlm_probability: float = 0.15, generator=None):
+    """RoBERTa's dynamic masking, drawn as fairseq draws it: returns `(inputs, labels)`, `input_ids` untouched.
+
+    Each row (the last dimension is the sequence) with n maskable tokens (every token that is not special:
+    padding, `<s>`, `</s>` and the others are never chosen) gets exactly int(mlm_probability * n + U), U ~ U[0, 1),
+    predicted positions, drawn without replacement: floor(p * n) or one more, p * n on average. This is fairseq's
+    `mask_tokens_dataset.py` (the paper's code); transformers' collator flips a coin per token instead, which gives
+    the same mean but a count that varies from row to row. A chosen token becomes `<mask>` 80% of the time, a
+    random non-special token 10%, and stays as it is 10% (a coin per chosen token). `labels` holds the original id
+    at chosen positions and -100 elsewhere.
+
+    Runs on the tensor's device with no host synchronisation and no data-dependent shape (random scores, special
+    tokens ranked last, the `count` first of each row chosen), so it can sit inside a compiled step. `generator`
+    (on that same device) makes the draw reproducible; successive calls with one generator draw afresh.
+    `max_predictions_per_seq(T, mlm_probability)` bounds the count of a row of T tokens.
+    """
+    special_ids, ordinary_ids = _masking_tables(tokenizer, input_ids.device)
+    draw = dict(device=input_ids.device, generator=generator)
+    ids = input_ids.reshape(-1, input_ids.size(-1))  # (B, T): any leading dimensions are rows
+    B, T = ids.shape
+    maskable = ~torch.isin(ids, special_ids)  # (B, T)
+    n = maskable.sum(dim=1, keepdim=True)  # (B, 1)
+    # int(p * n + U): probabilistic rounding, in float64 so that the count agrees with max_predictions_per_seq.
+    count = (n.double() * mlm_probability + torch.rand((B, 1), dtype=torch.float64, **draw)).floor().long()
+    count = torch.minimum(count, n)
+    # Without replacement and without nonzero(): a random score per token (special tokens scored above every
+    # ordinary one), and the positions of the `count` lowest scores chosen. Ranks are scattered back to positions.
+    scores = torch.rand((B, T), **draw).masked_fill(~maskable, 2.0)  # ordinary tokens score in [0, 1)
+    by_score = scores.argsort(dim=1)  # (B, T): positions, lowest score first
+    first_ranks = torch.arange(T, device=ids.device) < count  # (B, T): rank r is chosen when r < count
+    chosen = torch.zeros_like(maskable).scatter(1, by_score, first_ranks)  # (B, T)
+    labels = torch.where(chosen, ids, torch.full_like(ids, -100))
+
+    action = torch.rand((B, T), **draw)  # < 0.8: <mask>; 0.8..0.9: random token; >= 0.9: unchanged
+    random_ids = ordinary_ids[torch.randint(len(ordinary_ids), (B, T), **draw)].to(ids.dtype)
+    inputs = torch.where(chosen & (action < 0.8), torch.full_like(ids, tokenizer.mask_token_id), ids)
+    inputs = torch.where(chosen & (action >= 0.8) & (action < 0.9), random_ids, inputs)
+    return inputs.reshape(input_ids.shape), labels.reshape(input_ids.shape)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Batches
+# ----------------------------------------------------------------------------------------------------------------
 
 
 def derived_seed(*parts: int) -> int:

@@ -60,32 +60,35 @@ import sys
 from pathlib import Path
 
 from folders import QA_RUN, FolderLock, check_output_folder, remove_own_outputs, write_json
+from qa import (
+    QA_DEFAULTS,
+    audit_squad,
+    best_answers,
+    check_qa_tokenizer,
+    check_window_budget,
+    compute_squad_metrics,
+    prepare_qa_eval_features,
+    prepare_qa_train_features,
+    read_squad_file,
+    squad_question_scores,
+    squad_rows,
+    squad_v2_summary,
+)
 from utils import (
     ArgumentParser,
     HelpFormatter,
     UsageError,
-    audit_squad,
-    best_answers,
-    check_qa_tokenizer,
-    compute_squad_metrics,
     is_main_process,
     library_versions,
     load_tokenizer,
     log,
-    prepare_qa_eval_features,
-    prepare_qa_train_features,
-    read_squad_file,
     run_cli,
-    squad_question_scores,
-    squad_rows,
-    squad_v2_summary,
     tokenizer_fingerprint,
     wandb_offline_unless_logged_in,
 )
 
 BACKBONES = ("pretrained_huggingface", "pretrained", "random")
 HUB_DATASETS = {"squad": "rajpurkar/squad", "squad_v2": "rajpurkar/squad_v2"}
-MIN_QUESTION_TOKENS = 16  # room a window must leave for the question beside the overlapping context
 # transformers' integrations (TrainingArguments.report_to), as of transformers 5
 REPORTERS = ("none", "all", "azure_ml", "clearml", "codecarbon", "comet_ml", "dagshub", "dvclive", "flyte",
              "kubeflow", "mlflow", "neptune", "swanlab", "tensorboard", "trackio", "wandb")
@@ -138,13 +141,14 @@ def build_parser() -> ArgumentParser:
     data.add_argument("--version_2_with_negative", action=argparse.BooleanOptionalAction, default=None,
                       help="allow the answer 'no answer' (SQuAD 2.0); unset: on when the data has unanswerable "
                            "questions")
-    data.add_argument("--max_seq_length", type=int, default=384,
+    data.add_argument("--max_seq_length", type=int, default=QA_DEFAULTS["max_seq_length"],
                       help="tokens per window: <s> question </s></s> context slice </s>")
-    data.add_argument("--doc_stride", type=int, default=128,
+    data.add_argument("--doc_stride", type=int, default=QA_DEFAULTS["doc_stride"],
                       help="tokens of context that consecutive windows of one paragraph share")
-    data.add_argument("--n_best_size", type=int, default=20,
+    data.add_argument("--n_best_size", type=int, default=QA_DEFAULTS["n_best_size"],
                       help="the top starts and the top ends tried per window when searching for the answer")
-    data.add_argument("--max_answer_length", type=int, default=30, help="longest answer, in tokens")
+    data.add_argument("--max_answer_length", type=int, default=QA_DEFAULTS["max_answer_length"],
+                      help="longest answer, in tokens")
     data.add_argument("--max_train_samples", type=int, default=None,
                       help="train on this many questions, drawn at random; unset: all")
     data.add_argument("--max_eval_samples", type=int, default=None,
@@ -192,18 +196,7 @@ def check_numbers(args: argparse.Namespace) -> None:
     for name in ["max_train_samples", "max_eval_samples"]:
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UsageError(f"--{name} must be at least 1, got {getattr(args, name)}")
-    if args.doc_stride >= args.max_seq_length:
-        raise UsageError(f"--doc_stride {args.doc_stride} must be below --max_seq_length {args.max_seq_length} "
-                         "(it is the overlap of consecutive windows)")
-    room = args.max_seq_length - args.doc_stride - 4  # <s> question </s></s> context </s>
-    if args.max_seq_length - 4 - MIN_QUESTION_TOKENS < 1:
-        raise UsageError(f"--max_seq_length {args.max_seq_length} is too short for a question and a context "
-                         f"(at least {MIN_QUESTION_TOKENS + 5})")
-    if room < MIN_QUESTION_TOKENS:
-        suggestion = min(args.max_seq_length // 3, args.max_seq_length - 4 - MIN_QUESTION_TOKENS)
-        raise UsageError(f"--doc_stride {args.doc_stride} leaves {room} tokens of --max_seq_length "
-                         f"{args.max_seq_length} for the question; keep at least {MIN_QUESTION_TOKENS} "
-                         f"(e.g. --doc_stride {suggestion})")
+    check_window_budget(args.max_seq_length, args.doc_stride)
     if args.warmup_steps >= 1 and args.warmup_steps != int(args.warmup_steps):
         raise UsageError(f"--warmup_steps {args.warmup_steps}: give a whole number of steps or a fraction below 1")
 

@@ -535,8 +535,8 @@ class RobertaForMaskedLM(RobertaPreTrainedModel):
         `max_predictions_per_seq=k` (static, BERT's flag): N = B * k, for each sequence its predicted positions in
         order, then filler rows up to k. Every shape depends on (B, T, k) only, so torch.compile(fullgraph=True)
         traces the whole loss and the step never waits for the device. A sequence with more than k predicted
-        positions would lose the excess: take k from `utils.max_predictions_per_seq`, which bounds what
-        `utils.mask_tokens` chooses; in eager mode this is checked on the device (`torch._assert_async`, no host
+        positions would lose the excess: take k from `batches.max_predictions_per_seq`, which bounds what
+        `batches.mask_tokens` chooses; in eager mode this is checked on the device (`torch._assert_async`, no host
         synchronisation; on a GPU a failure is a device-side assert). k above T counts as T.
         """
         hidden = self.roberta(input_ids, attention_mask)  # (B, T, C)

@@ -2,7 +2,7 @@
 
 The recipe is RoBERTa's (Liu et al. 2019): packed full-length blocks with no padding (so the model gets no
 attention mask and PyTorch may pick the flash kernel), dynamic masking drawn afresh for every batch
-(`utils.mask_tokens`: 15% of tokens, 80% <mask> / 10% random / 10% unchanged), AdamW with β2 = 0.98 and weight
+(`batches.mask_tokens`: 15% of tokens, 80% <mask> / 10% random / 10% unchanged), AdamW with β2 = 0.98 and weight
 decay on matrices only, linear warmup then decay, gradient clipping, accumulation and large global batches. The
 defaults are roberta-base's recipe (12 layers x 768, blocks of 512, 100,000 updates of 32 blocks per process): a
 multi-GPU job. For a first run on a laptop, use the small command at the end of --help.
@@ -54,12 +54,12 @@ import torch
 import torch.nn.functional as F
 
 import checkpoints as ckpt
-from batches import MASK, derived_seed, eval_batches, train_batches
+from batches import MASK, derived_seed, eval_batches, mask_tokens, max_predictions_per_seq, train_batches
 from checkpoints import CheckpointError, TrainState
 from distributed import StopSignal, check_launch, describe, is_sharded, prepare_model_and_optimizer
 from folders import PRETRAINING_RUN, FolderLock, check_in_use, check_output_folder, remove_own_outputs, write_json
+from store import STORE_TOKENIZER_DIR, open_store, tokenizer_from_store
 from utils import (
-    STORE_TOKENIZER_DIR,
     ArgumentParser,
     HelpFormatter,
     LossWatch,
@@ -67,14 +67,10 @@ from utils import (
     command_with,
     is_main_process,
     library_versions,
-    mask_tokens,
     matmul_flops_per_second,
-    max_predictions_per_seq,
-    open_store,
     plot_training_curves,
     readable,
     run_cli,
-    store_tokenizer,
     wandb_offline_unless_logged_in,
 )
 
@@ -223,7 +219,7 @@ def checked_plan(args: argparse.Namespace, run_dir: Path) -> Plan:
                         inputs={"--path_to_prepped_data": args.path_to_prepped_data,
                                 "--hf_model_name": args.hf_model_name})
     data, record = open_store(args.path_to_prepped_data, context_length=args.context_length)
-    tokenizer = store_tokenizer(args.path_to_prepped_data, record, args.hf_model_name)
+    tokenizer = tokenizer_from_store(args.path_to_prepped_data, record, args.hf_model_name)
     if (Path(args.path_to_prepped_data) / STORE_TOKENIZER_DIR).is_dir() and is_main_process() and \
             args.hf_model_name != build_parser().get_default("hf_model_name"):
         print(f"note: --hf_model_name {args.hf_model_name} is not used: the store has its own tokenizer/", flush=True)

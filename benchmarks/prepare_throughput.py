@@ -36,7 +36,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import corpora  # noqa: E402
 import prepare_data  # noqa: E402
+import store as store_module  # noqa: E402
 from utils import train_bpe_tokenizer  # noqa: E402
 
 DEFAULT_TEXT = sorted(glob.glob(str(ROOT.parent / "shared" / "data" / "text" / "*.txt")))
@@ -57,10 +59,10 @@ def parse_args() -> argparse.Namespace:
 
 def load_texts(text_files: list[str] | None) -> list[str]:
     if text_files:
-        return [doc for path in text_files for doc in prepare_data.read_text_file_documents(path)]
+        return [doc for path in text_files for doc in corpora.read_text_file_documents(path)]
     from demo_world import generate_documents
 
-    return generate_documents(prepare_data.DEMO_WORLD_SEED)
+    return generate_documents(corpora.DEMO_WORLD_SEED)
 
 
 @dataclass
@@ -139,13 +141,13 @@ def measure_disk(texts: list[str], source_args: list[str], args: argparse.Namesp
     print(f"text: {text_bytes:,} bytes of UTF-8 in {len(texts):,} documents")
     with tempfile.TemporaryDirectory() as tmp:
         pq.write_table(pa.table({"text": texts}), Path(tmp) / "text.parquet", compression="snappy")
-        arrow = prepare_data.documents_dataset(texts, Path(tmp) / "text.arrow")
+        arrow = corpora.documents_dataset(texts, Path(tmp) / "text.arrow")
         print(f"parquet (snappy): {(Path(tmp) / 'text.parquet').stat().st_size / text_bytes:.3f} bytes per text byte")
         print(f"Arrow (datasets): {(Path(tmp) / 'text.arrow').stat().st_size / text_bytes:.3f} bytes per text byte")
         del arrow
         for vocab_size in (8000, 32000):
             tokenizer = train_bpe_tokenizer(texts, vocab_size, model_max_length=max(512, args.context_length))
-            tokens = sum(map(len, prepare_data.encode_texts(texts, tokenizer)))
+            tokens = sum(map(len, store_module.encode_texts(texts, tokenizer)))
             print(f"BPE {len(tokenizer):,}: {tokens / text_bytes:.3f} tokens per text byte")
             tokenizer.save_pretrained(Path(tmp) / f"tok{vocab_size}")
         store = Path(tmp) / "store"

@@ -30,8 +30,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from batches import mask_tokens, max_predictions_per_seq  # noqa: E402
 from model import RobertaConfig, RobertaForMaskedLM, flops_per_token  # noqa: E402
-from utils import mask_tokens, matmul_flops_per_second, max_predictions_per_seq  # noqa: E402
+from utils import matmul_flops_per_second  # noqa: E402
 
 TRANSFORMERS = "transformers (sdpa)"
 OURS = "ours"

@@ -48,7 +48,8 @@ md(f"""
 [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({COLAB_URL})
 
 This notebook walks through masked-language-model pretraining as RoBERTa does it, with the code of this
-repository (`model.py`, `utils.py`), and trains a tiny model to fill in blanks, on the CPU, in a few minutes.
+repository (`model.py`, `utils.py`, `batches.py`, `qa.py`), and trains a tiny model to fill in blanks, on the CPU,
+in a few minutes.
 It runs offline: the text is the built-in demo world (`demo_world.py`, encyclopedia articles about a fictional
 country), or any text file you point it at.
 
@@ -83,7 +84,7 @@ from pathlib import Path
 
 REPO_URL = "{REPO_URL}"  # set by REPOSITORY in notebooks/build_walkthrough.py
 CLONE_DIR = Path(REPO_URL.rsplit("/", 1)[-1])
-# What the notebook imports, module -> pip specification (numpy and pyarrow: utils' SQuAD post-processing). Colab has
+# What the notebook imports, module -> pip specification (numpy and pyarrow: qa.py's SQuAD post-processing). Colab has
 # them all, perhaps with a transformers older than 5. The training scripts also need datasets, accelerate, evaluate
 # and wandb (requirements.txt); this notebook does not, and installing them could clash with Colab's own versions.
 REQUIREMENTS = {{"torch": "torch", "transformers": "transformers>=5", "tokenizers": "tokenizers", "numpy": "numpy",
@@ -158,7 +159,7 @@ notebook_started = time.perf_counter()
 
 code('''
 import demo_world
-from prepare_data import read_text_file_documents
+from corpora import read_text_file_documents
 
 if TEXT_FILE:
     documents = list(read_text_file_documents(TEXT_FILE))
@@ -240,7 +241,7 @@ print("\\nblock 1:", repr(tokenizer.decode(train_blocks[1])))
 md("""
 ## 3. Masking, shown on a real sentence
 
-`utils.mask_tokens` chooses 15% of the ordinary tokens of each row (special tokens never), counted per row as
+`batches.mask_tokens` chooses 15% of the ordinary tokens of each row (special tokens never), counted per row as
 the paper's own code (fairseq) counts them: of n ordinary tokens, ⌊0.15·n⌋ positions, plus one more with
 probability 0.15·n − ⌊0.15·n⌋, so that the average is exactly 15% (transformers' collator flips a 15% coin per
 token instead: the same on average, with a count that varies more from row to row). A fixed count also gives
@@ -251,9 +252,11 @@ the chosen positions and -100 (ignored by the loss) everywhere else.
 """)
 
 code('''
+import batches
+
 example = tokenizer(documents[0], truncation=True, max_length=48, return_tensors="pt")["input_ids"]  # (1, 48)
 generator = torch.Generator().manual_seed(SEED)
-inputs, labels = utils.mask_tokens(example, tokenizer, mlm_probability=0.15, generator=generator)
+inputs, labels = batches.mask_tokens(example, tokenizer, mlm_probability=0.15, generator=generator)
 
 tokens = tokenizer.convert_ids_to_tokens(example[0])
 print(f"{'position':>8}  {'original':<14} {'model input':<14} {'label':>6}  what happened")
@@ -272,11 +275,11 @@ so a block seen ten times is ten different exercises (BERT made 10 static copies
 
 code('''
 for draw in range(3):
-    inputs, labels = utils.mask_tokens(example, tokenizer, generator=generator)
+    inputs, labels = batches.mask_tokens(example, tokenizer, generator=generator)
     print(f"draw {draw}: positions {(labels[0] != -100).nonzero().flatten().tolist()}")
 
 # Over many tokens, the recipe's proportions appear.
-inputs, labels = utils.mask_tokens(train_blocks, tokenizer, generator=generator)
+inputs, labels = batches.mask_tokens(train_blocks, tokenizer, generator=generator)
 chosen = labels != -100
 ordinary = ~torch.isin(train_blocks, torch.tensor(tokenizer.all_special_ids))
 print(f"\\nchosen: {chosen.sum() / ordinary.sum():.1%} of ordinary tokens; of those "
@@ -353,7 +356,7 @@ def keep(name):
 
 
 hooks = [module.register_forward_hook(keep(name)) for name, module in stages.items()]
-inputs, labels = utils.mask_tokens(train_blocks[:3], tokenizer, generator=generator)
+inputs, labels = batches.mask_tokens(train_blocks[:3], tokenizer, generator=generator)
 with torch.no_grad():
     output = model(inputs, labels=labels)
 for hook in hooks:
@@ -587,7 +590,7 @@ def warmup_then_linear_decay(warmup_steps: int, total_steps: int):
 def heldout_loss(model) -> float:
     """MLM loss on the held-out blocks, with the same masks at every call (a freshly seeded generator)."""
     model.eval()
-    inputs, labels = utils.mask_tokens(heldout_blocks, tokenizer, generator=torch.Generator().manual_seed(1234))
+    inputs, labels = batches.mask_tokens(heldout_blocks, tokenizer, generator=torch.Generator().manual_seed(1234))
     loss = model(inputs, labels=labels).loss.item()
     model.train()
     return loss
@@ -602,7 +605,7 @@ model.train()
 started = time.perf_counter()
 for step in range(1, TRAIN_STEPS + 1):
     batch = train_blocks[torch.randint(len(train_blocks), (BATCH_SIZE,), generator=generator)]  # (B, T)
-    inputs, labels = utils.mask_tokens(batch, tokenizer, generator=generator)  # new masks every step
+    inputs, labels = batches.mask_tokens(batch, tokenizer, generator=generator)  # new masks every step
     loss = model(inputs, labels=labels).loss  # no attention mask: packed blocks have no padding
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)
@@ -715,6 +718,7 @@ fine-tuned on these questions all the same.)
 code('''
 import numpy as np
 
+import qa
 from model import RobertaForQuestionAnswering
 
 qa_started = time.perf_counter()
@@ -726,14 +730,14 @@ QA_LEARNING_RATE = 6e-4  # peak; a tiny model fine-tunes fast (roberta-base on S
 
 def squad_rows(squad: dict) -> list[dict]:
     """SQuAD's nested JSON (data[].paragraphs[].qas[]) -> one row per question, as finetune_roberta_qa.py reads it."""
-    return [{"id": qa["id"], "question": qa["question"], "context": paragraph["context"],
-             "answers": {"text": [a["text"] for a in qa["answers"]],
-                         "answer_start": [a["answer_start"] for a in qa["answers"]]}}
-            for article in squad["data"] for paragraph in article["paragraphs"] for qa in paragraph["qas"]]
+    return [{"id": item["id"], "question": item["question"], "context": paragraph["context"],
+             "answers": {"text": [a["text"] for a in item["answers"]],
+                         "answer_start": [a["answer_start"] for a in item["answers"]]}}
+            for article in squad["data"] for paragraph in article["paragraphs"] for item in paragraph["qas"]]
 
 
 def columns(rows: list[dict]) -> dict[str, list]:
-    """Rows -> columns: the batch layout utils' SQuAD functions take (that of a datasets.map batch)."""
+    """Rows -> columns: the batch layout qa.py's functions take (that of a datasets.map batch)."""
     return {key: [row[key] for row in rows] for key in rows[0]}
 
 
@@ -756,12 +760,12 @@ sized for; roberta-base on SQuAD: 384). Each input is a **window** `<s> question
 **`doc_stride`** tokens (here 24; on SQuAD 128), so that an answer cut by one window's edge is whole in the next.
 In training, a window that does not hold the whole answer is labelled with start = end = 0, the `<s>` token: "not
 in this window". At prediction, the best span over all the windows of a question wins.
-`utils.prepare_qa_eval_features` cuts the windows; the longest held-out context:
+`qa.prepare_qa_eval_features` cuts the windows; the longest held-out context:
 """)
 
 code('''
 long_one = max(qa_validation, key=lambda row: len(row["context"]))
-windows = utils.prepare_qa_eval_features(columns([long_one]), tokenizer, max_length=QA_MAX_LENGTH,
+windows = qa.prepare_qa_eval_features(columns([long_one]), tokenizer, max_length=QA_MAX_LENGTH,
                                          doc_stride=QA_DOC_STRIDE)
 context_tokens = len(tokenizer(long_one["context"], add_special_tokens=False, verbose=False)["input_ids"])
 print(f"question: {long_one['question']}\\n{context_tokens} context tokens -> {len(windows['input_ids'])} windows of "
@@ -781,18 +785,18 @@ md("""
 ### Fine-tuning, the same loop again
 
 The pretrained encoder's weights are copied into a `RobertaForQuestionAnswering`, whose two-score head starts at
-random. `utils.prepare_qa_train_features` cuts the training windows and labels each with its answer's first and
+random. `qa.prepare_qa_train_features` cuts the training windows and labels each with its answer's first and
 last token, found through the tokenizer's character offsets. Then the loop of section 6 on batches of windows, with
-the attention mask, since windows are padded. For the held-out questions, `utils.postprocess_qa_predictions` turns
-each question's windows' start and end logits into one answer (shown below), and `utils.compute_squad_metrics`
+the attention mask, since windows are padded. For the held-out questions, `qa.postprocess_qa_predictions` turns
+each question's windows' start and end logits into one answer (shown below), and `qa.compute_squad_metrics`
 scores the answers as SQuAD's official script does.
 """)
 
 code('''
-train_features = utils.prepare_qa_train_features(columns(qa_train), tokenizer, QA_MAX_LENGTH, QA_DOC_STRIDE)
+train_features = qa.prepare_qa_train_features(columns(qa_train), tokenizer, QA_MAX_LENGTH, QA_DOC_STRIDE)
 train_windows = {key: torch.tensor(train_features[key])  # (windows, QA_MAX_LENGTH), or (windows,) for the labels
                  for key in ("input_ids", "attention_mask", "start_positions", "end_positions")}
-validation_features = utils.prepare_qa_eval_features(columns(qa_validation), tokenizer, QA_MAX_LENGTH, QA_DOC_STRIDE)
+validation_features = qa.prepare_qa_eval_features(columns(qa_validation), tokenizer, QA_MAX_LENGTH, QA_DOC_STRIDE)
 print(f"{len(qa_train):,} training questions -> {len(train_windows['input_ids']):,} windows, "
       f"{(train_windows['start_positions'] == 0).float().mean():.0%} of them without their answer; "
       f"{len(qa_validation):,} held-out questions -> {len(validation_features['input_ids']):,} windows")
@@ -831,8 +835,8 @@ def qa_logits(qa_model, features: dict) -> tuple[np.ndarray, np.ndarray]:
 def evaluate_qa(qa_model) -> dict[str, float]:
     """Exact match and F1 on the held-out questions: each question's best span over its windows vs its gold answer."""
     logits = qa_logits(qa_model, validation_features)
-    answers = utils.postprocess_qa_predictions(columns(qa_validation), validation_features, logits)
-    return utils.compute_squad_metrics(answers, {row["id"]: row["answers"]["text"] for row in qa_validation})
+    answers = qa.postprocess_qa_predictions(columns(qa_validation), validation_features, logits)
+    return qa.compute_squad_metrics(answers, {row["id"]: row["answers"]["text"] for row in qa_validation})
 ''')
 
 code('''
@@ -851,14 +855,14 @@ md("""
 ### From logits to an answer
 
 For one held-out question: the tokens with the highest start and end logits, and the span that
-`utils.postprocess_qa_predictions` picks. It tries the 20 highest starts and 20 highest ends of each window, keeps
+`qa.postprocess_qa_predictions` picks. It tries the 20 highest starts and 20 highest ends of each window, keeps
 the pairs whose start is not after their end, lies in the context (not in the question, nor padding) and spans at
 most 30 tokens, and returns the pair with the highest start + end logit over all the windows, as characters of the
 context (through the tokenizer's offsets).
 """)
 
 code('''
-features = utils.prepare_qa_eval_features(columns([example]), tokenizer, QA_MAX_LENGTH, QA_DOC_STRIDE)
+features = qa.prepare_qa_eval_features(columns([example]), tokenizer, QA_MAX_LENGTH, QA_DOC_STRIDE)
 start_logits, end_logits = qa_logits(qa_model, features)  # (windows, QA_MAX_LENGTH) each
 print(f"question: {example['question']} (gold answer {example['answers']['text'][0]!r}); "
       f"window 1 of {len(features['input_ids'])}:")
@@ -867,7 +871,7 @@ for name, logits in (("start", start_logits[0]), ("end", end_logits[0])):
     top = np.argsort(logits)[::-1][:4]
     print(f"  highest {name} logits: "
           + ", ".join(f"{tokenizer.decode([window_ids[i]])!r} (token {i}) {logits[i]:.1f}" for i in top))
-answer = utils.postprocess_qa_predictions(columns([example]), features, (start_logits, end_logits))[example["id"]]
+answer = qa.postprocess_qa_predictions(columns([example]), features, (start_logits, end_logits))[example["id"]]
 print(f"best span: {answer!r}")
 ''')
 
@@ -891,7 +895,7 @@ print(f"question answering on {len(qa_validation):,} held-out questions, exact m
 md("""
 ### Ask it
 
-The questions of the first held-out article, paragraph by paragraph. `ask` goes through `utils.answer_questions`
+The questions of the first held-out article, paragraph by paragraph. `ask` goes through `qa.answer_questions`
 (windows, logits and span search in one call, what `ask.py` uses too). Expect mistakes: this is a
 one-million-parameter model after a minute of fine-tuning (`make demo` trains longer), and it is weakest on
 relatives, teachers and schools, and on towns, whose questions are rare in the training set. To ask your own:
@@ -902,19 +906,19 @@ code('''
 def ask(qa_model, questions: list[str], contexts: list[str]) -> list[dict]:
     """The model's answer to each question about its context: dicts with "answer", "start" and "end" (characters,
     `answer == context[start:end]`) and "score" (start logit + end logit)."""
-    return utils.answer_questions(qa_model, tokenizer, questions, contexts, max_seq_length=QA_MAX_LENGTH,
+    return qa.answer_questions(qa_model, tokenizer, questions, contexts, max_seq_length=QA_MAX_LENGTH,
                                   doc_stride=QA_DOC_STRIDE)
 
 
 article = validation_squad["data"][0]
 print(f"{article['title']}, from an article the model has never seen:\\n")
 for paragraph in article["paragraphs"]:
-    questions = [qa["question"] for qa in paragraph["qas"]]
+    questions = [item["question"] for item in paragraph["qas"]]
     answers = ask(qa_model, questions, [paragraph["context"]] * len(questions))
     print(f"paragraph: {paragraph['context']}")
-    for qa, answer in zip(paragraph["qas"], answers, strict=True):
-        print(f"Q: {qa['question']}\\nA: {answer['answer']!r} (character {answer['start']}; "
-              f"gold: {qa['answers'][0]['text']!r})")
+    for item, answer in zip(paragraph["qas"], answers, strict=True):
+        print(f"Q: {item['question']}\\nA: {answer['answer']!r} (character {answer['start']}; "
+              f"gold: {item['answers'][0]['text']!r})")
     print()
 print(f"question answering part: {time.perf_counter() - qa_started:.0f} s; "
       f"whole notebook: {time.perf_counter() - notebook_started:.0f} s")

@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import checkpoints  # noqa: E402
 import distributed  # noqa: E402
 import train  # noqa: E402
+from batches import mask_tokens  # noqa: E402
 from model import RobertaConfig, RobertaForMaskedLM, RobertaLayer  # noqa: E402
-from utils import mask_tokens  # noqa: E402
 
 
 def allow_fsdp1_state_dict_on_cpu() -> None:

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 import ask
-from utils import UsageError, compute_squad_metrics
+from qa import compute_squad_metrics
+from utils import UsageError
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTEXT = " ".join(f"The king of city {i} lived north of the river and built a bridge." for i in range(12))

@@ -158,7 +158,7 @@ def test_pretrained_backbone_run_writes_scores_predictions_and_model(tmp_path, s
     rows = {qa["id"]: (qa["question"], p["context"]) for p in json.loads(dev_file.read_text())["data"][0]["paragraphs"]
             for qa in p["qas"]}
     model, tokenizer = ask.load_model(ask.parse_args(["--model", str(run_dir), "--question", "x"]))
-    from utils import answer_questions
+    from qa import answer_questions
 
     for qid in ids[:3]:
         [answer] = answer_questions(model, tokenizer, [rows[qid][0]], [rows[qid][1]], max_seq_length=48,
@@ -381,7 +381,7 @@ def _dataset_dict(train_rows, validation_rows):
 
 
 def test_bad_training_answers_are_skipped_and_no_answer_data_without_v2_is_warned(squad_files):
-    from utils import read_squad_file
+    from qa import read_squad_file
 
     train_file, dev_file, _ = squad_files
     train_rows, dev_rows = read_squad_file(train_file, "t"), read_squad_file(dev_file, "v")
@@ -400,7 +400,7 @@ def test_bad_training_answers_are_skipped_and_no_answer_data_without_v2_is_warne
 
 
 def test_no_training_question_left_is_an_error_and_the_same_file_twice_is_warned(squad_files):
-    from utils import read_squad_file
+    from qa import read_squad_file
 
     train_file, dev_file, _ = squad_files
     dev_rows = read_squad_file(dev_file, "v")
@@ -414,7 +414,7 @@ def test_no_training_question_left_is_an_error_and_the_same_file_twice_is_warned
 
 
 def test_local_files_flatten_to_squad_rows(squad_files):
-    from utils import read_squad_file
+    from qa import read_squad_file
 
     _, dev_file, ids = squad_files
     rows = read_squad_file(str(dev_file), "--validation_file")

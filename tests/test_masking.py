@@ -1,5 +1,5 @@
-"""utils.mask_tokens: RoBERTa's dynamic masking as fairseq draws it (int(p * n + U) positions per row, without
-replacement; 80% <mask>, 10% random, 10% unchanged), and the bound utils.max_predictions_per_seq."""
+"""batches.mask_tokens: RoBERTa's dynamic masking as fairseq draws it (int(p * n + U) positions per row, without
+replacement; 80% <mask>, 10% random, 10% unchanged), and the bound batches.max_predictions_per_seq."""
 
 import math
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from utils import mask_tokens, max_predictions_per_seq
+from batches import mask_tokens, max_predictions_per_seq
 
 
 @pytest.fixture(scope="module")

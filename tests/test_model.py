@@ -408,9 +408,9 @@ def test_static_head_refuses_to_drop_predictions():
 
 
 def test_static_head_compiles_to_one_graph_that_masks_never_recompile(tiny_tokenizer):
-    """The masks of utils.mask_tokens, a fresh draw at every step: one graph, no break, no recompile, and the
+    """The masks of batches.mask_tokens, a fresh draw at every step: one graph, no break, no recompile, and the
     compiled loss and gradients are the eager dynamic path's."""
-    from utils import mask_tokens, max_predictions_per_seq
+    from batches import mask_tokens, max_predictions_per_seq
 
     torch._dynamo.reset()
     torch.manual_seed(18)

@@ -21,19 +21,22 @@ import numpy as np
 import pytest
 from conftest import hold_lock_in_another_process
 
+import corpora
 import folders
 import prepare_data
+import store as store_module
+from corpora import read_text_file_documents, split_documents
 from demo_world import generate_documents
-from prepare_data import BlockPacker, join_documents, pack_documents, read_text_file_documents, split_documents
-from utils import (
-    BPE_MIN_VOCAB_SIZE,
+from store import (
     STORE_COLUMN,
     STORE_RECORD,
     STORE_SPLITS,
     STORE_TOKENIZER_DIR,
-    UsageError,
-    tokenizer_fingerprint,
+    BlockPacker,
+    join_documents,
+    pack_documents,
 )
+from utils import BPE_MIN_VOCAB_SIZE, UsageError, tokenizer_fingerprint
 
 ROOT = Path(__file__).resolve().parent.parent
 BOS, SEP = 0, 2  # <s>, </s>
@@ -127,19 +130,19 @@ def test_text_file_documents(tmp_path):
 def test_rows_become_documents_as_asked():
     rows = [" = Alpha = \n", "\n", " Alpha is a letter .\n", " = = History = = \n", " Old .\n", "", None,
             " = Beta = \n", " Beta follows .\n"]
-    assert list(prepare_data.group_rows(rows, "none")) == ["= Alpha =", "Alpha is a letter .", "= = History = =",
+    assert list(corpora.group_rows(rows, "none")) == ["= Alpha =", "Alpha is a letter .", "= = History = =",
                                                           "Old .", "= Beta =", "Beta follows ."]
-    assert list(prepare_data.group_rows(rows, "wikitext")) == [
+    assert list(corpora.group_rows(rows, "wikitext")) == [
         "= Alpha =\nAlpha is a letter .\n= = History = =\nOld .", "= Beta =\nBeta follows ."]
     sentences = [f"sentence {i} ." for i in range(10)]  # BookCorpus: one sentence a row, 64 a document
-    assert list(prepare_data.group_rows(sentences, "4")) == [
+    assert list(corpora.group_rows(sentences, "4")) == [
         "sentence 0 . sentence 1 . sentence 2 . sentence 3 .", "sentence 4 . sentence 5 . sentence 6 . sentence 7 .",
         "sentence 8 . sentence 9 ."]
-    assert prepare_data.BOOKCORPUS.group_rows == str(prepare_data.BOOKCORPUS_SENTENCES_PER_DOCUMENT)
+    assert corpora.BOOKCORPUS.group_rows == str(corpora.BOOKCORPUS_SENTENCES_PER_DOCUMENT)
 
 
 def test_special_token_text_inside_a_document_is_not_a_separator(tiny_tokenizer):
-    (ids,) = prepare_data.encode_texts(["a </s> b <s> c"], tiny_tokenizer)
+    (ids,) = store_module.encode_texts(["a </s> b <s> c"], tiny_tokenizer)
     assert SEP not in ids and BOS not in ids
     assert tiny_tokenizer.decode(ids) == "a </s> b <s> c"
 
@@ -154,9 +157,9 @@ def test_first_invalid_utf8_finds_the_offset_across_chunks():
     bad = len("naïve café ".encode() * 3)
     for size in [1, 2, 3, 7, 1000]:
         chunks = [data[i:i + size] for i in range(0, len(data), size)]
-        assert prepare_data.first_invalid_utf8(chunks) == bad
-    assert prepare_data.first_invalid_utf8(["é".encode()[:1]], final=False) is None  # cut, the file goes on
-    assert prepare_data.first_invalid_utf8(["é".encode()[:1]], final=True) == 0
+        assert corpora.first_invalid_utf8(chunks) == bad
+    assert corpora.first_invalid_utf8(["é".encode()[:1]], final=False) is None  # cut, the file goes on
+    assert corpora.first_invalid_utf8(["é".encode()[:1]], final=True) == 0
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -214,7 +217,7 @@ def test_demo_store_layout_and_record(demo_store):
     from datasets import load_from_disk
     from transformers import AutoTokenizer
 
-    from utils import open_store
+    from store import open_store
 
     store, record = demo_store
     splits = load_from_disk(str(store))
@@ -277,12 +280,12 @@ def text_stores(tmp_path_factory, text_files, tiny_tokenizer_dir):
     """The same text files prepared with one and with two workers; with two, shards of 100 blocks."""
     folder = tmp_path_factory.mktemp("text_stores")
     records = {1: main(*text_args(folder / "1", text_files, tiny_tokenizer_dir, "--num_workers", 1))}
-    saved = prepare_data.SHARD_BYTES, prepare_data.TOKENIZE_BATCH_DOCUMENTS
-    prepare_data.SHARD_BYTES, prepare_data.TOKENIZE_BATCH_DOCUMENTS = 100 * 23 * 2, 4  # many shards and tasks
+    saved = store_module.SHARD_BYTES, store_module.TOKENIZE_BATCH_DOCUMENTS
+    store_module.SHARD_BYTES, store_module.TOKENIZE_BATCH_DOCUMENTS = 100 * 23 * 2, 4  # many shards and tasks
     try:
         records[2] = main(*text_args(folder / "2", text_files, tiny_tokenizer_dir, "--num_workers", 2))
     finally:
-        prepare_data.SHARD_BYTES, prepare_data.TOKENIZE_BATCH_DOCUMENTS = saved
+        store_module.SHARD_BYTES, store_module.TOKENIZE_BATCH_DOCUMENTS = saved
     return folder, records
 
 
@@ -445,7 +448,7 @@ def test_non_utf8_text_is_named_with_its_byte_offset(tmp_path, monkeypatch):
     head.write_bytes("Café au lait.\n".encode() + "Crème brûlée\n".encode("latin-1"))
     with pytest.raises(UsageError, match=f"--text_files: {head} is not UTF-8 text \\(an invalid byte at offset 17\\)"):
         main("--text_files", head, "--train_tokenizer", 300, "--path_to_data_store", tmp_path / "s")
-    monkeypatch.setattr(prepare_data, "UTF8_CHECK_BYTES", 16)  # past the checked head: found while reading
+    monkeypatch.setattr(corpora, "UTF8_CHECK_BYTES", 16)  # past the checked head: found while reading
     late = tmp_path / "late.txt"
     late.write_bytes(b"fine text\n" * 100 + b"\xff\n")
     with pytest.raises(UsageError, match="late.txt is not UTF-8 text \\(an invalid byte at offset 1,000\\)"):
@@ -553,7 +556,7 @@ class FakeHub:
         import huggingface_hub
 
         self.repos, self.data, self.models, self.calls, self.rows_read = repos, data, models or {}, [], 0
-        monkeypatch.setattr(prepare_data, "hub_offline", lambda: False)
+        monkeypatch.setattr(corpora, "hub_offline", lambda: False)
         monkeypatch.setattr(huggingface_hub, "HfApi", lambda *a, **k: self)
         monkeypatch.setattr(datasets, "load_dataset", self.load_dataset)
 
@@ -618,7 +621,7 @@ def test_wikipedia_bookcorpus_pins_every_revision_at_preflight(tmp_path, monkeyp
     articles = generate_documents(seed=0, num_documents=430)[-30:]
     sentences = [f"sentence {i} ." for i in range(150)]
     hub = wiki_books_hub(monkeypatch, articles, sentences)
-    monkeypatch.setattr(prepare_data, "TOKENIZE_BATCH_DOCUMENTS", 4)  # documents and blocks straddle the batches
+    monkeypatch.setattr(store_module, "TOKENIZE_BATCH_DOCUMENTS", 4)  # documents and blocks straddle the batches
     monkeypatch.setattr(shutil, "disk_usage", lambda path: SimpleNamespace(free=10**15))
     store = tmp_path / "store"
     record = main("--dataset", "wikipedia_bookcorpus", "--path_to_data_store", store, "--hf_model_name",
@@ -631,7 +634,7 @@ def test_wikipedia_bookcorpus_pins_every_revision_at_preflight(tmp_path, monkeyp
     assert [(s["repo"], s["config"], s["revision"], s["download_bytes"]) for s in record["sources"]] == [
         ("wikimedia/wikipedia", "20231101.en", WIKI_SHA, 11 * 10**9),  # the config's files only
         ("bookcorpus/bookcorpus", None, BOOKS_SHA, 10**9)]
-    per_document = prepare_data.BOOKCORPUS_SENTENCES_PER_DOCUMENT
+    per_document = corpora.BOOKCORPUS_SENTENCES_PER_DOCUMENT
     books = [" ".join(sentences[start:start + per_document]) for start in range(0, 150, per_document)]
     assert record["source"] == "wikipedia_bookcorpus"
     check_store_gives_back_documents(store, record, articles + books, tiny_tokenizer)
@@ -804,7 +807,7 @@ def start_slow_prepare(store: Path, tiny_tokenizer_dir: Path) -> subprocess.Pope
                "--hf_model_name", str(tiny_tokenizer_dir), "--context_length", "29", "--num_workers", "2",
                "--path_to_data_store", str(store)]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, prepare_data.SLOW_TOKENIZING_ENV: "1"})
+                               env={**os.environ, store_module.SLOW_TOKENIZING_ENV: "1"})
     for line in process.stdout:
         if "tokenizing with 2 worker(s)" in line:
             break

@@ -1,10 +1,10 @@
-"""SQuAD helpers in utils.py: windows and labels, post-processing back to text, and the official scores."""
+"""qa.py: windows and labels, post-processing back to text, and the official scores."""
 
 import numpy as np
 import pytest
 
-import utils
-from utils import (
+import qa as qa_module
+from qa import (
     compute_squad_metrics,
     postprocess_qa_predictions,
     prepare_qa_eval_features,
@@ -501,11 +501,11 @@ def test_answering_nothing_scores_half_and_only_the_breakdown_shows_it():
     assert scores["exact_match"] == scores["f1"] == pytest.approx(100 * 50 / 101)
     assert scores["HasAns_exact"] == scores["HasAns_f1"] == 0.0 and scores["NoAns_exact"] == 100.0
     assert scores["best_f1"] == pytest.approx(100 * 50 / 101)  # no threshold helps a model that knows nothing
-    summary, warning = utils.squad_v2_summary(scores, no_answer_predictions=101)  # what the scripts print
+    summary, warning = qa_module.squad_v2_summary(scores, no_answer_predictions=101)  # what the scripts print
     assert "HasAns exact 0.00 f1 0.00 (51); NoAns exact 100.00 f1 100.00 (50)" in summary
     assert warning.startswith("warning: the model answers 'no answer' to 101 of 101 questions: its exact match 49.5")
     answering = {qid: golds[0] if golds else "" for qid, golds in golds.items()}
-    assert len(utils.squad_v2_summary(compute_squad_metrics(answering, golds), 50)) == 1  # no warning
+    assert len(qa_module.squad_v2_summary(compute_squad_metrics(answering, golds), 50)) == 1  # no warning
 
 
 def test_v1_data_keeps_the_v1_fields_and_probabilities_switch_to_v2():
@@ -524,7 +524,7 @@ def test_v1_data_keeps_the_v1_fields_and_probabilities_switch_to_v2():
 def test_best_answers_give_offsets_scores_and_no_answer_probabilities(features):
     train, evaluation = features
     logits = _peaked_logits(train)
-    answers = utils.best_answers(EXAMPLES, evaluation, logits, allow_no_answer=True)
+    answers = qa_module.best_answers(EXAMPLES, evaluation, logits, allow_no_answer=True)
     assert postprocess_qa_predictions(EXAMPLES, evaluation, logits, version_2_with_negative=True) == {
         qid: a["answer"] for qid, a in answers.items()}
     for qid, context in zip(EXAMPLES["id"], EXAMPLES["context"], strict=True):
@@ -539,7 +539,7 @@ def test_best_answers_give_offsets_scores_and_no_answer_probabilities(features):
 def test_no_valid_span_gives_the_empty_answer_with_probability_one(tiny_tokenizer):
     examples, evaluation = _one_window(tiny_tokenizer)
     start, end = np.zeros((1, MAX_LENGTH)), np.zeros((1, MAX_LENGTH))
-    answers = utils.best_answers(examples, evaluation, (start, end), max_answer_length=0)
+    answers = qa_module.best_answers(examples, evaluation, (start, end), max_answer_length=0)
     assert answers["q"]["answer"] == "" and answers["q"]["no_answer_probability"] == 1.0
 
 
@@ -595,7 +595,7 @@ def test_answer_questions_finds_exact_spans_across_windows(tiny_tokenizer):
     questions = ["Which city?", "Who?", "Who was born?", "What is unknown?"]
     model = PhraseFinder({tuple(tiny_tokenizer(q, add_special_tokens=False)["input_ids"]):
                           _phrase_ids(tiny_tokenizer, context, p) for q, p in zip(questions[:3], phrases, strict=True)})
-    answers = utils.answer_questions(model, tiny_tokenizer, questions[:3], [context] * 3, max_seq_length=MAX_LENGTH,
+    answers = qa_module.answer_questions(model, tiny_tokenizer, questions[:3], [context] * 3, max_seq_length=MAX_LENGTH,
                                      doc_stride=STRIDE, batch_size=4)
     windows = prepare_qa_eval_features({"id": ["x"], "question": ["Which city?"], "context": [context]},
                                        tiny_tokenizer, max_length=MAX_LENGTH, doc_stride=STRIDE)["input_ids"]
@@ -608,7 +608,7 @@ def test_answer_questions_finds_exact_spans_across_windows(tiny_tokenizer):
     # with the null answer allowed, a question whose phrase is nowhere gets "" (every window votes for <s>)
     model = PhraseFinder({})
     short = "The king."
-    nothing, short_nothing = utils.answer_questions(model, tiny_tokenizer, questions[3:] * 2, [context, short],
+    nothing, short_nothing = qa_module.answer_questions(model, tiny_tokenizer, questions[3:] * 2, [context, short],
                                                     max_seq_length=MAX_LENGTH, doc_stride=STRIDE, allow_no_answer=True,
                                                     batch_size=2)
     assert nothing["answer"] == "" and nothing["start"] == nothing["end"] == 0 and nothing["score"] == 16.0
@@ -616,9 +616,9 @@ def test_answer_questions_finds_exact_spans_across_windows(tiny_tokenizer):
     widths = [width for _, width in model.calls]  # windows of similar length share a batch, cut to their longest
     assert widths == sorted(widths, reverse=True) and widths[0] == MAX_LENGTH
     assert model.calls[-1] == (1, len(tiny_tokenizer("What is unknown?", short)["input_ids"]))  # the short one alone
-    assert utils.answer_questions(model, tiny_tokenizer, [], []) == []
+    assert qa_module.answer_questions(model, tiny_tokenizer, [], []) == []
     with pytest.raises(ValueError, match="2 questions but 1 contexts"):
-        utils.answer_questions(model, tiny_tokenizer, ["a", "b"], ["c"])
+        qa_module.answer_questions(model, tiny_tokenizer, ["a", "b"], ["c"])
 
 
 def test_answer_questions_is_evaluations_path_for_ours_and_transformers_models(tiny_tokenizer, tmp_path):
@@ -637,19 +637,19 @@ def test_answer_questions_is_evaluations_path_for_ours_and_transformers_models(t
     examples = _columns([_example("a", "Who was born?", "The queen was born in the north.", "queen"),
                          _example("b", "Which city lived north?", LONG, "city 9 lived north")])
     kwargs = {"max_seq_length": MAX_LENGTH, "doc_stride": STRIDE, "n_best_size": 5, "allow_no_answer": True}
-    answers = utils.answer_questions(ours, tiny_tokenizer, examples["question"], examples["context"], batch_size=3,
+    answers = qa_module.answer_questions(ours, tiny_tokenizer, examples["question"], examples["context"], batch_size=3,
                                      **kwargs)
     evaluation = prepare_qa_eval_features(examples, tiny_tokenizer, max_length=MAX_LENGTH, doc_stride=STRIDE)
     with torch.no_grad():
         output = ours.eval()(torch.tensor(evaluation["input_ids"]), torch.tensor(evaluation["attention_mask"]))
-    expected = utils.best_answers(examples, evaluation, (output.start_logits.numpy(), output.end_logits.numpy()),
+    expected = qa_module.best_answers(examples, evaluation, (output.start_logits.numpy(), output.end_logits.numpy()),
                                   n_best_size=5, allow_no_answer=True)
     for got, qid in zip(answers, examples["id"], strict=True):
         span = ("answer", "start", "end")
         assert {k: got[k] for k in span} == {k: expected[qid][k] for k in span}
         assert got["score"] == pytest.approx(expected[qid]["score"], abs=1e-4)
     theirs = AutoModelForQuestionAnswering.from_pretrained(tmp_path)
-    for got, want in zip(utils.answer_questions(theirs, tiny_tokenizer, examples["question"], examples["context"],
+    for got, want in zip(qa_module.answer_questions(theirs, tiny_tokenizer, examples["question"], examples["context"],
                                                 **kwargs), answers, strict=True):
         assert (got["answer"], got["start"], got["end"]) == (want["answer"], want["start"], want["end"])
         assert got["score"] == pytest.approx(want["score"], abs=1e-4)
@@ -662,7 +662,7 @@ def test_audit_counts_bad_answers_and_refuses_duplicate_ids():
     contexts = ["The queen was born.", "The king died.", "Nobody.", "Rivers."]
     answers = [{"text": ["queen"], "answer_start": [4]}, {"text": ["king"], "answer_start": [5]},
                {"text": [], "answer_start": []}, {"text": ["x", "Rivers"], "answer_start": [99, 0]}]
-    audit = utils.audit_squad(["a", "b", "c", "d"], contexts, answers, where="--train_file t.json")
+    audit = qa_module.audit_squad(["a", "b", "c", "d"], contexts, answers, where="--train_file t.json")
     assert (audit.questions, audit.unanswerable, audit.text_mismatch, audit.start_outside) == (4, 1, ["b"], ["d"])
     assert audit.bad_label_rows == [1, 3]
     line = audit.describe("warning: --train_file t.json", training=True)
@@ -670,5 +670,5 @@ def test_audit_counts_bad_answers_and_refuses_duplicate_ids():
     assert "1 whose answer_start lies outside the context (e.g. question d)" in line
     assert "the 2 training questions they label are skipped" in line
     assert "kept" in audit.describe("v", training=False)
-    with pytest.raises(utils.UsageError, match="--train_file t.json: question id 'a' appears more than once"):
-        utils.audit_squad(["a", "b", "a"], contexts[:3], answers[:3], where="--train_file t.json")
+    with pytest.raises(qa_module.UsageError, match="--train_file t.json: question id 'a' appears more than once"):
+        qa_module.audit_squad(["a", "b", "a"], contexts[:3], answers[:3], where="--train_file t.json")

@@ -474,7 +474,7 @@ def test_cli_run_learns_and_writes_its_folder(store, tmp_path, tiny_tokenizer):
 
 
 def prepare_data_split(store, split):
-    from utils import open_store
+    from store import open_store
 
     return open_store(store)[0][split]
 
