@@ -102,6 +102,28 @@ def check_output_folder(folder: str | os.PathLike, kind: OutputKind, *, flag: st
     return path
 
 
+MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".model")  # weights and tokenizer models
+
+
+def refuse_replacing_outputs(path: str | os.PathLike, flag: str, model: str | os.PathLike | None = None) -> None:
+    """Refuse (even with --overwrite) a file to write that would replace a file of the model folder being read,
+    or an output a script made and records in its folder (a fine-tuning run's predictions.json, eval_results.json,
+    config.json, weights...). --overwrite replaces the user's own files only. Symlinks and `..` are followed."""
+    target = Path(path).absolute().resolve()
+    if model is not None and Path(model).is_dir():
+        folder = Path(model).resolve()
+        protected = set(QA_RUN.made) | {"trainer_state.json", "generation_config.json"}
+        if target.is_relative_to(folder) and (target.name in protected or target.suffix in MODEL_FILE_SUFFIXES):
+            raise UsageError(f"{flag} {path} is a file of the model folder it reads ({folder}): writing there would "
+                             "damage the model; choose another file name")
+    for folder in target.parents:
+        for kind in (QA_RUN, PRETRAINING_RUN, STORE):
+            if is_output_of(folder, kind) and target.relative_to(folder).parts[0] in kind.made:
+                raise UsageError(f"{flag} {path} would replace {kind.script}'s own output in {folder} (the "
+                                 f"{kind.description}); choose another file name, e.g. "
+                                 f"{folder / ('ask_' + target.name)}")
+
+
 def refuse_precious(path: Path, flag: str) -> None:
     """Never write into (let alone replace) the current directory, its parents, home, / or a git repository."""
     resolved = path.resolve()
