@@ -3,6 +3,8 @@
     checkpoints/step_N/
         config.json, model.safetensors, tokenizer files   a transformers-format model folder: finetune_roberta_qa.py,
                                                           transformers and AutoTokenizer load a checkpoint as it is
+        tokenizer_record.json  the tokenizer's fingerprint, so that a swapped tokenizer is caught (also in
+                               final_model/)
         accelerate_state/      optimizer, grad scaler and every process's RNG states (`accelerator.save_state`);
                                the weights are not repeated there, except under FSDP/DeepSpeed, whose sharded
                                state accelerate keeps
@@ -30,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from folders import file_manifest, human_bytes, is_disk_full, verify_manifest, write_json
-from utils import UsageError
+from utils import TOKENIZER_RECORD, UsageError, tokenizer_fingerprint
 
 STATE_FILE = "trainer_state.json"
 MANIFEST_FILE = "manifest.json"
@@ -288,6 +290,8 @@ def save_model_folder(accelerator, wrapped, raw_model, tokenizer, folder: Path) 
     if accelerator.is_main_process:
         to_save.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
+        write_json(folder / TOKENIZER_RECORD, {"fingerprint": tokenizer_fingerprint(tokenizer),
+                                               "vocab_size": len(tokenizer)})
 
 
 def strip_wrapper_prefixes(state: dict) -> dict:

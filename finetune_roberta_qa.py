@@ -84,6 +84,7 @@ from utils import (
     log,
     run_cli,
     tokenizer_fingerprint,
+    tokenizer_swapped,
     wandb_offline_unless_logged_in,
 )
 
@@ -334,6 +335,8 @@ def load_backbone(args: argparse.Namespace):
         raise UsageError(f"--max_seq_length {args.max_seq_length} is longer than {source} allows "
                          f"({config.max_sequence_length} tokens)")
     check_qa_tokenizer(tokenizer, config, source)
+    if args.pretrained_backbone != "random" and (swapped := tokenizer_swapped(folder, tokenizer)):
+        log(f"WARNING: {swapped}; put back the tokenizer files train.py saved beside the weights")
     from transformers import set_seed
 
     set_seed(args.seed)  # the head's (and, for random, the encoder's) initialisation
@@ -344,7 +347,8 @@ def load_backbone(args: argparse.Namespace):
             model = RobertaForQuestionAnswering.from_pretrained(folder)  # encoder weights; fresh QA head
     except ValueError as error:  # truncated or corrupt weights, wrong shapes, missing tensors
         raise UsageError(f"{flag}: {str(error).replace(str(folder), source)}") from None
-    provenance = {**backbone_provenance(args, folder), "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer)}
+    provenance = {**backbone_provenance(args, folder), "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
+                  **({"tokenizer_warning": swapped} if args.pretrained_backbone != "random" and swapped else {})}
     return tokenizer, config, model, provenance
 
 

@@ -158,6 +158,24 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return hashlib.blake2b(json.dumps(content, sort_keys=True).encode(), digest_size=8).hexdigest()
 
 
+TOKENIZER_RECORD = "tokenizer_record.json"  # in a model folder train.py saves: the fingerprint of its tokenizer
+
+
+def tokenizer_swapped(folder: str | os.PathLike, tokenizer) -> str | None:
+    """Why `tokenizer` is not the one the model of `folder` was trained with, by the fingerprint train.py recorded
+    there (None when it is, or when nothing was recorded). A tokenizer swapped for another of the same size passes
+    every shape check, and the model would read its ids as other tokens."""
+    try:
+        recorded = json.loads((Path(folder) / TOKENIZER_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    if recorded.get("fingerprint") in (None, tokenizer_fingerprint(tokenizer)):
+        return None
+    return (f"the tokenizer in {folder} is not the one its model was trained with (fingerprint "
+            f"{tokenizer_fingerprint(tokenizer)}, {len(tokenizer):,} tokens; recorded {recorded['fingerprint']}, "
+            f"{recorded.get('vocab_size', '?'):,} tokens): the model would read its ids as other tokens")
+
+
 def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, model_max_length: int = 512):
     """Train RoBERTa's byte-level BPE on `texts` and return it as a transformers `RobertaTokenizer`.
 

@@ -310,6 +310,20 @@ def test_overwrite_never_reaches_what_is_not_a_run(store, tmp_path, monkeypatch)
     assert (store / "dataset_dict.json").is_file()
 
 
+def test_a_text_file_given_as_the_store_gets_advice_that_works(store, tmp_path, tiny_tokenizer_dir):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "file.txt").write_text(sentences(200) + "\n")
+    with pytest.raises(UsageError) as caught:
+        validate(store, tmp_path / "runs", "--path_to_prepped_data", str(tmp_path / "data" / "file.txt"))
+    advice = str(caught.value)
+    assert "is a file; it needs a data store" in advice
+    command = shlex.split(advice.split("`")[1])
+    assert command[:2] == ["python", "prepare_data.py"]
+    prepare_data.main([*command[2:], "--hf_model_name", str(tiny_tokenizer_dir), "--context_length", str(CONTEXT),
+                       "--num_workers", "1"])  # as printed, with the tokenizer it asks for
+    validate(store, tmp_path / "runs", "--path_to_prepped_data", command[command.index("--path_to_data_store") + 1])
+
+
 def test_refusals_leave_no_lock_file(store, tmp_path, monkeypatch):
     """A refused run touches nothing: no .lock in the home folder, a git repository or the current directory."""
     home, repo, here = tmp_path / "home", tmp_path / "repo", tmp_path / "here"
@@ -678,6 +692,13 @@ def test_fsdp_on_a_cpu_and_tilde_through_the_command_line(store, tmp_path):
     result = run_train(store, tmp_path, "x", "--working_directory=~/runs", "--num_training_steps", "2",
                        "--num_warmup_steps", "0", env={"HOME": str(home)})
     assert (home / "runs" / "x" / "final_model").is_dir() and not (tmp_path / "~").exists()
+    from transformers import AutoTokenizer
+
+    from utils import TOKENIZER_RECORD, tokenizer_swapped
+
+    final = home / "runs" / "x" / "final_model"  # its tokenizer's fingerprint, for finetune to check
+    assert (final / TOKENIZER_RECORD).is_file() and tokenizer_swapped(final, AutoTokenizer.from_pretrained(final)) \
+        is None
     assert f"final model: {home / 'runs' / 'x' / 'final_model'}" in result.stdout
 
 
