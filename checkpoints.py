@@ -194,6 +194,17 @@ def check_resume(path: Path, args: dict, config: dict, store_fingerprint: str | 
     return changes
 
 
+def recorded_resumes(args_file: Path) -> list[dict]:
+    """The resumes an earlier args.json lists; a missing or damaged one is said and starts the list afresh."""
+    try:
+        resumes = json.loads(args_file.read_text()).get("resumes", [])
+    except (OSError, ValueError, AttributeError) as error:
+        print(f"warning: {args_file} cannot be read ({type(error).__name__}); it is rewritten, without the list of "
+              "earlier resumes", flush=True)
+        return []
+    return resumes if isinstance(resumes, list) else []
+
+
 def read_state(path: Path) -> TrainState:
     return TrainState(**json.loads((path / STATE_FILE).read_text()))
 

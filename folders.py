@@ -281,6 +281,8 @@ def check_writable(path: str | os.PathLike, flag: str) -> None:
     existing = path
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
+    if existing != path and not existing.is_dir():
+        raise UsageError(f"{flag} cannot be made: {existing} is a file")
     folder = existing if existing.is_dir() else existing.parent
     if existing.is_file() and existing == path and not os.access(path, os.W_OK):
         raise UsageError(f"{flag} {path} is read-only: choose a path you can write to")

@@ -475,7 +475,7 @@ class RunFolder:
         print("\n".join(f"{k:>10}: {v}" for k, v in summary.items()), flush=True)
         for change in self.plan.changes:
             print(f"    resume: {change} (takes effect from step {state.step})", flush=True)
-        earlier = json.loads((self.path / "args.json").read_text()).get("resumes", []) if self.plan.resume else []
+        earlier = ckpt.recorded_resumes(self.path / "args.json") if self.plan.resume else []
         resumes = earlier + ([{"step": state.step, "from": str(self.plan.resume), "changed": self.plan.changes}]
                              if self.plan.resume else [])
         not_used = {"hf_model_name": "the store's own tokenizer/ was used"} if (

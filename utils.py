@@ -35,12 +35,16 @@ class UsageError(Exception):
 
 
 def run_cli(main: Callable[[], object]) -> None:
-    """Run a script's `main`, turning a `UsageError` into `error: <message>` on stderr and exit code 2."""
+    """Run a script's `main`, turning a `UsageError` into `error: <message>` on stderr and exit code 2, and a
+    Ctrl-C the script does not handle itself (while starting up) into one line and exit code 130."""
     try:
         main()
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("error: stopped by Ctrl-C", file=sys.stderr)
+        sys.exit(130)
 
 
 def is_main_process() -> bool:

@@ -289,6 +289,9 @@ def test_bad_paths(store, tmp_path):
     check("does not exist", "--path_to_prepped_data", str(tmp_path / "missing"))
     (tmp_path / "not_a_store").mkdir()
     check("is not a data store", "--path_to_prepped_data", str(tmp_path / "not_a_store"))
+    (tmp_path / "a_file").write_text("")
+    check("the run folder .*a_file/x cannot be made: .*a_file is a file", "--working_directory",
+          str(tmp_path / "a_file"), "--experiment_name", "x")
     (tmp_path / "work" / "taken").mkdir(parents=True)
     (tmp_path / "work" / "taken" / "metrics.jsonl").write_text("")
     check("already holds a pretraining run folder; pass --resume_from_checkpoint latest", "--experiment_name", "taken")
