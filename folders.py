@@ -196,13 +196,16 @@ class FolderLock:
     def acquire(self) -> FolderLock:
         import fcntl
 
-        check_writable(self.folder, self.flag)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        if not self.shared:
+            check_writable(self.folder, self.flag)
+            self.folder.mkdir(parents=True, exist_ok=True)
         key = self.path.resolve()
         if key in _HELD:
             raise UsageError(f"{self.flag} is in use by another run ({describe_holder(self.path)}); wait for it "
                              "to finish, or choose another folder")
         fd = _open_lock_file(self.path, self.shared, self.flag)
+        if fd is None:  # a reader of a read-only folder without a lock file: no writer can replace it either
+            return self
         try:
             fcntl.lockf(fd, (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except OSError as error:
@@ -255,13 +258,14 @@ class FolderLock:
 _HELD: dict[Path, FolderLock] = {}  # the lock files this process holds
 
 
-def _open_lock_file(path: Path, shared: bool, flag: str) -> int:
-    """A descriptor of the lock file, made if missing; a reader of a read-only folder opens an existing one."""
+def _open_lock_file(path: Path, shared: bool, flag: str) -> int | None:
+    """A descriptor of the lock file, made if missing; a reader of a read-only folder opens an existing one, or
+    gets None where there is none."""
     try:
         return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as error:
-        if shared and path.is_file() and error.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
-            return os.open(path, os.O_RDONLY)
+        if shared and error.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
+            return os.open(path, os.O_RDONLY) if path.is_file() else None
         raise UsageError(f"{flag} cannot be written ({error.strerror or error}): choose a folder you can write "
                          "to") from None
 

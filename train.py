@@ -17,9 +17,10 @@ Run folder <working_directory>/<experiment_name>/ (written by the main process):
                    per resume listing the flags that changed
     metrics.jsonl  one JSON object a line. Training lines (every --logging_steps): step, loss (mean masked-LM loss
                    of the updates since the previous line, nats), lr, grad_norm (before clipping),
-                   tokens_per_second (all processes), epoch, and mfu on a GPU (model FLOP utilisation: training
-                   FLOPs per token x tokens/s / measured matrix rate). Evaluation lines: step, eval_loss,
-                   eval_accuracy (top-1 on the masked tokens), eval_perplexity (exp eval_loss), eval_tokens
+                   tokens_per_second (all processes), epoch, warning (once, when the loss diverges), and mfu on a
+                   GPU (model FLOP utilisation: training FLOPs per token x tokens/s / measured matrix rate).
+                   Evaluation lines: step, eval_loss, eval_accuracy (top-1 on the masked tokens), eval_perplexity
+                   (exp eval_loss), eval_tokens
     curves.png     loss and accuracy curves, redrawn at every evaluation
     checkpoints/step_N/  a transformers-format model folder plus the training state (see checkpoints.py)
     final_model/   the trained model in transformers' format with its tokenizer
@@ -35,7 +36,8 @@ resume; each difference is printed and recorded in args.json:
   * a changed batch layout (--per_gpu_batch_size, --gradient_accumulation_steps, processes) continues from the same
     position in the data, no longer bit-exactly.
 SIGTERM (what schedulers send), SIGINT (Ctrl-C) and SIGHUP save a checkpoint after the current update and exit 0
-(a second Ctrl-C stops at once). A non-finite loss stops the run and lists the checkpoints with their losses.
+(a second Ctrl-C stops at once). A non-finite loss stops the run and lists the checkpoints with their losses;
+a loss that stays far above its starting value is warned about (utils.LossWatch) in the log and metrics.jsonl.
 """
 
 from __future__ import annotations

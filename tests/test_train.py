@@ -705,6 +705,39 @@ def test_fsdp_on_a_cpu_and_tilde_through_the_command_line(store, tmp_path):
     assert f"final model: {home / 'runs' / 'x' / 'final_model'}" in result.stdout
 
 
+@pytest.fixture
+def read_only_mount(tmp_path):
+    """A folder on a read-only filesystem (a tmpfs mounted read-only; skipped where mounting is not allowed), holding
+    what `fill(folder)` put there before it became read-only."""
+    mounted = []
+
+    def make(name, fill=lambda folder: None):
+        folder = tmp_path / name
+        folder.mkdir()
+        if subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(folder)], capture_output=True).returncode:
+            pytest.skip("cannot mount a tmpfs here")
+        mounted.append(folder)
+        fill(folder)
+        subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+        return folder
+
+    yield make
+    for folder in mounted:
+        subprocess.run(["umount", str(folder)])
+
+
+@pytest.mark.slow
+def test_read_only_folders_are_one_line_and_a_read_only_store_is_read(store, tmp_path, read_only_mount):
+    read_only = read_only_mount("ro")
+    result = run_train(store, read_only, "x", check=False)
+    assert result.returncode == 2 and result.stderr == f"error: the run folder {read_only / 'x'} cannot be written: " \
+        f"{read_only} is read-only for you; choose a folder you can write to\n"
+    on_media = read_only_mount("media", lambda folder: shutil.copytree(store, folder / "store",
+                                                                       ignore=shutil.ignore_patterns(".lock")))
+    run_train(on_media / "store", tmp_path, "from_media", "--num_training_steps", "2", "--num_warmup_steps", "0")
+    assert (tmp_path / "from_media" / "final_model").is_dir()
+
+
 @pytest.mark.slow
 def test_overwrite_keeps_a_symlinked_checkpoints_folder(store, tmp_path, reference):
     shutil.copytree(reference, tmp_path / "run")
