@@ -471,7 +471,7 @@ def test_a_vocabulary_larger_than_the_corpus_allows_is_reported(tmp_path, capsys
 
 def test_a_store_that_cannot_be_written_is_one_line(tmp_path):
     (tmp_path / "a_file").write_text("x")
-    with pytest.raises(UsageError, match="cannot be written"):
+    with pytest.raises(UsageError, match="store cannot be made: .*a_file is a file"):
         main("--dataset", "demo", "--train_tokenizer", 300, "--path_to_data_store", tmp_path / "a_file" / "store")
 
 
