@@ -39,7 +39,7 @@ from qa import (
     read_squad_file,
     squad_v2_summary,
 )
-from utils import ArgumentParser, HelpFormatter, UsageError, load_tokenizer, run_cli
+from utils import ArgumentParser, HelpFormatter, UsageError, load_tokenizer, run_cli, tokenizer_swapped
 
 RUN_RECORD = "finetune_args.json"
 CHUNK = 256  # questions answered between two progress lines of --squad_file
@@ -219,6 +219,9 @@ def load_model(args: argparse.Namespace):
         raise UsageError(f"--model {error}") from None
     tokenizer = load_tokenizer(folder if _is_local(name) else name, flag="--model", cache_dir=args.path_to_cache_dir)
     check_qa_tokenizer(tokenizer, config, name)
+    if swapped := tokenizer_swapped(folder, tokenizer):
+        print(f"warning: {swapped}; the answers will be wrong: put back the tokenizer files saved with the model",
+              file=sys.stderr, flush=True)
     record = run_record(folder)
     resolve_settings(args, record, config)
     return model.to(pick_device(args.device)), tokenizer

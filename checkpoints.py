@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from folders import file_manifest, human_bytes, is_disk_full, verify_manifest, write_json
-from utils import TOKENIZER_RECORD, UsageError, tokenizer_fingerprint
+from utils import UsageError, record_tokenizer
 
 STATE_FILE = "trainer_state.json"
 MANIFEST_FILE = "manifest.json"
@@ -301,8 +301,7 @@ def save_model_folder(accelerator, wrapped, raw_model, tokenizer, folder: Path) 
     if accelerator.is_main_process:
         to_save.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
-        write_json(folder / TOKENIZER_RECORD, {"fingerprint": tokenizer_fingerprint(tokenizer),
-                                               "vocab_size": len(tokenizer)})
+        record_tokenizer(folder, tokenizer)
 
 
 def strip_wrapper_prefixes(state: dict) -> dict:

@@ -82,6 +82,7 @@ from utils import (
     library_versions,
     load_tokenizer,
     log,
+    record_tokenizer,
     run_cli,
     tokenizer_fingerprint,
     tokenizer_swapped,
@@ -569,6 +570,7 @@ def make_trainer(args, model, tokenizer, train_features, eval_examples, eval_fea
             if self.args.should_save:
                 self.accelerator.unwrap_model(self.model).save_pretrained(output_dir or self.args.output_dir)
                 tokenizer.save_pretrained(output_dir or self.args.output_dir)
+                record_tokenizer(output_dir or self.args.output_dir, tokenizer)  # for ask.py to check
 
     # No processing_class: the Trainer would "align" the config's special tokens through transformers' config API,
     # which our dataclass config does not have (and every window is already padded, so no collator needs it).

@@ -60,7 +60,8 @@ QA_RUN = OutputKind(
     made=("finetune_args.json", "eval_results.json", "predictions.json", "predictions_detail.json", "checkpoints",
           "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
           "vocab.json", "merges.txt", "training_args.bin", "README.md", "runs", "wandb", LOCK_FILE,
-          "finetune_args.json.tmp", "eval_results.json.tmp", "predictions.json.tmp", "predictions_detail.json.tmp"))
+          "tokenizer_record.json", "finetune_args.json.tmp", "eval_results.json.tmp", "predictions.json.tmp",
+          "predictions_detail.json.tmp"))
 
 
 # ----------------------------------------------------------------------------------------------------------------

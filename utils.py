@@ -165,6 +165,12 @@ def tokenizer_fingerprint(tokenizer) -> str:
 TOKENIZER_RECORD = "tokenizer_record.json"  # in a model folder train.py saves: the fingerprint of its tokenizer
 
 
+def record_tokenizer(folder: str | os.PathLike, tokenizer) -> None:
+    """Write TOKENIZER_RECORD beside a saved model: the fingerprint of the tokenizer it was trained with."""
+    (Path(folder) / TOKENIZER_RECORD).write_text(json.dumps({"fingerprint": tokenizer_fingerprint(tokenizer),
+                                                             "vocab_size": len(tokenizer)}) + "\n")
+
+
 def tokenizer_swapped(folder: str | os.PathLike, tokenizer) -> str | None:
     """Why `tokenizer` is not the one the model of `folder` was trained with, by the fingerprint train.py recorded
     there (None when it is, or when nothing was recorded). A tokenizer swapped for another of the same size passes

@@ -180,6 +180,22 @@ def test_bad_input_is_one_clear_error(case, tmp_path, run_dir, squad_file, tiny_
     assert json.loads((run_dir / "config.json").read_text())["model_type"] == "roberta"
 
 
+def test_a_model_whose_tokenizer_was_swapped_warns(run_dir, tiny_tokenizer, tmp_path, capsys):
+    import shutil
+
+    from utils import TOKENIZER_RECORD, record_tokenizer
+
+    folder = tmp_path / "qa"
+    shutil.copytree(run_dir, folder)
+    record_tokenizer(folder, tiny_tokenizer)  # as finetune_roberta_qa.py records it
+    ask.main(["--model", str(folder), "--question", "Who lived north?", "--context", CONTEXT])
+    assert "warning" not in capsys.readouterr().err
+    record = json.loads((folder / TOKENIZER_RECORD).read_text())
+    (folder / TOKENIZER_RECORD).write_text(json.dumps({**record, "fingerprint": "0123456789abcdef"}))
+    ask.main(["--model", str(folder), "--question", "Who lived north?", "--context", CONTEXT])
+    assert f"warning: the tokenizer in {folder} is not the one its model was trained with" in capsys.readouterr().err
+
+
 def test_a_mistyped_local_model_says_the_path_is_missing(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(UsageError, match=f"--model runs/nonexistent does not exist: there is no folder "
