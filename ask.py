@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from folders import write_json
+from folders import check_writable, refuse_replacing_outputs, write_json
 from qa import (
     QA_DEFAULTS,
     answer_questions,
@@ -39,7 +39,7 @@ from qa import (
     read_squad_file,
     squad_v2_summary,
 )
-from utils import ArgumentParser, HelpFormatter, UsageError, load_tokenizer, looks_local, run_cli
+from utils import ArgumentParser, HelpFormatter, UsageError, load_tokenizer, looks_local, run_cli, tokenizer_swapped
 
 RUN_RECORD = "finetune_args.json"
 CHUNK = 256  # questions answered between two progress lines of --squad_file
@@ -127,10 +127,12 @@ def check_output(args: argparse.Namespace) -> None:
         raise UsageError(f"--output {args.output} is a folder; give a file name, e.g. {output / 'predictions.json'}")
     if output.exists() and output.resolve() == Path(args.squad_file).expanduser().resolve():
         raise UsageError(f"--output {args.output} is the --squad_file itself; writing there would destroy it")
+    refuse_replacing_outputs(output, "--output", args.model if looks_local(args.model) else None)
     if output.exists() and not args.overwrite:
         raise UsageError(f"--output {args.output} exists; pass --overwrite to replace it, or choose another name")
     if not output.parent.is_dir():
         raise UsageError(f"--output {args.output}: the folder {output.parent} does not exist")
+    check_writable(output, "--output")  # before the first question, not after the last
 
 
 def check_request(args: argparse.Namespace) -> None:
@@ -207,9 +209,15 @@ def load_model(args: argparse.Namespace):
         config = RobertaConfig.from_pretrained(folder)
         model = RobertaForQuestionAnswering.from_pretrained(folder)
     except ValueError as error:
+        if not Path(name).exists():  # a mistyped local path, or a Hub id
+            missing = f"--model {name} does not exist: there is no folder {Path(name).absolute()}"
+            raise UsageError(missing if looks_local(name) else f"{missing}, and as a Hub id: {error}") from None
         raise UsageError(f"--model {error}") from None
     tokenizer = load_tokenizer(folder if looks_local(name) else name, flag="--model", cache_dir=args.path_to_cache_dir)
     check_qa_tokenizer(tokenizer, config, name)
+    if swapped := tokenizer_swapped(folder, tokenizer):
+        print(f"warning: {swapped}; the answers will be wrong: put back the tokenizer files saved with the model",
+              file=sys.stderr, flush=True)
     record = run_record(folder)
     resolve_settings(args, record, config)
     return model.to(pick_device(args.device)), tokenizer
@@ -278,7 +286,11 @@ def answer_squad_file(args: argparse.Namespace, model, tokenizer, rows: list[dic
             probabilities[row["id"]] = answer["no_answer_probability"]
         if len(rows) > CHUNK:
             print(f"answered {len(predictions):,} of {len(rows):,} questions", file=sys.stderr, flush=True)
-    write_json(args.output, predictions)
+    try:
+        write_json(args.output, predictions)
+    except OSError as error:  # checked writable before the first question; the disk may have filled since
+        raise UsageError(f"--output {args.output} could not be written ({error.strerror or error}); the "
+                         f"{len(predictions):,} answers are lost: free space and run again") from None
     seconds = time.perf_counter() - start
     print(f"answered {len(rows):,} questions of {args.squad_file} in {seconds:.1f} s -> {args.output}")
     references = {r["id"]: r["answers"]["text"] for r in rows}

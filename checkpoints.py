@@ -3,6 +3,8 @@
     checkpoints/step_N/
         config.json, model.safetensors, tokenizer files   a transformers-format model folder: finetune_roberta_qa.py,
                                                           transformers and AutoTokenizer load a checkpoint as it is
+        tokenizer_record.json  the tokenizer's fingerprint, so that a swapped tokenizer is caught (also in
+                               final_model/)
         accelerate_state/      optimizer, grad scaler and every process's RNG states (`accelerator.save_state`);
                                the weights are not repeated there, except under FSDP/DeepSpeed, whose sharded
                                state accelerate keeps
@@ -30,7 +32,7 @@ from pathlib import Path
 
 import fault_injection
 from folders import file_manifest, human_bytes, is_disk_full, verify_manifest, write_json
-from utils import UsageError, first_line
+from utils import UsageError, first_line, record_tokenizer
 
 STATE_FILE = "trainer_state.json"
 MANIFEST_FILE = "manifest.json"
@@ -84,13 +86,16 @@ def is_complete(path: Path) -> bool:
 
 
 def checkpoint_problem(path: Path) -> str | None:
-    """None for an intact checkpoint; else why it cannot be used (missing, cut off, truncated, corrupted...)."""
-    if not path.is_dir():
+    """None for an intact checkpoint; else why it cannot be used (missing, not a checkpoint, cut off, corrupted...)."""
+    if not path.exists():
         return "it does not exist"
+    if not path.is_dir():
+        return "it is a file; a checkpoint is a checkpoints/step_N folder"
     if not is_complete(path):
-        if (path / STATE_FILE).is_file():
-            return f"it has no {MANIFEST_FILE}: an earlier version of train.py wrote it, and this one cannot resume it"
-        return f"it has no {MANIFEST_FILE}, the last file written: it was cut off while being saved"
+        return not_a_checkpoint(path) or (
+            f"it has no {MANIFEST_FILE}, so its files cannot be verified: the manifest was deleted, or a train.py "
+            "older than checksummed checkpoints wrote it" if (path / STATE_FILE).is_file() else
+            f"it has no {MANIFEST_FILE}, the last file written: it was cut off while being saved")
     try:
         manifest = json.loads((path / MANIFEST_FILE).read_text())
         problem = verify_manifest(path, manifest["files"])
@@ -99,6 +104,26 @@ def checkpoint_problem(path: Path) -> str | None:
     except (OSError, ValueError, KeyError, TypeError) as error:
         return f"its {MANIFEST_FILE} or {STATE_FILE} cannot be read ({type(error).__name__}: {error})"
     return problem
+
+
+def not_a_checkpoint(path: Path) -> str | None:
+    """What a folder without a manifest is, when it is clearly no checkpoint (a store, a run, checkpoints/)."""
+    kinds = {"prepare_data.json": "a data store (prepare_data.py's)", "finetune_args.json": "a question-answering "
+             "run folder (finetune_roberta_qa.py's)", "args.json": "a pretraining run folder: pass latest, or one of "
+             "its checkpoints/step_N folders", "metrics.jsonl": "a pretraining run folder: pass latest, or one of "
+             "its checkpoints/step_N folders"}
+    for record, kind in kinds.items():
+        if (path / record).is_file():
+            return f"it is {kind}, not a checkpoint"
+    if step_folders(path):
+        intact = find_intact_checkpoint(path, report=lambda _: None)
+        return (f"it is a checkpoints folder, not one checkpoint: pass one of its step_N folders (the newest intact "
+                f"is {intact})" if intact else "it is a checkpoints folder, not one checkpoint, and none in it is "
+                "intact")
+    if not STEP_FOLDER.fullmatch(path.name) and not (path / STATE_FILE).is_file():
+        return f"it is not a checkpoint (no {MANIFEST_FILE} or {STATE_FILE}); a checkpoint is a checkpoints/step_N " \
+               "folder"
+    return None
 
 
 def find_intact_checkpoint(folder: Path, report=print) -> Path | None:
@@ -112,11 +137,24 @@ def find_intact_checkpoint(folder: Path, report=print) -> Path | None:
 
 
 def resolve_resume(requested: str | None, checkpoints: Path) -> Path | None:
-    """The checkpoint `--resume_from_checkpoint` names (verified), or None to start afresh."""
+    """The checkpoint `--resume_from_checkpoint` names (verified), or None to start afresh.
+
+    `latest` starts afresh only when there is no checkpoint at all (so that a preemptible job can always pass it);
+    when every checkpoint is damaged it is refused like a damaged explicit path, changing nothing: starting over
+    would overwrite the run's metrics and rotate away checkpoints whose other files may still be of use."""
     if requested is None:
         return None
-    if requested == "latest":  # none yet is fine: a preemptible job can always pass "latest"
-        return find_intact_checkpoint(checkpoints)
+    if requested == "latest":
+        skipped: list[str] = []
+        intact = find_intact_checkpoint(checkpoints, report=skipped.append)
+        if intact is None and skipped:
+            problems = "; ".join(line.removeprefix(f"warning: skipping checkpoint {checkpoints}/") for line in skipped)
+            raise UsageError(f"--resume_from_checkpoint latest: no checkpoint in {checkpoints} is intact ({problems}); "
+                             "nothing was changed. Repair one and pass its path, or start the run again with "
+                             "--overwrite (which deletes them)")
+        for line in skipped:
+            print(line, flush=True)
+        return intact
     path = Path(requested)
     problem = checkpoint_problem(path)
     if problem:
@@ -126,9 +164,11 @@ def resolve_resume(requested: str | None, checkpoints: Path) -> Path | None:
     return path
 
 
-def check_resume(path: Path, args: dict, config: dict, store_fingerprint: str | None) -> list[str]:
-    """Refuse a checkpoint of another model, seed or store; return the flags that changed ("--name old -> new"):
-    they take effect from the resumed update (train.py's docstring says how)."""
+def check_resume(path: Path, args: dict, config: dict, store_fingerprint: str | None,
+                 num_processes: int = 1) -> list[str]:
+    """Refuse a checkpoint of another model, seed or store; return the flags that changed ("--name old -> new"),
+    and the global batch when it changed (the processes too): they take effect from the resumed update (train.py's
+    docstring says how)."""
     state = read_state(path)
     differ = [f"--{k} {state.args[k]} (now {args[k]})" for k in MUST_MATCH_ON_RESUME
               if k in state.args and state.args[k] != args[k]]
@@ -143,8 +183,26 @@ def check_resume(path: Path, args: dict, config: dict, store_fingerprint: str | 
     if args["num_training_steps"] <= state.step:
         raise UsageError(f"checkpoint {path} is at update {state.step}, not before --num_training_steps "
                          f"{args['num_training_steps']}: raise --num_training_steps to train further")
-    return [f"--{k} {state.args[k]} -> {v}" for k, v in args.items()
-            if k in state.args and k not in NOT_COMPARED_ON_RESUME and state.args[k] != v]
+    changes = [f"--{k} {state.args[k]} -> {v}" for k, v in args.items()
+               if k in state.args and k not in NOT_COMPARED_ON_RESUME and state.args[k] != v]
+    saved_processes = len(state.window_loss) or 1  # one running loss sum per process
+    batch = [a.get("per_gpu_batch_size", 0) * a.get("gradient_accumulation_steps", 1) * n
+             for a, n in ((state.args, saved_processes), (args, num_processes))]
+    if batch[0] != batch[1] or saved_processes != num_processes:
+        changes.append(f"global batch size {batch[0]} -> {batch[1]} (processes {saved_processes} -> "
+                       f"{num_processes})")
+    return changes
+
+
+def recorded_resumes(args_file: Path) -> list[dict]:
+    """The resumes an earlier args.json lists; a missing or damaged one is said and starts the list afresh."""
+    try:
+        resumes = json.loads(args_file.read_text()).get("resumes", [])
+    except (OSError, ValueError, AttributeError) as error:
+        print(f"warning: {args_file} cannot be read ({type(error).__name__}); it is rewritten, without the list of "
+              "earlier resumes", flush=True)
+        return []
+    return resumes if isinstance(resumes, list) else []
 
 
 def read_state(path: Path) -> TrainState:
@@ -171,6 +229,24 @@ def checkpoint_summaries(folder: Path) -> str:
                 loss = None
             parts.append(f"{path.name} (loss {loss:.4f})" if loss is not None else path.name)
     return ", ".join(parts) or "(none)"
+
+
+def non_finite_advice(folder: Path, last_finite_step: int, learning_rate: float, command) -> str:
+    """What to do after a NaN: the checkpoints with their losses, the newest one whose weights still gave a finite
+    loss afterwards (a logged loss of update k is computed with the weights of update k - 1), and a command that
+    runs as printed: `command(changes)` is the run's own command line with those flags changed."""
+    good = [path for step, path in step_folders(folder) if step < last_finite_step and is_complete(path)]
+    saved_rate = read_state(good[-1]).args.get("learning_rate", learning_rate) if good else learning_rate
+    rate = saved_rate if saved_rate < learning_rate else learning_rate / 10  # the checkpoint's own, if lower
+    if good:
+        advice = f"the last checkpoint whose weights gave a finite loss is {good[-1]}: resume from it"
+        changes = {"--resume_from_checkpoint": str(good[-1]), "--overwrite": None}
+    else:
+        advice = "no checkpoint was followed by a finite loss: start again"
+        changes = {"--resume_from_checkpoint": None, "--overwrite": ""}
+    return (f"Checkpoints and the loss each was saved at: {checkpoint_summaries(folder)}; {advice} with a lower "
+            f"--learning_rate: {command({**changes, '--learning_rate': f'{rate:g}'})} (more --num_warmup_steps, a "
+            "lower --max_grad_norm or bf16 instead of fp16 help too, and take effect on resume)")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -225,6 +301,7 @@ def save_model_folder(accelerator, wrapped, raw_model, tokenizer, folder: Path) 
     if accelerator.is_main_process:
         to_save.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
+        record_tokenizer(folder, tokenizer)
 
 
 def strip_wrapper_prefixes(state: dict) -> dict:

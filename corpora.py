@@ -99,6 +99,17 @@ def check_dataset_name(name: str, config: str | None, split: str) -> None:
                          "Salesforce/wikitext)")
     if path.is_file() and not name.endswith(tuple(LOCAL_BUILDERS)):
         raise UsageError(f"--dataset_name {name}: a local file must end in one of {', '.join(LOCAL_BUILDERS)}")
+    if path.is_dir():  # datasets reads one format of a folder (the most common) and silently drops the others
+        formats: dict[str, int] = {}
+        for file in path.rglob("*"):
+            suffix = next((s for s in LOCAL_BUILDERS if file.name.endswith(s) or file.name.endswith(s + ".gz")), None)
+            if suffix and file.is_file():
+                formats[LOCAL_BUILDERS[suffix]] = formats.get(LOCAL_BUILDERS[suffix], 0) + 1
+        if len(formats) > 1:
+            counts = ", ".join(f"{n} {kind}" for kind, n in sorted(formats.items()))
+            raise UsageError(f"--dataset_name {name} holds data files of several formats ({counts}): datasets would "
+                             "read only one of them and drop the rest; convert them to one format, or move the "
+                             "others out of the folder")
     if path.is_file() and split != "train":
         raise UsageError(f"--dataset_split {split}: a single local file has one split, train")
     if path.is_file() and config is not None:
@@ -394,11 +405,17 @@ def group_rows(rows: Iterable[str | None], how: str) -> Iterator[str]:
         yield from rows
     elif how == "wikitext":
         article: list[str] = []
+        titles = 0
         for row in rows:
+            titles += is_wikitext_title(row)
             if is_wikitext_title(row) and article:
                 yield "\n".join(article)
                 article = []
             article.append(row)
+        if not titles and article:  # else the whole corpus would silently become one document
+            raise UsageError("--group_rows wikitext: no headings found (no row like ' = Title = ' starts an "
+                             f"article in {len(article):,} rows); use --group_rows none (each row a document) or a "
+                             "number of rows per document")
         if article:
             yield "\n".join(article)
     else:

@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from utils import user_path
+
 ROOT = Path(__file__).resolve().parent
 
 # Sized for about 8 minutes on a 2-core CPU. Small MLMs sit on a plateau (predicting frequent tokens)
@@ -39,7 +41,8 @@ FILL_MASK_SENTENCES = [  # in the style of the demo world's articles
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--output_dir", type=Path, default=ROOT / "demo_output", help="where everything is written")
+    p.add_argument("--output_dir", type=lambda value: Path(user_path(value)), default=ROOT / "demo_output",
+                   help="where everything is written")
     p.add_argument("--pretraining_steps", type=int, default=4500)
     p.add_argument("--qa_epochs", type=float, default=3.0)
     p.add_argument("--qa_train_samples", type=int, default=2000,

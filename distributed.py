@@ -152,6 +152,19 @@ def is_sharded(accelerator) -> bool:
     return accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
 
 
+def check_launch() -> None:
+    """Refuse, before anything is written, FSDP asked for where there is no GPU: accelerate then fails on every
+    process (`sync_module_states ... not supported on cpu`), or with ACCELERATE_USE_CPU runs plain DDP instead."""
+    import torch
+
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() not in ("true", "1"):
+        return
+    on_cpu = os.environ.get("ACCELERATE_USE_CPU", "false").lower() in ("true", "1")
+    if on_cpu or not torch.accelerator.is_available():
+        raise UsageError("FSDP was asked for (accelerate launch --use_fsdp) but this run has no GPU: FSDP shards "
+                         "across GPUs only; on a CPU launch with --multi_gpu (data-parallel over gloo) instead")
+
+
 def describe(accelerator) -> str:
     """The parallelism in effect, in words; said loudly when FSDP or DeepSpeed was asked for and is not."""
     kind = accelerator.distributed_type.value

@@ -87,8 +87,10 @@ from utils import (
     load_tokenizer,
     log,
     looks_local,
+    record_tokenizer,
     run_cli,
     tokenizer_fingerprint,
+    tokenizer_swapped,
     wandb_offline_unless_logged_in,
 )
 
@@ -334,6 +336,8 @@ def load_backbone(args: argparse.Namespace):
         raise UsageError(f"--max_seq_length {args.max_seq_length} is longer than {source} allows "
                          f"({config.max_sequence_length} tokens)")
     check_qa_tokenizer(tokenizer, config, source)
+    if args.pretrained_backbone != "random" and (swapped := tokenizer_swapped(folder, tokenizer)):
+        log(f"WARNING: {swapped}; put back the tokenizer files train.py saved beside the weights")
     from transformers import set_seed
 
     set_seed(args.seed)  # the head's (and, for random, the encoder's) initialisation
@@ -344,7 +348,8 @@ def load_backbone(args: argparse.Namespace):
             model = RobertaForQuestionAnswering.from_pretrained(folder)  # encoder weights; fresh QA head
     except ValueError as error:  # truncated or corrupt weights, wrong shapes, missing tensors
         raise UsageError(f"{flag}: {str(error).replace(str(folder), source)}") from None
-    provenance = {**backbone_provenance(args, folder), "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer)}
+    provenance = {**backbone_provenance(args, folder), "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
+                  **({"tokenizer_warning": swapped} if args.pretrained_backbone != "random" and swapped else {})}
     return tokenizer, config, model, provenance
 
 
@@ -565,6 +570,7 @@ def make_trainer(args, model, tokenizer, train_features, eval_examples, eval_fea
             if self.args.should_save:
                 self.accelerator.unwrap_model(self.model).save_pretrained(output_dir or self.args.output_dir)
                 tokenizer.save_pretrained(output_dir or self.args.output_dir)
+                record_tokenizer(output_dir or self.args.output_dir, tokenizer)  # for ask.py to check
 
     # No processing_class: the Trainer would "align" the config's special tokens through transformers' config API,
     # which our dataclass config does not have (and every window is already padded, so no collator needs it).

@@ -10,10 +10,12 @@ finetune_roberta_qa.py a question-answering run folder. Three promises hold for 
   It never replaces the current directory, a parent of it, the home folder, a git repository, a folder that
   is or holds an input of the same run, or a folder another run is using.
 * One run per folder: `FolderLock` holds a lock file (`.lock`) for the life of the run. A second run into the
-  same folder is refused before it touches anything. The lock is `flock`, which the kernel releases when the
-  process dies (so a killed run leaves no stale lock) and which Linux maps onto NFS byte-range locks; where a
-  filesystem supports no locking at all, a lock file holding the owner's host and pid is used instead, and a
-  lock of a dead process on this host is taken over.
+  same folder is refused before it touches anything, and the lock file is made only once every other check
+  has passed. The lock is a POSIX record lock (`lockf`), which belongs to one process: the kernel releases it
+  when that process dies, even while the DataLoader workers it forked are still exiting, so a killed run can be
+  resumed at once; NFS supports it. Where a filesystem supports no locking at all, a lock file holding the
+  owner's host and pid is used instead, and a lock of a dead process on this host is taken over.
+  `describe_holder` is the one way to say which run holds a folder.
 * Files are written atomically (`write_json`), and `file_manifest`/`verify_manifest` record and check each
   file's size and checksum, so that a damaged checkpoint is detected before it is loaded.
 """
@@ -24,6 +26,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import time
@@ -57,7 +60,8 @@ QA_RUN = OutputKind(
     made=("finetune_args.json", "eval_results.json", "predictions.json", "predictions_detail.json", "checkpoints",
           "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
           "vocab.json", "merges.txt", "training_args.bin", "README.md", "runs", "wandb", LOCK_FILE,
-          "finetune_args.json.tmp", "eval_results.json.tmp", "predictions.json.tmp", "predictions_detail.json.tmp"))
+          "tokenizer_record.json", "finetune_args.json.tmp", "eval_results.json.tmp", "predictions.json.tmp",
+          "predictions_detail.json.tmp"))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -77,6 +81,7 @@ def check_output_folder(folder: str | os.PathLike, kind: OutputKind, *, flag: st
     if path.exists() and not path.is_dir():
         raise UsageError(f"{flag} is a file, not a folder")
     refuse_precious(path, flag)
+    check_writable(path, flag)
     for input_flag, input_path in (inputs or {}).items():
         if input_path and Path(input_path).expanduser().exists():
             source = Path(input_path).expanduser().resolve()
@@ -96,6 +101,28 @@ def check_output_folder(folder: str | os.PathLike, kind: OutputKind, *, flag: st
         raise UsageError(f"{flag} already holds a {kind.description}; pass {hint}--overwrite to replace it, or "
                          "choose another folder")
     return path
+
+
+MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".model")  # weights and tokenizer models
+
+
+def refuse_replacing_outputs(path: str | os.PathLike, flag: str, model: str | os.PathLike | None = None) -> None:
+    """Refuse (even with --overwrite) a file to write that would replace a file of the model folder being read,
+    or an output a script made and records in its folder (a fine-tuning run's predictions.json, eval_results.json,
+    config.json, weights...). --overwrite replaces the user's own files only. Symlinks and `..` are followed."""
+    target = Path(path).absolute().resolve()
+    if model is not None and Path(model).is_dir():
+        folder = Path(model).resolve()
+        protected = set(QA_RUN.made) | {"trainer_state.json", "generation_config.json"}
+        if target.is_relative_to(folder) and (target.name in protected or target.suffix in MODEL_FILE_SUFFIXES):
+            raise UsageError(f"{flag} {path} is a file of the model folder it reads ({folder}): writing there would "
+                             "damage the model; choose another file name")
+    for folder in target.parents:
+        for kind in (QA_RUN, PRETRAINING_RUN, STORE):
+            if is_output_of(folder, kind) and target.relative_to(folder).parts[0] in kind.made:
+                raise UsageError(f"{flag} {path} would replace {kind.script}'s own output in {folder} (the "
+                                 f"{kind.description}); choose another file name, e.g. "
+                                 f"{folder / ('ask_' + target.name)}")
 
 
 def refuse_precious(path: Path, flag: str) -> None:
@@ -125,10 +152,19 @@ def foreign_entries(folder: Path, kind: OutputKind) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.name not in kind.made)
 
 
+CHECKPOINT_NAME = re.compile(r"(tmp-)?step_\d+|checkpoint-\d+")  # what train.py and the Trainer make in checkpoints/
+
+
 def remove_own_outputs(folder: Path, kind: OutputKind) -> list[str]:
-    """--overwrite, after every check passed: delete what the script made; return the names of what was kept."""
+    """--overwrite, after every check passed: delete what the script made; return the names of what was kept.
+
+    A symlinked folder (checkpoints/ on another disk) stays a link: only the checkpoints inside it are removed."""
     for entry in own_entries(folder, kind):
-        if entry.is_dir() and not entry.is_symlink():
+        if entry.is_symlink() and entry.is_dir():
+            for inner in entry.iterdir():
+                if CHECKPOINT_NAME.fullmatch(inner.name) and inner.is_dir() and not inner.is_symlink():
+                    shutil.rmtree(inner)
+        elif entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)
         else:
             entry.unlink()
@@ -145,64 +181,186 @@ class FolderLock:
 
     `acquire()` raises UsageError naming the holder when another run has it. A shared lock lets several readers
     in (train.py reading a store) while keeping an exclusive writer (prepare_data.py --overwrite) out.
+
+    The lock is a POSIX record lock (`fcntl.lockf`) on `.lock`: it belongs to the process that took it, so it dies
+    with that process even when forked children (DataLoader workers) outlive it for a while, as a `flock` would
+    not. Such a lock is also dropped when its process closes any descriptor of the file, so this process never
+    opens a lock file it holds a second time (`_HELD`).
     """
 
     def __init__(self, folder: str | os.PathLike, *, flag: str, shared: bool = False):
         self.folder, self.flag, self.shared = Path(folder), flag, shared
         self.path = self.folder / LOCK_FILE
         self.fd: int | None = None
-        self.pid_file = False  # True where flock is unsupported and the lock is the file's existence
+        self.pid_file = False  # True where record locks are unsupported and the lock is the file's existence
 
     def acquire(self) -> FolderLock:
         import fcntl
 
-        self.folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        if not self.shared:
+            check_writable(self.folder, self.flag)
+            self.folder.mkdir(parents=True, exist_ok=True)
+        key = self.path.resolve()
+        if key in _HELD:
+            raise UsageError(f"{self.flag} is in use by another run ({describe_holder(self.path)}); wait for it "
+                             "to finish, or choose another folder")
+        fd = _open_lock_file(self.path, self.shared, self.flag)
+        if fd is None:  # a reader of a read-only folder without a lock file: no writer can replace it either
+            return self
         try:
-            fcntl.flock(fd, (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-        except BlockingIOError:
+            fcntl.lockf(fd, (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except OSError as error:
             os.close(fd)
-            raise UsageError(f"{self.flag} is in use by another run ({self._holder()}); wait for it to finish, "
-                             "or choose another folder") from None
-        except OSError as error:  # ENOLCK, EOPNOTSUPP...: a filesystem without flock
-            os.close(fd)
+            if error.errno in (errno.EACCES, errno.EAGAIN):
+                raise UsageError(f"{self.flag} is in use by another run ({describe_holder(self.path)}); wait for "
+                                 "it to finish, or choose another folder") from None
             if error.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
                 raise
-            return self._acquire_pid_file()
+            return self._acquire_pid_file()  # a filesystem without record locks
         self.fd = fd
+        _HELD[key] = self
         if not self.shared:
             os.ftruncate(fd, 0)
             os.write(fd, _owner().encode())
         return self
 
+    @staticmethod
+    def acquire_all(locks: list[FolderLock]) -> list[FolderLock]:
+        """Acquire every lock, or none: those taken are released again when one is refused."""
+        held = []
+        try:
+            for each in locks:
+                held.append(each.acquire())
+        except BaseException:
+            for each in held:
+                each.release()
+            raise
+        return held
+
     def _acquire_pid_file(self) -> FolderLock:
-        owner = self._holder_record()
+        owner = _holder_record(self.path)
         if owner and not _is_stale(owner):
-            raise UsageError(f"{self.flag} is in use by another run ({self._holder()}); wait for it to finish, or "
-                             f"delete {self.path} if that run is gone")
+            raise UsageError(f"{self.flag} is in use by another run ({describe_holder(self.path)}); wait for it to "
+                             f"finish, or delete {self.path} if that run is gone")
         self.path.write_text(_owner())
         self.pid_file = True
         return self
 
-    def _holder_record(self) -> dict | None:
-        try:
-            return json.loads(self.path.read_text() or "null")
-        except (OSError, json.JSONDecodeError):
-            return None
-
-    def _holder(self) -> str:
-        owner = self._holder_record()
-        if not owner:
-            return "a reader holds it"
-        return f"pid {owner.get('pid')} on {owner.get('host')}, since {owner.get('since')}"
-
     def release(self) -> None:
         if self.fd is not None:
-            os.close(self.fd)  # closing the descriptor drops the flock
+            _HELD.pop(self.path.resolve(), None)
+            os.close(self.fd)  # closing the descriptor drops the lock
             self.fd = None
         if self.pid_file:
             self.path.unlink(missing_ok=True)
             self.pid_file = False
+
+
+_HELD: dict[Path, FolderLock] = {}  # the lock files this process holds
+
+
+def _open_lock_file(path: Path, shared: bool, flag: str) -> int | None:
+    """A descriptor of the lock file, made if missing; a reader of a read-only folder opens an existing one, or
+    gets None where there is none."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:
+        if shared and error.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
+            return os.open(path, os.O_RDONLY) if path.is_file() else None
+        raise UsageError(f"{flag} cannot be written ({error.strerror or error}): choose a folder you can write "
+                         "to") from None
+
+
+def check_in_use(folder: str | os.PathLike, flag: str) -> None:
+    """Refuse a folder whose lock another run holds, without making a lock file (an early check: the lock itself is
+    taken only once every other check has passed)."""
+    path = Path(folder) / LOCK_FILE
+    if path.is_file() and describe_holder(path, live_only=True):
+        raise UsageError(f"{flag} is in use by another run ({describe_holder(path)}); wait for it to finish, or "
+                         "choose another folder")
+
+
+def check_writable(path: str | os.PathLike, flag: str) -> None:
+    """Refuse (one line) an output path that cannot be written: its nearest existing folder is not writable."""
+    path = Path(path).absolute()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing != path and not existing.is_dir():
+        raise UsageError(f"{flag} cannot be made: {existing} is a file")
+    folder = existing if existing.is_dir() else existing.parent
+    if existing.is_file() and existing == path and not os.access(path, os.W_OK):
+        raise UsageError(f"{flag} {path} is read-only: choose a path you can write to")
+    if not os.access(folder, os.W_OK | os.X_OK) or _read_only_mount(folder):
+        raise UsageError(f"{flag} cannot be written: {folder} is read-only for you; choose a folder you can "
+                         "write to")
+
+
+def _read_only_mount(folder: Path) -> bool:
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def describe_holder(lock_path: Path, live_only: bool = False) -> str:
+    """Which run holds a lock, in one phrase: the process that holds the record lock now (pid and command line,
+    e.g. the train.py run reading a store, not the prepare_data.py run that made it), else the owner the lock file
+    records. With `live_only`, "" when no live process holds it."""
+    if lock_path.resolve() in _HELD:  # reading the file would close a descriptor of it, and so drop our lock
+        return f"pid {os.getpid()} on {socket.gethostname()} (this process): {_command_line(os.getpid())}"
+    pid = _locking_pid(lock_path)
+    if live_only:
+        return f"pid {pid}" if pid else ""
+    record = _holder_record(lock_path) or {}
+    if pid:
+        since = f", since {record['since']}" if record.get("pid") == pid and record.get("since") else ""
+        return f"pid {pid} on {socket.gethostname()}{since}: {_command_line(pid)}".removesuffix(": ")
+    if record:
+        return f"pid {record.get('pid')} on {record.get('host')}, since {record.get('since')}"
+    return "a reader holds it"
+
+
+def _locking_pid(lock_path: Path) -> int | None:
+    """The pid of a process holding a record lock on `lock_path` (Linux's struct flock), or None."""
+    import fcntl
+    import struct
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return None
+    query = struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
+    try:
+        fd = os.open(lock_path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        kind, _, _, _, pid = struct.unpack("hhqqi4x", fcntl.fcntl(fd, fcntl.F_GETLK, query))
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return pid if kind != fcntl.F_UNLCK and pid > 0 else None
+
+
+def _command_line(pid: int) -> str:
+    """`train.py --experiment_name x ...`: the script and arguments of a process on this host ("" if unknown)."""
+    try:
+        words = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return ""
+    words = [" ".join(w.split()) for w in words if w.strip()]
+    script = next((i for i, w in enumerate(words) if w.endswith(".py")), 0)
+    text = " ".join([Path(words[script]).name, *words[script + 1:]]) if words else ""
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _holder_record(lock_path: Path) -> dict | None:
+    try:
+        record = json.loads(lock_path.read_text() or "null")
+    except (OSError, json.JSONDecodeError):
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def _owner() -> str:

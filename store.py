@@ -75,6 +75,11 @@ def open_store(path: str | os.PathLike, *, flag: str = "--path_to_prepped_data",
 
     store = Path(path)
     hint = f"write one with `python prepare_data.py --path_to_data_store {path} ...`"
+    if store.is_file():  # a text file given where its store belongs: the command that makes a store of it
+        raise UsageError(f"{flag} {path} is a file; it needs a data store, the folder prepare_data.py writes: "
+                         f"`python prepare_data.py --text_files {path} --path_to_data_store "
+                         f"{store.with_name(store.name.split('.')[0] + '_store')}` (add --hf_model_name or "
+                         "--train_tokenizer to choose the tokenizer)")
     if not store.is_dir():
         raise UsageError(f"{flag} {path} does not exist; {hint}")
     if not (store / "dataset_dict.json").is_file():

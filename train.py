@@ -12,6 +12,7 @@ is the loop, top to bottom. batches.py holds the data order and masking, checkpo
 folders.py the rules that keep a user's folders safe. docs/run_folder.md (each run folder's README.md) describes
 the run folder and resuming: the same command plus --resume_from_checkpoint latest continues exactly. SIGTERM,
 SIGINT (Ctrl-C) and SIGHUP save a checkpoint after the current update and exit 0; a second Ctrl-C stops at once.
+A non-finite loss stops the run; a loss that stays far above its starting value is warned about (LossWatch).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import math
 import os
 import shutil
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,21 +36,32 @@ import checkpoints as ckpt
 import distributed
 from batches import MASK, derived_seed, eval_batches, mask_tokens, max_predictions_per_seq, train_batches
 from checkpoints import CheckpointError, TrainState
-from distributed import StopSignal, describe, is_sharded, prepare_model_and_optimizer
-from folders import PRETRAINING_RUN, FolderLock, check_output_folder, own_entries, remove_own_outputs, write_json
+from distributed import StopSignal, check_launch, describe, is_sharded, prepare_model_and_optimizer
+from folders import (
+    PRETRAINING_RUN,
+    FolderLock,
+    check_in_use,
+    check_output_folder,
+    own_entries,
+    remove_own_outputs,
+    write_json,
+)
 from model import IGNORE_INDEX, RobertaConfig, RobertaForMaskedLM, compile_regions, flops_per_token
 from store import STORE_TOKENIZER_DIR, open_store, tokenizer_from_store
 from utils import (
     ArgumentParser,
     HelpFormatter,
+    LossWatch,
     ScriptExit,
     UsageError,
+    command_with,
     elapsed_and_eta,
     exit_code_for_signal,
     is_main_process,
     library_versions,
     matmul_flops_per_second,
     plot_training_curves,
+    readable,
     run_cli,
     wandb_offline_unless_logged_in,
 )
@@ -162,6 +175,8 @@ def check_arguments(args: argparse.Namespace) -> None:
         problems.append(f"--max_eval_batches must be at least 1, got {args.max_eval_batches}")
     if args.overwrite and args.resume_from_checkpoint:
         problems.append("--overwrite and --resume_from_checkpoint contradict each other: choose one")
+    if not args.experiment_name.strip():
+        problems.append("--experiment_name is empty; give the run folder a name")
     if problems:
         raise UsageError("; ".join(problems))
 
@@ -181,26 +196,31 @@ class Plan:
 
 
 def validate(args: argparse.Namespace) -> Plan:
-    """Check every argument and input; raise UsageError (one line) at the first problem. Builds no model."""
+    """Check every argument and input; raise UsageError (one line) at the first problem. Builds no model, and
+    makes the lock files only once every check has passed."""
     check_arguments(args)
+    check_launch()
     run_dir = Path(args.working_directory) / args.experiment_name
-    locks = lock(run_dir, f"the run folder {run_dir}") if run_dir.is_dir() else []  # "in use" before anything else
-    try:
-        return checked_plan(args, run_dir, locks)
-    except BaseException:
-        for held in locks:
-            held.release()
-        raise
+    if is_main_process():
+        check_in_use(run_dir, f"the run folder {run_dir}")  # "in use" before anything else, without a lock file
+    plan = checked_plan(args, run_dir)
+    if is_main_process():  # held by the main process for the life of the run; the store's shared with other readers
+        plan.locks = FolderLock.acquire_all([FolderLock(run_dir, flag=f"the run folder {run_dir}"), FolderLock(
+            args.path_to_prepped_data, flag=f"--path_to_prepped_data {args.path_to_prepped_data}", shared=True)])
+    return plan
 
 
-def checked_plan(args: argparse.Namespace, run_dir: Path, locks: list[FolderLock]) -> Plan:
-    """validate's checks after the run folder's lock (when the folder exists) is held."""
+def checked_plan(args: argparse.Namespace, run_dir: Path) -> Plan:
+    """validate's checks, in order."""
     check_output_folder(run_dir, PRETRAINING_RUN, flag=f"the run folder {run_dir}", overwrite=args.overwrite,
                         resuming=args.resume_from_checkpoint is not None,
                         inputs={"--path_to_prepped_data": args.path_to_prepped_data,
                                 "--hf_model_name": args.hf_model_name})
     data, record = open_store(args.path_to_prepped_data, context_length=args.context_length)
     tokenizer = tokenizer_from_store(args.path_to_prepped_data, record, args.hf_model_name)
+    if (Path(args.path_to_prepped_data) / STORE_TOKENIZER_DIR).is_dir() and is_main_process() and \
+            args.hf_model_name != build_parser().get_default("hf_model_name"):
+        print(f"note: --hf_model_name {args.hf_model_name} is not used: the store has its own tokenizer/", flush=True)
     if tokenizer.mask_token_id is None or tokenizer.pad_token_id is None:
         raise UsageError("the store's tokenizer has no <mask> or <pad> token; masked LM needs both")
     config = model_config(args, tokenizer)
@@ -213,18 +233,8 @@ def checked_plan(args: argparse.Namespace, run_dir: Path, locks: list[FolderLock
         print(note, flush=True)
     # The main process alone chooses and verifies the checkpoint; main() hands its choice to the others.
     resume = ckpt.resolve_resume(args.resume_from_checkpoint, run_dir / "checkpoints") if is_main_process() else None
-    changes = ckpt.check_resume(resume, vars(args), config.to_dict(), fingerprint) if resume else []
-    if not locks:  # the folder is new: locked now, after every check
-        locks += lock(run_dir, f"the run folder {run_dir}")
-    with contextlib.suppress(PermissionError):  # shared: other readers welcome, prepare_data --overwrite kept out
-        locks += lock(Path(args.path_to_prepped_data), f"--path_to_prepped_data {args.path_to_prepped_data}",
-                      shared=True)
-    return Plan(run_dir, data, fingerprint, tokenizer, config, resume, changes, locks)
-
-
-def lock(folder: Path, flag: str, shared: bool = False) -> list[FolderLock]:
-    """A lock held by the main process (rank 0) for the life of the run."""
-    return [FolderLock(folder, flag=flag, shared=shared).acquire()] if is_main_process() else []
+    changes = ckpt.check_resume(resume, vars(args), config.to_dict(), fingerprint, world_size) if resume else []
+    return Plan(run_dir, data, fingerprint, tokenizer, config, resume, changes, [])
 
 
 def model_config(args: argparse.Namespace, tokenizer):
@@ -413,6 +423,7 @@ class RunFolder:
             dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision, torch.float32)
             self.peak_flops = matmul_flops_per_second(accelerator.device, dtype)
         self.timer_start, self.updates_timed, self.last_checkpoint_step = time.perf_counter(), 0, 0
+        self.loss_watch = LossWatch()
 
     def start(self, state: TrainState) -> None:
         """Clear an --overwrite'n run and a crash's leftovers, record the plan, start the trackers."""
@@ -435,6 +446,7 @@ class RunFolder:
         self.last_checkpoint_step, self.timer_start, self.updates_timed = state.step, time.perf_counter(), 0
         self.last_finite_step = state.step  # the latest update whose logged loss was finite
         self.started, self.start_step = time.perf_counter(), state.step
+        self.loss_watch.start_from(self.records() if self.main else [])
 
     def record_plan(self, state: TrainState) -> None:
         """Print the numbers a user checks before leaving a run going, and record them in args.json."""
@@ -457,7 +469,7 @@ class RunFolder:
         print("\n".join(f"{k:>10}: {v}" for k, v in summary.items()), flush=True)
         for change in self.plan.changes:
             print(f"    resume: {change} (takes effect from step {state.step})", flush=True)
-        earlier = json.loads((self.path / "args.json").read_text()).get("resumes", []) if self.plan.resume else []
+        earlier = ckpt.recorded_resumes(self.path / "args.json") if self.plan.resume else []
         resumes = earlier + ([{"step": state.step, "from": str(self.plan.resume), "changed": self.plan.changes}]
                              if self.plan.resume else [])
         not_used = {"hf_model_name": "the store's own tokenizer/ was used"} if (
@@ -478,18 +490,22 @@ class RunFolder:
         record = {"step": state.step, "loss": loss, "lr": lr, "grad_norm": None if grad_norm is None else
                   float(grad_norm), "tokens_per_second": round(rate, 1), "epoch": state.epoch}
         done, left = state.step - self.start_step, self.args.num_training_steps - state.step
-        line = (f"step {state.step:>7}/{self.args.num_training_steps} | loss {loss:.4f} | lr {lr:.3e} | grad_norm "
-                f"{record['grad_norm'] or 0:.3f} | {rate:,.0f} tok/s | "
+        line = (f"step {state.step:>7}/{self.args.num_training_steps} | loss {readable(loss, 4)} | lr {lr:.3e} | "
+                f"grad_norm {readable(record['grad_norm'] or 0, 3)} | {rate:,.0f} tok/s | "
                 f"{elapsed_and_eta(time.perf_counter() - self.started, done, left)}")
         if self.peak_flops:
             record["mfu"] = rate * self.flops_per_token / (self.peak_flops * self.accelerator.num_processes)
             line += f" | mfu {100 * record['mfu']:.1f}%"
+        if warning := self.loss_watch.update(state.step, loss, steps):
+            record["warning"], line = warning, f"{line}\nwarning: {warning}"
         self.write(record, line)
 
     def log_eval(self, step: int, metrics: dict) -> None:
+        if step == 0:  # the untrained model's loss: where a diverging training loss is measured from
+            self.loss_watch.start_from([{"step": 0, **metrics}])
         self.write({"step": step, **metrics}, f"eval {step:>7}/{self.args.num_training_steps} | eval_loss "
-                   f"{metrics['eval_loss']:.4f} | eval_accuracy {100 * metrics['eval_accuracy']:.2f}% | "
-                   f"eval_perplexity {metrics['eval_perplexity']:.2f}")
+                   f"{readable(metrics['eval_loss'], 4)} | eval_accuracy {100 * metrics['eval_accuracy']:.2f}% | "
+                   f"eval_perplexity {readable(metrics['eval_perplexity'], 2)}")
         if self.main:
             plot_training_curves(self.records(), self.path / "curves.png")
 
@@ -511,16 +527,9 @@ class RunFolder:
         return records
 
     def non_finite_message(self, loss: float, step: int) -> str:
-        """What to do after a NaN: the checkpoints with their losses, and the newest one whose weights still gave a
-        finite loss afterwards (a logged loss of update k is computed with the weights of update k - 1)."""
-        good = [path for s, path in ckpt.step_folders(self.checkpoints) if s < self.last_finite_step]
-        advice = (f"the last checkpoint whose weights gave a finite loss is {good[-1]}: resume from it "
-                  f"(--resume_from_checkpoint {good[-1]})" if good else "no checkpoint was followed by a finite loss: "
-                  "start again")
-        return (f"the training loss became {loss} by step {step}; stopping without saving. Checkpoints and the loss "
-                f"each was saved at: {ckpt.checkpoint_summaries(self.checkpoints)}; {advice} with a lower "
-                "--learning_rate, more --num_warmup_steps, a lower --max_grad_norm or bf16 instead of fp16: those "
-                "flags take effect on resume")
+        return f"the training loss became {loss} by step {step}; stopping without saving. " + ckpt.non_finite_advice(
+            self.checkpoints, self.last_finite_step, self.args.learning_rate,
+            lambda changes: command_with(build_parser(), sys.argv[1:], changes))
 
     def save_checkpoint(self, state: TrainState, window_loss: torch.Tensor, since_checkpoint: torch.Tensor) -> None:
         """checkpoints/step_N with the loss it was saved at; refused (the run stops) when that loss is not finite."""

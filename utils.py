@@ -24,6 +24,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -62,7 +63,8 @@ class ScriptExit(Exception):
 
 def run_cli(main: Callable[[], object]) -> None:
     """Run a script's `main` under the exit policy above: UsageError is `error: <message>` and EXIT_USAGE,
-    ScriptExit its message and its code; anything else is a bug and keeps its traceback."""
+    ScriptExit its message and its code, a Ctrl-C the script does not handle itself (while starting up) one line
+    and 130; anything else is a bug and keeps its traceback."""
     try:
         main()
     except UsageError as error:
@@ -71,6 +73,9 @@ def run_cli(main: Callable[[], object]) -> None:
     except ScriptExit as end:
         print(end, file=sys.stderr, flush=True)
         sys.exit(end.code)
+    except KeyboardInterrupt:
+        print("error: stopped by Ctrl-C", file=sys.stderr)
+        sys.exit(128 + 2)  # SIGINT
 
 
 def first_line(error: BaseException, limit: int = 200) -> str:
@@ -100,10 +105,29 @@ def log(message: str, prefix: str = "") -> None:
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse, but a bad flag is a one-line UsageError (exit code 2) rather than usage text plus an error."""
+    """argparse, but a bad flag is a one-line UsageError (exit code 2) rather than usage text plus an error, and
+    every value goes through `user_path`, the one path normaliser of all the scripts."""
 
     def error(self, message: str) -> None:
         raise UsageError(f"{message} (see --help)")
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        for name, value in vars(namespace).items():
+            if isinstance(value, str | Path):
+                setattr(namespace, name, user_path(value))
+            elif isinstance(value, list):
+                setattr(namespace, name, [user_path(v) if isinstance(v, str) else v for v in value])
+        return namespace, extras
+
+
+def user_path(value: str | Path) -> str | Path:
+    """`~` and `~/...` expanded to the home folder, as a shell would have (it does not in `--flag=~/x`, nor in
+    quotes); any other value unchanged."""
+    text = str(value)
+    if text == "~" or text.startswith("~/"):
+        return type(value)(os.path.expanduser(text))
+    return value
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -191,6 +215,30 @@ def tokenizer_fingerprint(tokenizer) -> str:
     else:
         content = {"vocab": sorted(tokenizer.get_vocab().items())}
     return hashlib.blake2b(json.dumps(content, sort_keys=True).encode(), digest_size=8).hexdigest()
+
+
+TOKENIZER_RECORD = "tokenizer_record.json"  # in a model folder train.py saves: the fingerprint of its tokenizer
+
+
+def record_tokenizer(folder: str | os.PathLike, tokenizer) -> None:
+    """Write TOKENIZER_RECORD beside a saved model: the fingerprint of the tokenizer it was trained with."""
+    (Path(folder) / TOKENIZER_RECORD).write_text(json.dumps({"fingerprint": tokenizer_fingerprint(tokenizer),
+                                                             "vocab_size": len(tokenizer)}) + "\n")
+
+
+def tokenizer_swapped(folder: str | os.PathLike, tokenizer) -> str | None:
+    """Why `tokenizer` is not the one the model of `folder` was trained with, by the fingerprint train.py recorded
+    there (None when it is, or when nothing was recorded). A tokenizer swapped for another of the same size passes
+    every shape check, and the model would read its ids as other tokens."""
+    try:
+        recorded = json.loads((Path(folder) / TOKENIZER_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    if recorded.get("fingerprint") in (None, tokenizer_fingerprint(tokenizer)):
+        return None
+    return (f"the tokenizer in {folder} is not the one its model was trained with (fingerprint "
+            f"{tokenizer_fingerprint(tokenizer)}, {len(tokenizer):,} tokens; recorded {recorded['fingerprint']}, "
+            f"{recorded.get('vocab_size', '?'):,} tokens): the model would read its ids as other tokens")
 
 
 def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, model_max_length: int = 512):
@@ -299,6 +347,75 @@ def plot_training_curves(records: list[dict], path: str | os.PathLike) -> None:
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
     os.replace(tmp, path)
+
+
+def readable(x: float, digits: int = 2) -> str:
+    """A number for a log line: fixed-point while it is of sane size, scientific beyond (a perplexity of e^700
+    prints as 1.014e+304, not as 305 digits)."""
+    return f"{x:.{digits}f}" if abs(x) < 1e6 else f"{x:.3e}"
+
+
+@dataclass
+class LossWatch:
+    """Warns when the training loss has stayed far above where it started for many updates: a run that diverges
+    without ever reaching NaN (a learning rate far too high) would otherwise run to its end and exit 0.
+
+    The starting value is the untrained model's evaluation loss (step 0; ln(vocabulary) or so), else the first
+    logged training loss. "Far above" is more than FACTOR times it, which a healthy run never reaches (its loss
+    only falls from there, and spikes rarely double it); "many updates" is at least PATIENCE updates over at least
+    two log lines, so that one spike is not reported. A warning, not a stop: like loss spikes in large runs, a
+    divergence sometimes recovers, and the user judges; it is repeated if the loss recovers and diverges again."""
+
+    FACTOR = 2.0
+    PATIENCE = 20
+    start: float | None = None
+    above_since: int | None = None  # the first update of the run of log lines above the threshold
+    lines_above: int = 0
+    warned: bool = False
+
+    def start_from(self, records: list[dict]) -> None:
+        """The starting value from a run's metrics.jsonl records (on resume: the original start)."""
+        first = [r["eval_loss"] for r in records if r.get("step") == 0 and "eval_loss" in r] + \
+            [r["loss"] for r in records if "loss" in r]
+        self.start = first[0] if first else None
+
+    def update(self, step: int, loss: float, updates: int) -> str | None:
+        """Take the loss logged at `step` (the mean over its last `updates` updates); return a warning, or None."""
+        if self.start is None:
+            self.start = loss
+            return None
+        if loss <= self.FACTOR * self.start:
+            self.above_since, self.lines_above, self.warned = None, 0, False
+            return None
+        if self.above_since is None:
+            self.above_since = step - updates + 1
+        self.lines_above += 1
+        if self.warned or self.lines_above < 2 or step - self.above_since + 1 < self.PATIENCE:
+            return None
+        self.warned = True
+        return (f"the training loss is diverging: {readable(loss, 4)} at step {step}, above {self.FACTOR:g} x its "
+                f"starting value {readable(self.start, 4)} at every log line since step {self.above_since}. The "
+                f"learning rate is likely too high: stop the run (Ctrl-C saves a checkpoint), then resume from a "
+                f"checkpoint saved before step {self.above_since} or start again (--overwrite), with a lower "
+                "--learning_rate or more --num_warmup_steps")
+
+
+def command_with(parser: argparse.ArgumentParser, argv: list[str], changes: dict[str, str | None]) -> str:
+    """The command `argv` ran, with the flags of `changes` set to their value ("" for a flag alone, None to leave
+    the flag out): advice that can be run as printed."""
+    import shlex
+
+    takes_value = {option: action.nargs != 0 for action in parser._actions for option in action.option_strings}
+    kept, i = [], 0
+    while i < len(argv):
+        name = argv[i].split("=")[0]
+        width = 1 if "=" in argv[i] or not takes_value.get(name, False) else 2
+        if name.replace("--no-", "--") not in changes:
+            kept += argv[i:i + width]
+        i += width
+    for flag, value in changes.items():
+        kept += [] if value is None else [flag, value] if value else [flag]
+    return shlex.join(["python", parser.prog, *kept])
 
 
 def matmul_flops_per_second(device, dtype, size: int = 8192, repeats: int = 10) -> float:

@@ -109,6 +109,10 @@ def _bad_cases(tmp_path, run_dir, squad_file, tiny_tokenizer):
     data = json.loads(squad_file.read_text())
     data["data"][0]["paragraphs"][0]["qas"].append(dict(data["data"][0]["paragraphs"][0]["qas"][0]))
     (tmp_path / "dupes.json").write_text(json.dumps(data))
+    (tmp_path / "link").symlink_to(run_dir)
+    (tmp_path / "other_run").mkdir()
+    (tmp_path / "other_run" / "finetune_args.json").write_text("{}")
+    (tmp_path / "other_run" / "predictions.json").write_text("the run's")
     model = ["--model", str(run_dir)]
     one = [*model, "--question", "Who?", "--context", CONTEXT]
     squad = [*model, "--squad_file", str(squad_file)]
@@ -129,7 +133,17 @@ def _bad_cases(tmp_path, run_dir, squad_file, tiny_tokenizer):
         "duplicate ids": ([*model, "--squad_file", str(tmp_path / "dupes.json"), "--output", str(tmp_path / "o.json")],
                           "question id 'a' appears more than once"),
         "no model": (["--model", str(tmp_path / "nowhere"), "--question", "Who?", "--context", CONTEXT],
-                     "is not a folder"),
+                     f"does not exist: there is no folder {tmp_path / 'nowhere'}"),
+        "output is the model's config": ([*squad, "--output", str(run_dir / "config.json"), "--overwrite"],
+                                         "is a file of the model folder it reads"),
+        "output is the model's weights": ([*squad, "--output", str(run_dir / "model.safetensors"), "--overwrite"],
+                                          "is a file of the model folder it reads"),
+        "output reaches the weights through a link": (
+            [*squad, "--output", str(tmp_path / "other_run" / ".." / "link" / "model.safetensors"), "--overwrite"],
+            "is a file of the model folder it reads"),
+        "output over a run's own predictions": (
+            [*squad, "--output", str(tmp_path / "other_run" / "predictions.json"), "--overwrite"],
+            "would replace finetune_roberta_qa.py's own output in"),
         "backbone without qa head": (["--model", str(backbone), "--question", "Who?", "--context", CONTEXT],
                                      "has no question-answering head"),
         "pretraining run folder": (["--model", str(backbone.parent), "--question", "Who?", "--context", CONTEXT],
@@ -145,7 +159,9 @@ def _bad_cases(tmp_path, run_dir, squad_file, tiny_tokenizer):
 BAD = ["nothing to answer", "no context", "two contexts", "empty question", "empty context", "missing context file",
        "not utf-8", "question and squad file", "squad file without output", "output exists", "output is the input",
        "output without squad file", "duplicate ids", "no model", "backbone without qa head", "pretraining run folder",
-       "unfinished run", "stride not below length", "longer than the model", "no gpu"]
+       "unfinished run", "stride not below length", "longer than the model", "no gpu", "output is the model's config",
+       "output is the model's weights", "output reaches the weights through a link",
+       "output over a run's own predictions"]
 
 
 @pytest.mark.parametrize("case", BAD)
@@ -160,6 +176,54 @@ def test_bad_input_is_one_clear_error(case, tmp_path, run_dir, squad_file, tiny_
     assert expected in str(error.value) and "\n" not in str(error.value), str(error.value)
     assert capsys.readouterr().out == ""  # nothing answered, nothing printed
     assert (tmp_path / "existing.json").read_text() == "the user's" and not (tmp_path / "o.json").exists()
+    assert (tmp_path / "other_run" / "predictions.json").read_text() == "the run's"
+    assert json.loads((run_dir / "config.json").read_text())["model_type"] == "roberta"
+
+
+def test_a_model_whose_tokenizer_was_swapped_warns(run_dir, tiny_tokenizer, tmp_path, capsys):
+    import shutil
+
+    from utils import TOKENIZER_RECORD, record_tokenizer
+
+    folder = tmp_path / "qa"
+    shutil.copytree(run_dir, folder)
+    record_tokenizer(folder, tiny_tokenizer)  # as finetune_roberta_qa.py records it
+    ask.main(["--model", str(folder), "--question", "Who lived north?", "--context", CONTEXT])
+    assert "warning" not in capsys.readouterr().err
+    record = json.loads((folder / TOKENIZER_RECORD).read_text())
+    (folder / TOKENIZER_RECORD).write_text(json.dumps({**record, "fingerprint": "0123456789abcdef"}))
+    ask.main(["--model", str(folder), "--question", "Who lived north?", "--context", CONTEXT])
+    assert f"warning: the tokenizer in {folder} is not the one its model was trained with" in capsys.readouterr().err
+
+
+def test_a_mistyped_local_model_says_the_path_is_missing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UsageError, match=f"--model runs/nonexistent does not exist: there is no folder "
+                                         f"{tmp_path / 'runs' / 'nonexistent'}, and as a Hub id"):
+        ask.main(["--model", "runs/nonexistent", "--question", "Who?", "--context", CONTEXT])
+
+
+def test_an_unwritable_output_is_refused_before_the_first_question(run_dir, squad_file, tmp_path, monkeypatch,
+                                                                    capsys):
+    import folders
+
+    real_access = folders.os.access
+    monkeypatch.setattr(folders.os, "access", lambda path, mode: False if Path(path) == tmp_path else
+                        real_access(path, mode))  # tests run as root, whom no permission stops
+    with pytest.raises(UsageError, match=f"--output cannot be written: {tmp_path} is read-only for you"):
+        ask.main(["--model", str(run_dir), "--squad_file", str(squad_file), "--output", str(tmp_path / "p.json")])
+    assert capsys.readouterr().out == ""
+
+
+@pytest.mark.slow
+def test_output_into_the_model_is_refused_on_the_command_line_and_the_model_still_loads(run_dir, squad_file):
+    for name in ("config.json", "model.safetensors", "predictions.json"):
+        result = subprocess.run([sys.executable, str(ROOT / "ask.py"), "--model", str(run_dir), "--squad_file",
+                                 str(squad_file), "--output", str(run_dir / name), "--overwrite"],
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2 and result.stderr.count("\n") == 1 and "model folder it reads" in \
+            result.stderr, result.stderr
+    ask.load_model(ask.parse_args(["--model", str(run_dir), "--question", "q"]))
 
 
 def test_bad_input_on_the_real_command_line_is_one_line(tmp_path):

@@ -501,6 +501,30 @@ def _stand_in_hub(tmp_path, monkeypatch, backbone_dir):
     return calls
 
 
+def test_a_backbone_whose_tokenizer_was_swapped_for_one_of_the_same_size_warns(backbone_dir, tmp_path, capsys):
+    from utils import TOKENIZER_RECORD, tokenizer_fingerprint, train_bpe_tokenizer
+
+    folder = _copy_backbone(backbone_dir, tmp_path / "final_model")
+    from transformers import AutoTokenizer
+
+    own = AutoTokenizer.from_pretrained(folder)
+    (folder / TOKENIZER_RECORD).write_text(json.dumps({"fingerprint": tokenizer_fingerprint(own),
+                                                       "vocab_size": len(own)}))  # as train.py records it
+    argv = ["--pretrained_backbone", "pretrained", "--path_to_pretrained_backbone", str(folder), "--dataset", "demo",
+            "--max_seq_length", "48", "--doc_stride", "12"]
+    *_, provenance = finetune.load_backbone(finetune.parse_args(argv))
+    assert "WARNING" not in capsys.readouterr().out and "tokenizer_warning" not in provenance
+    words = "moon sun star planet comet orbit galaxy nebula quasar pulsar meteor crater eclipse zenith".split()
+    other = train_bpe_tokenizer([" ".join(words[(i * 5 + j) % len(words)] for j in range(9)) + f" {i * 7919}."
+                                 for i in range(2000)], vocab_size=len(own))
+    assert len(other) == len(own) and tokenizer_fingerprint(other) != tokenizer_fingerprint(own)
+    other.save_pretrained(folder)  # the swap: same size, other tokens
+    *_, provenance = finetune.load_backbone(finetune.parse_args(argv))
+    out = capsys.readouterr().out
+    assert f"WARNING: the tokenizer in {folder} is not the one its model was trained with" in out
+    assert provenance["tokenizer_warning"] in out
+
+
 def test_every_download_goes_to_the_cache_folder(tmp_path, monkeypatch, backbone_dir):
     calls = _stand_in_hub(tmp_path, monkeypatch, backbone_dir)
     cache = tmp_path / "cache"

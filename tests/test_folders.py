@@ -1,7 +1,12 @@
 """folders.py: which output folders may be written or replaced, one run per folder, verified files."""
 
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -104,14 +109,59 @@ def test_a_second_writer_is_refused_while_the_first_lives_and_admitted_after(tmp
 
 
 def test_readers_share_a_lock_that_keeps_a_writer_out(tmp_path):
+    # The lock file still records the long-gone run that made the store; the message names the reader holding it.
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / ".lock").write_text(json.dumps({"pid": 999_999_999, "host": "h", "since": "x"}))
     holder = hold_lock_in_another_process(tmp_path / "store", shared=True)
     try:
         FolderLock(tmp_path / "store", flag="s", shared=True).acquire().release()
-        with pytest.raises(UsageError, match="in use by another run \\(a reader holds it\\)"):
+        with pytest.raises(UsageError, match=f"in use by another run \\(pid {holder.pid} on .*: python.* -c "):
             FolderLock(tmp_path / "store", flag="s").acquire()
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_killed_runs_forked_children_do_not_keep_its_lock(tmp_path):
+    """A run killed with SIGKILL while its DataLoader workers (forked children holding the lock file open) live on:
+    its lock dies with it, so a scheduler can restart the job at once."""
+    code = textwrap.dedent(f"""
+        import os, sys, time
+        sys.path.insert(0, {str(ROOT)!r})
+        from folders import FolderLock
+        FolderLock({str(tmp_path / "run")!r}, flag="f").acquire()
+        child = os.fork()
+        if child == 0:
+            time.sleep(60)
+            os._exit(0)
+        print(child, flush=True)
+        time.sleep(60)
+    """)
+    run = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    worker = int(run.stdout.readline())
+    try:
+        with pytest.raises(UsageError, match=f"in use by another run \\(pid {run.pid} on "):
+            FolderLock(tmp_path / "run", flag="f").acquire()
+        run.kill()
+        run.wait()
+        assert folders.pid_alive(worker)  # the worker still holds the lock file open
+        FolderLock(tmp_path / "run", flag="f").acquire().release()
+    finally:
+        os.kill(worker, signal.SIGKILL)
+
+
+def test_one_process_never_takes_a_lock_twice_nor_drops_it_by_looking(tmp_path):
+    first = FolderLock(tmp_path, flag="f").acquire()
+    with pytest.raises(UsageError, match="in use by another run \\(pid .*this process"):
+        FolderLock(tmp_path, flag="f").acquire()
+    with pytest.raises(UsageError, match="in use"):
+        folders.check_in_use(tmp_path, "f")
+    holder = subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(ROOT)!r}); from folders "
+                             f"import FolderLock; FolderLock({str(tmp_path)!r}, flag='f').acquire()"],
+                            capture_output=True, text=True)
+    assert "in use by another run" in holder.stderr  # still held after the refusals above
+    first.release()
+    folders.check_in_use(tmp_path, "f")
 
 
 def test_pid_file_lock_where_flock_is_unsupported(tmp_path, monkeypatch):
@@ -121,7 +171,7 @@ def test_pid_file_lock_where_flock_is_unsupported(tmp_path, monkeypatch):
     def no_flock(fd, operation):
         raise OSError(errno.ENOLCK, "No locks available")
 
-    monkeypatch.setattr(fcntl, "flock", no_flock)
+    monkeypatch.setattr(fcntl, "lockf", no_flock)
     first = FolderLock(tmp_path, flag="f").acquire()
     with pytest.raises(UsageError, match="in use by another run"):
         FolderLock(tmp_path, flag="f").acquire()

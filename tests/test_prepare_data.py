@@ -140,6 +140,8 @@ def test_rows_become_documents_as_asked():
         "sentence 0 . sentence 1 . sentence 2 . sentence 3 .", "sentence 4 . sentence 5 . sentence 6 . sentence 7 .",
         "sentence 8 . sentence 9 ."]
     assert corpora.BOOKCORPUS.group_rows == str(corpora.BOOKCORPUS_SENTENCES_PER_DOCUMENT)
+    with pytest.raises(UsageError, match="--group_rows wikitext: no headings found"):  # not "1 document"
+        list(corpora.group_rows(["just text .", "more text ."], "wikitext"))
 
 
 def test_special_token_text_inside_a_document_is_not_a_separator(tiny_tokenizer):
@@ -470,7 +472,7 @@ def test_a_vocabulary_larger_than_the_corpus_allows_is_reported(tmp_path, capsys
 
 def test_a_store_that_cannot_be_written_is_one_line(tmp_path):
     (tmp_path / "a_file").write_text("x")
-    with pytest.raises(UsageError, match="cannot be written"):
+    with pytest.raises(UsageError, match="store cannot be made: .*a_file is a file"):
         main("--dataset", "demo", "--train_tokenizer", 300, "--path_to_data_store", tmp_path / "a_file" / "store")
 
 
@@ -787,6 +789,27 @@ def test_dataset_name_through_the_command_line(tmp_path, tiny_tokenizer_dir, tin
     record = record_of(tmp_path / "store")
     assert record["command"].startswith(f"python prepare_data.py --dataset_name {folder} --text_column content")
     check_store_gives_back_documents(tmp_path / "store", record, documents, tiny_tokenizer)
+
+
+@pytest.mark.slow
+def test_mixed_formats_in_a_folder_and_wikitext_without_headings_are_refused(tmp_path, tiny_tokenizer_dir):
+    """datasets reads one format of a folder and drops the others; --group_rows wikitext on text without headings
+    would make the whole corpus one document: both refused in one line, through the command line."""
+    documents = [text.replace("\n", " ") for text in generate_documents(0, 30)[-20:]]
+    folder = parquet_folder(tmp_path / "mixed", documents[:10])
+    (folder / "more.csv").write_text("body\n" + "\n".join(f'"{d}"' for d in documents[10:]) + "\n")
+    common = ["--text_column", "body", "--hf_model_name", tiny_tokenizer_dir, "--context_length", 23,
+              "--num_workers", 1, "--huggingface_cache_dir", tmp_path / "cache"]
+    result = run_prepare("--dataset_name", folder, *common, "--path_to_data_store", tmp_path / "store")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr[-2000:]
+    assert f"--dataset_name {folder} holds data files of several formats (1 csv, 2 parquet)" in result.stderr
+    (folder / "more.csv").unlink()
+    with pytest.raises(UsageError, match="--group_rows wikitext: no headings found"):
+        main("--dataset_name", folder, *common, "--group_rows", "wikitext", "--path_to_data_store",
+             tmp_path / "store2")
+    assert not (tmp_path / "store").exists() and not (tmp_path / "store2").exists()
+    with pytest.raises(UsageError, match="no headings found"):
+        list(corpora.group_rows(["just text .", "more text ."], "wikitext"))
 
 
 def workers_of(pid: int) -> list[int]:

@@ -10,6 +10,8 @@ machine, two OpenMP threads spinning against each other make each step ~50x slow
 import json
 import math
 import os
+import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -178,6 +180,33 @@ def test_checkpoint_verification_reports_damage_and_falls_back(tmp_path):
                                          "checkpoint beside it is .*step_4"):
         ckpt.resolve_resume(str(folder / "step_12"), folder)
     assert ckpt.resolve_resume("latest", tmp_path / "no_run_yet") is None  # a fresh start
+    shutil.rmtree(folder / "step_4")  # every checkpoint damaged: `latest` is refused, as an explicit path is
+    with pytest.raises(UsageError, match="latest: no checkpoint in .* is intact \\(step_16: it has no manifest.json.*"
+                                         "step_12: model.safetensors has 5 bytes.*step_8: .*nothing was changed"):
+        ckpt.resolve_resume("latest", folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["step_12", "step_16", "step_8"]
+
+
+def test_resume_from_what_is_not_a_checkpoint_says_what_it_is(tmp_path):
+    def problem(path):
+        with pytest.raises(UsageError) as caught:
+            ckpt.resolve_resume(str(path), tmp_path)
+        return str(caught.value).split("cannot be used: ")[1]
+
+    for name, record, what in [("store", "prepare_data.json", "it is a data store"),
+                               ("qa", "finetune_args.json", "it is a question-answering run folder"),
+                               ("run", "args.json", "it is a pretraining run folder: pass latest")]:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / record).write_text("{}")
+        assert problem(tmp_path / name).startswith(what)
+    (tmp_path / "run" / "checkpoints" / "step_3").mkdir(parents=True)
+    assert problem(tmp_path / "run" / "checkpoints").startswith("it is a checkpoints folder, not one checkpoint")
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    assert problem(tmp_path / "weights.bin").startswith("it is a file; a checkpoint is a checkpoints/step_N folder")
+    (tmp_path / "step_5").mkdir()
+    (tmp_path / "step_5" / ckpt.STATE_FILE).write_text("{}")  # its manifest deleted
+    assert "the manifest was deleted, or a train.py older than" in problem(tmp_path / "step_5")
+    assert "earlier version" not in problem(tmp_path / "step_5")
 
 
 def test_resume_refuses_another_model_seed_or_store_and_lists_what_changed(tmp_path):
@@ -192,7 +221,12 @@ def test_resume_refuses_another_model_seed_or_store_and_lists_what_changed(tmp_p
 
     assert check() == []
     assert check("--learning_rate", "5e-4", "--per_gpu_batch_size", "16") == [
-        "--per_gpu_batch_size 32 -> 16", "--learning_rate 0.001 -> 0.0005"]
+        "--per_gpu_batch_size 32 -> 16", "--learning_rate 0.001 -> 0.0005",
+        "global batch size 32 -> 16 (processes 1 -> 1)"]
+    state = json.loads((tmp_path / ckpt.STATE_FILE).read_text())  # saved by 2 processes, resumed on 1
+    (tmp_path / ckpt.STATE_FILE).write_text(json.dumps({**state, "window_loss": [0.5, 0.7]}))
+    assert check() == ["global batch size 64 -> 32 (processes 2 -> 1)"]
+    (tmp_path / ckpt.STATE_FILE).write_text(json.dumps(state))
     for argv, fingerprint, config_changes, message in [
             (["--seed", "1"], "abc", {}, "--seed 42 \\(now 1\\)"),
             (["--embedding_dimension", "384"], "abc", {}, "--embedding_dimension 768 \\(now 384\\)"),
@@ -239,6 +273,7 @@ def test_deepspeed_config_gets_our_batch_and_clipping_or_is_refused():
     (["--resume_from_checkpoint", "/no/such/step_5"], "/no/such/step_5 cannot be used: it does not exist"),
     (["--resume_from_checkpoint", "latest", "--overwrite"], "contradict each other"),
     (["--per_gpu_batch_size", "5000"], "fewer than one global batch of 5000"),
+    (["--experiment_name", ""], "--experiment_name is empty; give the run folder a name"),
 ])
 def test_bad_arguments(store, tmp_path, extra, message):
     with pytest.raises(UsageError, match=message):
@@ -254,6 +289,9 @@ def test_bad_paths(store, tmp_path):
     check("does not exist", "--path_to_prepped_data", str(tmp_path / "missing"))
     (tmp_path / "not_a_store").mkdir()
     check("is not a data store", "--path_to_prepped_data", str(tmp_path / "not_a_store"))
+    (tmp_path / "a_file").write_text("")
+    check("the run folder .*a_file/x cannot be made: .*a_file is a file", "--working_directory",
+          str(tmp_path / "a_file"), "--experiment_name", "x")
     (tmp_path / "work" / "taken").mkdir(parents=True)
     (tmp_path / "work" / "taken" / "metrics.jsonl").write_text("")
     check("already holds a pretraining run folder; pass --resume_from_checkpoint latest", "--experiment_name", "taken")
@@ -273,6 +311,94 @@ def test_overwrite_never_reaches_what_is_not_a_run(store, tmp_path, monkeypatch)
             train.validate(train.parse_args(["--path_to_prepped_data", str(store), *TINY, *argv, "--overwrite"]))
     assert (tmp_path / "notes.txt").read_text() == "precious" and (tmp_path / "papers" / "draft.tex").is_file()
     assert (store / "dataset_dict.json").is_file()
+
+
+def test_a_text_file_given_as_the_store_gets_advice_that_works(store, tmp_path, tiny_tokenizer_dir):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "file.txt").write_text(sentences(200) + "\n")
+    with pytest.raises(UsageError) as caught:
+        validate(store, tmp_path / "runs", "--path_to_prepped_data", str(tmp_path / "data" / "file.txt"))
+    advice = str(caught.value)
+    assert "is a file; it needs a data store" in advice
+    command = shlex.split(advice.split("`")[1])
+    assert command[:2] == ["python", "prepare_data.py"]
+    prepare_data.main([*command[2:], "--hf_model_name", str(tiny_tokenizer_dir), "--context_length", str(CONTEXT),
+                       "--num_workers", "1"])  # as printed, with the tokenizer it asks for
+    validate(store, tmp_path / "runs", "--path_to_prepped_data", command[command.index("--path_to_data_store") + 1])
+
+
+def test_refusals_leave_no_lock_file(store, tmp_path, monkeypatch):
+    """A refused run touches nothing: no .lock in the home folder, a git repository or the current directory."""
+    home, repo, here = tmp_path / "home", tmp_path / "repo", tmp_path / "here"
+    for folder in (home, repo / ".git", here):
+        folder.mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(here)
+    for argv, message in [(["--working_directory", "~", "--experiment_name", "."], "home folder"),
+                          (["--working_directory", str(tmp_path), "--experiment_name", "repo"], "git repository"),
+                          (["--working_directory", ".", "--experiment_name", "."], "current directory")]:
+        with pytest.raises(UsageError, match=message):
+            validate(store, tmp_path, *argv)
+    assert not [p for p in tmp_path.rglob(".lock")]
+
+
+def test_tilde_is_expanded_in_every_scripts_paths(store, tmp_path, monkeypatch):
+    import ask
+    import finetune_roberta_qa
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for argv in (["--working_directory", "~", "--experiment_name", "x"], ["--working_directory=~/runs",
+                                                                            "--experiment_name", "x"]):
+        plan = validate(store, "unused", *argv)
+        assert plan.run_dir.parent in (tmp_path, tmp_path / "runs") and "~" not in str(plan.run_dir)
+    assert not Path("~").exists()
+    assert prepare_data.parse_args(["--path_to_data_store=~/store", "--dataset", "demo"]).path_to_data_store == \
+        str(tmp_path / "store")
+    assert finetune_roberta_qa.parse_args(["--working_directory=~/qa"]).working_directory == str(tmp_path / "qa")
+    assert ask.build_parser().parse_args(["--model=~/m", "--question", "q", "--context", "c"]).model == \
+        str(tmp_path / "m")
+    assert train.parse_args(["--path_to_prepped_data", "s", "--experiment_name", "~x"]).experiment_name == "~x"
+
+
+def test_fsdp_on_a_cpu_is_refused_before_anything_is_written(store, tmp_path, monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(UsageError, match="FSDP was asked for .* but this run has no GPU"):
+        validate(store, tmp_path, "--experiment_name", "fsdp")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_read_only_output_folder_is_one_line(store, tmp_path, monkeypatch):
+    import folders
+
+    real_access = os.access
+    monkeypatch.setattr(folders.os, "access", lambda path, mode: False if Path(path) == tmp_path else
+                        real_access(path, mode))  # tests run as root, whom no permission stops
+    with pytest.raises(UsageError, match=f"cannot be written: {tmp_path} is read-only for you"):
+        validate(store, tmp_path, "--experiment_name", "ro")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_hf_model_name_unused_beside_the_stores_tokenizer_is_said(store, tmp_path, capsys):
+    validate(store, tmp_path, "--hf_model_name", "FacebookAI/roberta-large")
+    assert "note: --hf_model_name FacebookAI/roberta-large is not used: the store has its own tokenizer/" in \
+        capsys.readouterr().out
+    validate(store, tmp_path)
+    assert "--hf_model_name" not in capsys.readouterr().out
+
+
+def test_loss_watch_warns_of_a_sustained_divergence_once():
+    from utils import LossWatch, readable
+
+    watch = LossWatch()
+    watch.start_from([{"step": 0, "eval_loss": 6.0}, {"step": 10, "loss": 5.0}])
+    assert watch.start == 6.0
+    warned = [s for s in range(10, 70, 10) if watch.update(s, 5.0 if s < 30 else 40.0, 10)]
+    assert warned == [40]  # above since step 21, over two lines and 20 updates; once, not at every line
+    assert [watch.update(s, 99.0 if s == 90 else 5.0, 10) for s in (80, 90, 100)] == [None] * 3  # a spike: quiet
+    watch = LossWatch(start=6.0)
+    warnings = [watch.update(s, 1e7, 10) for s in (10, 20, 30)]
+    assert warnings[0] is None and "diverging: 1.000e+07 at step 20" in warnings[1] and "since step 1" in warnings[1]
+    assert readable(math.exp(700)) == "1.014e+304" and readable(368.7) == "368.70"
 
 
 def test_a_store_read_with_another_tokenizer_is_refused(store, tmp_path, tiny_tokenizer):
@@ -481,14 +607,148 @@ def test_non_finite_loss_stops_and_its_advice_works(store, tmp_path):
     assert f"the last checkpoint whose weights gave a finite loss is {checkpoints / 'step_4'}" in error
     assert "step_2 (loss " in error and "step_4 (loss " in error
     assert all(math.isfinite(ckpt.read_state(path).loss) for path in checkpoints.iterdir())  # no NaN saved
-    # Following the advice: resume from step_4 with a sane learning rate, and the run completes.
-    resumed = run_train(store, tmp_path, "nan", *flags, "--learning_rate", "1e-3", "--resume_from_checkpoint",
-                        str(checkpoints / "step_4"))
+    # Following the advice as printed: resume from step_4 with the rate it was trained at, and the run completes.
+    command = shlex.split(error.split(": python ")[1].split(" (more --num_warmup_steps")[0])
+    assert command[0] == "train.py" and command[-4:] == ["--resume_from_checkpoint", str(checkpoints / "step_4"),
+                                                         "--learning_rate", "0.001"]
+    resumed = subprocess.run([sys.executable, str(ROOT / "train.py"), *command[1:]], cwd=tmp_path,
+                             capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resumed from {checkpoints / 'step_4'} at step 4" in resumed.stdout
     assert [r["changed"] for r in json.loads((tmp_path / "nan" / "args.json").read_text())["resumes"]] == [
         ["--learning_rate 0.001 -> 1e+30"], []]  # the rate that blew up, then back to the checkpoint's own
     assert all(math.isfinite(r["loss"]) for r in metrics(tmp_path / "nan") if "loss" in r)
     assert max(r["step"] for r in metrics(tmp_path / "nan")) == 12
+
+
+@pytest.mark.slow
+def test_without_a_checkpoint_the_nan_advice_starts_again_with_overwrite(store, tmp_path):
+    flags = ["--num_training_steps", "6", "--num_warmup_steps", "0", "--logging_steps", "1", "--max_grad_norm", "0"]
+    result = run_train(store, tmp_path, "nan", *flags, "--learning_rate", "1e30", check=False)
+    error = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 1 and "no checkpoint was followed by a finite loss: start again" in error, error
+    command = shlex.split(error.split(": python ")[1].split(" (more --num_warmup_steps")[0])
+    assert command[-3:] == ["--overwrite", "--learning_rate", "1e+29"]
+    again = subprocess.run([sys.executable, str(ROOT / "train.py"), *command[1:], "--learning_rate", "1e-3"],
+                           cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert again.returncode == 0, again.stderr[-2000:]  # the command runs as printed (here with a sane rate)
+
+
+@pytest.mark.slow
+def test_a_diverging_loss_is_warned_with_its_step_and_large_numbers_print_readably(store, tmp_path):
+    result = run_train(store, tmp_path, "boom", "--learning_rate", "50", "--num_training_steps", "24",
+                       "--num_warmup_steps", "0", "--logging_steps", "2", "--evaluation_interval", "12",
+                       "--checkpoint_interval", "24")
+    warnings = [line for line in result.stdout.splitlines() if line.startswith("warning: the training loss is "
+                                                                               "diverging")]
+    assert len(warnings) == 1 and "at step " in warnings[0] and "since step 1" in warnings[0], result.stdout
+    logged = [r for r in metrics(tmp_path / "boom") if "warning" in r]
+    assert len(logged) == 1 and logged[0]["warning"] == warnings[0].removeprefix("warning: ")
+    assert "eval_perplexity 1.014e+304" in result.stdout and not re.search(r"\d{20}", result.stdout)
+
+
+@pytest.mark.slow
+def test_a_killed_run_with_dataloader_workers_resumes_at_once(store, tmp_path):
+    """kill -9 leaves the DataLoader workers alive for a moment; a scheduler restarting the job at once must not
+    find the folder "in use"."""
+    killed = run_train(store, tmp_path, "run", *RESUMABLE, "--num_workers", "1",
+                       env={"TRAIN_TEST_SIGNAL_AT_STEP": "7:KILL"}, check=False)
+    assert killed.returncode == -9
+    resumed = run_train(store, tmp_path, "run", *RESUMABLE, "--num_workers", "1", "--resume_from_checkpoint",
+                        "latest")
+    assert "resumed from" in resumed.stdout
+
+
+@pytest.mark.slow
+def test_latest_with_every_checkpoint_damaged_is_refused_and_a_process_change_is_listed(store, tmp_path, reference):
+    shutil.copytree(reference, tmp_path / "run")
+    checkpoints = tmp_path / "run" / "checkpoints"
+    # step_8 as 2 processes would have saved it (one running loss each), resumed here on 1: the global batch halves.
+    state = json.loads((checkpoints / "step_8" / ckpt.STATE_FILE).read_text())
+    (checkpoints / "step_8" / ckpt.STATE_FILE).write_text(json.dumps({**state, "window_loss": [0.0, 0.0]}))
+    manifest = ckpt.file_manifest(checkpoints / "step_8")
+    manifest.pop(ckpt.MANIFEST_FILE)
+    (checkpoints / "step_8" / ckpt.MANIFEST_FILE).write_text(json.dumps({"step": 8, "files": manifest}))
+    shutil.copytree(tmp_path / "run", tmp_path / "run2")
+    resumed = run_train(store, tmp_path, "run2", *RESUMABLE, "--resume_from_checkpoint",
+                        str(tmp_path / "run2" / "checkpoints" / "step_8"))
+    assert "resume: global batch size 12 -> 6 (processes 2 -> 1) (takes effect from step 8)" in resumed.stdout
+
+    for path in checkpoints.iterdir():  # every checkpoint truncated
+        weights = path / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:1000])
+    before = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    refused = run_train(store, tmp_path, "run", *RESUMABLE, "--num_training_steps", "20", "--resume_from_checkpoint",
+                        "latest", check=False)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+    assert "latest: no checkpoint in" in refused.stderr and "nothing was changed" in refused.stderr
+    assert {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.slow
+def test_fsdp_on_a_cpu_and_tilde_through_the_command_line(store, tmp_path):
+    fsdp = run_train(store, tmp_path, "fsdp", env={"ACCELERATE_USE_FSDP": "true"}, check=False)
+    assert fsdp.returncode == 2 and fsdp.stderr.startswith("error: FSDP was asked for") and \
+        fsdp.stderr.count("\n") == 1 and not (tmp_path / "fsdp").exists()
+    home = tmp_path / "home"
+    home.mkdir()
+    result = run_train(store, tmp_path, "x", "--working_directory=~/runs", "--num_training_steps", "2",
+                       "--num_warmup_steps", "0", env={"HOME": str(home)})
+    assert (home / "runs" / "x" / "final_model").is_dir() and not (tmp_path / "~").exists()
+    from transformers import AutoTokenizer
+
+    from utils import TOKENIZER_RECORD, tokenizer_swapped
+
+    final = home / "runs" / "x" / "final_model"  # its tokenizer's fingerprint, for finetune to check
+    assert (final / TOKENIZER_RECORD).is_file() and tokenizer_swapped(final, AutoTokenizer.from_pretrained(final)) \
+        is None
+    assert f"final model: {home / 'runs' / 'x' / 'final_model'}" in result.stdout
+
+
+@pytest.fixture
+def read_only_mount(tmp_path):
+    """A folder on a read-only filesystem (a tmpfs mounted read-only; skipped where mounting is not allowed), holding
+    what `fill(folder)` put there before it became read-only."""
+    mounted = []
+
+    def make(name, fill=lambda folder: None):
+        folder = tmp_path / name
+        folder.mkdir()
+        if subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(folder)], capture_output=True).returncode:
+            pytest.skip("cannot mount a tmpfs here")
+        mounted.append(folder)
+        fill(folder)
+        subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+        return folder
+
+    yield make
+    for folder in mounted:
+        subprocess.run(["umount", str(folder)])
+
+
+@pytest.mark.slow
+def test_read_only_folders_are_one_line_and_a_read_only_store_is_read(store, tmp_path, read_only_mount):
+    read_only = read_only_mount("ro")
+    result = run_train(store, read_only, "x", check=False)
+    assert result.returncode == 2 and result.stderr == f"error: the run folder {read_only / 'x'} cannot be written: " \
+        f"{read_only} is read-only for you; choose a folder you can write to\n"
+    on_media = read_only_mount("media", lambda folder: shutil.copytree(store, folder / "store",
+                                                                       ignore=shutil.ignore_patterns(".lock")))
+    run_train(on_media / "store", tmp_path, "from_media", "--num_training_steps", "2", "--num_warmup_steps", "0")
+    assert (tmp_path / "from_media" / "final_model").is_dir()
+
+
+@pytest.mark.slow
+def test_overwrite_keeps_a_symlinked_checkpoints_folder(store, tmp_path, reference):
+    shutil.copytree(reference, tmp_path / "run")
+    elsewhere = tmp_path / "big_disk" / "checkpoints"
+    shutil.move(tmp_path / "run" / "checkpoints", elsewhere)
+    (elsewhere / "notes.txt").write_text("the user's")
+    (tmp_path / "run" / "checkpoints").symlink_to(elsewhere)
+    run_train(store, tmp_path, "run", "--overwrite", "--num_training_steps", "4", "--num_warmup_steps", "0",
+              "--checkpoint_interval", "4")
+    assert (tmp_path / "run" / "checkpoints").is_symlink()
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["notes.txt", "step_4"]
 
 
 @pytest.mark.slow
@@ -503,7 +763,15 @@ def test_a_second_run_into_a_folder_in_use_is_refused_and_touches_nothing(store,
         before = {p: p.stat().st_mtime_ns for p in (tmp_path / "busy").iterdir() if p.name != "metrics.jsonl"}
         for extra in ([], ["--resume_from_checkpoint", "latest"], ["--overwrite"]):
             second = run_train(store, tmp_path, "busy", *extra, check=False)
-            assert second.returncode == 2 and "is in use by another run (pid " in second.stderr, second.stderr
+            assert second.returncode == 2 and f"is in use by another run (pid {first.pid} on " in second.stderr, \
+                second.stderr
+        # The store it reads: a new prepare_data.py into it is refused, naming this train.py run (not the
+        # prepare_data.py run that made the store and is long gone).
+        remake = subprocess.run([sys.executable, str(ROOT / "prepare_data.py"), "--text_files",
+                                 str(store.parent / "corpus.txt"), "--path_to_data_store", str(store), "--overwrite"],
+                                capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert remake.returncode == 2 and f"(pid {first.pid} on " in remake.stderr and "train.py --path_to_prepped" \
+            in remake.stderr, remake.stderr
         assert {p: p.stat().st_mtime_ns for p in (tmp_path / "busy").iterdir() if p.name != "metrics.jsonl"} == before
     finally:
         first.send_signal(signal.SIGTERM)
