@@ -313,6 +313,10 @@ def describe_holder(lock_path: Path, live_only: bool = False) -> str:
     if live_only:
         return f"pid {pid}" if pid else ""
     record = _holder_record(lock_path) or {}
+    remote = record.get("host") and record["host"] != socket.gethostname()
+    if remote and not (pid and pid_alive(pid)):  # a filesystem shared by hosts: the holder runs elsewhere
+        return (f"pid {record.get('pid')} on host {record['host']}, since {record.get('since')}; this host cannot see "
+                f"whether it still runs: check there, and delete {lock_path} only if it does not")
     if pid:
         since = f", since {record['since']}" if record.get("pid") == pid and record.get("since") else ""
         return f"pid {pid} on {socket.gethostname()}{since}: {_command_line(pid)}".removesuffix(": ")

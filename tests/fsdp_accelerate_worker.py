@@ -1,8 +1,9 @@
 """One process of tests/test_scale_out.py: train.py itself under `accelerate launch --use_fsdp`, on the CPU.
 
 On a machine without an accelerator, accelerate builds its FSDP plugin from the launcher's FSDP_* variables and then
-silently runs MULTI_CPU (plain DDP over gloo). This worker changes that one decision, and nothing else: once
-accelerate's state exists, FSDP is declared in effect with the plugin accelerate itself built. Everything after is
+silently runs MULTI_CPU (plain DDP over gloo), and train.py refuses such a launch (`distributed.check_launch`).
+This worker changes those two decisions, and nothing else: train.py's refusal is lifted, and once accelerate's state
+exists, FSDP is declared in effect with the plugin accelerate itself built. Everything after is
 accelerate's own code (`Accelerator.prepare` -> `_prepare_fsdp2` / `prepare_model`, `fsdp2_prepare_model` with
 `cpu_ram_efficient_loading`, the sharded `save_state` / `load_state`, `get_state_dict`) and train.py's `main`, run as
 `__main__` with the arguments given here.
@@ -87,6 +88,7 @@ def record_embeddings() -> None:
 
 
 if __name__ == "__main__":
+    distributed.check_launch = lambda: None  # FSDP on the CPU is what this worker is for
     declare_fsdp_on_the_cpu()
     allow_fsdp1_full_state_dict_on_the_cpu()
     record_embeddings()

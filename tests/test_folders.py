@@ -194,3 +194,14 @@ def test_manifest_detects_truncation_corruption_and_missing_files(tmp_path):
     (tmp_path / "sub" / "b.json").unlink()
     (tmp_path / "a.bin").write_bytes(b"x" * 1000)
     assert folders.verify_manifest(tmp_path, manifest) == "sub/b.json is missing"
+
+
+def test_a_lock_recorded_by_another_host_says_what_to_do_there(tmp_path):
+    """On a filesystem shared by several nodes the recorded pid belongs to another machine: it is not looked up
+    here (a process of this host with the same pid would be named instead), and the message says what to do."""
+    from folders import LOCK_FILE, describe_holder
+
+    (tmp_path / LOCK_FILE).write_text(json.dumps({"pid": 1, "host": "node-17.cluster", "since": "2026-12-01 10:00:00"}))
+    said = describe_holder(tmp_path / LOCK_FILE)
+    assert said.startswith("pid 1 on host node-17.cluster, since 2026-12-01 10:00:00")
+    assert "cannot see whether it still runs: check there" in said and str(tmp_path / LOCK_FILE) in said
