@@ -1,8 +1,10 @@
 # The two commands of the README (make demo, make test), make test-fast, and the helpers they use. `.ci/run` runs
 # `make test`.
 PYTHON ?= python3
-# A CPU build of torch where none is installed: a bare `pip install torch` would pull a multi-gigabyte CUDA
-# build. On a GPU machine, install the CUDA build of torch first and this step leaves it alone.
+# The torch installed where none is: torch==2.13.0 from PyPI, which on Linux x86-64 is the CUDA build (several GB;
+# it runs on a CPU too). For a small CPU-only build, first `pip install torch --index-url
+# https://download.pytorch.org/whl/cpu`; on a GPU machine, first the CUDA build that matches its driver. An
+# installed torch is left alone.
 TORCH_SPEC ?= torch==2.13.0
 
 .PHONY: demo test test-fast install install-dev lint benchmark
@@ -14,7 +16,7 @@ install:
 install-dev: install
 	$(PYTHON) -m pip install -q -r requirements-dev.txt
 
-## demo: the whole pipeline offline on the built-in demo world (about 8 minutes on a 2-core CPU)
+## demo: the whole pipeline offline on the built-in demo world (about 7 to 8 minutes on a 2-core CPU)
 demo: install
 	HF_HUB_OFFLINE=1 $(PYTHON) demo.py
 
@@ -23,8 +25,8 @@ test: install-dev
 	$(PYTHON) -m ruff check .
 	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -q
 
-## test-fast: the unit, parity and bad-input tests only (under a minute): the loop while editing
-test-fast:
+## test-fast: the unit, parity and bad-input tests only (about a minute): the loop while editing
+test-fast: install-dev
 	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -q -m "not slow"
 
 ## benchmark: one training step of our model against transformers' (CPU or GPU)

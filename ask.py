@@ -39,7 +39,7 @@ from qa import (
     read_squad_file,
     squad_v2_summary,
 )
-from utils import ArgumentParser, HelpFormatter, UsageError, load_tokenizer, run_cli, tokenizer_swapped
+from utils import ArgumentParser, HelpFormatter, UsageError, load_tokenizer, looks_local, run_cli, tokenizer_swapped
 
 RUN_RECORD = "finetune_args.json"
 CHUNK = 256  # questions answered between two progress lines of --squad_file
@@ -95,10 +95,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _is_local(name: str) -> bool:
-    return Path(name).expanduser().exists() or name.startswith((".", "/", "~")) or name.count("/") > 1
-
-
 def read_context(args: argparse.Namespace) -> str:
     if args.context is not None and args.context_file:
         raise UsageError("--context and --context_file both given; choose one")
@@ -131,7 +127,7 @@ def check_output(args: argparse.Namespace) -> None:
         raise UsageError(f"--output {args.output} is a folder; give a file name, e.g. {output / 'predictions.json'}")
     if output.exists() and output.resolve() == Path(args.squad_file).expanduser().resolve():
         raise UsageError(f"--output {args.output} is the --squad_file itself; writing there would destroy it")
-    refuse_replacing_outputs(output, "--output", args.model if _is_local(args.model) else None)
+    refuse_replacing_outputs(output, "--output", args.model if looks_local(args.model) else None)
     if output.exists() and not args.overwrite:
         raise UsageError(f"--output {args.output} exists; pass --overwrite to replace it, or choose another name")
     if not output.parent.is_dir():
@@ -215,9 +211,9 @@ def load_model(args: argparse.Namespace):
     except ValueError as error:
         if not Path(name).exists():  # a mistyped local path, or a Hub id
             missing = f"--model {name} does not exist: there is no folder {Path(name).absolute()}"
-            raise UsageError(missing if _is_local(name) else f"{missing}, and as a Hub id: {error}") from None
+            raise UsageError(missing if looks_local(name) else f"{missing}, and as a Hub id: {error}") from None
         raise UsageError(f"--model {error}") from None
-    tokenizer = load_tokenizer(folder if _is_local(name) else name, flag="--model", cache_dir=args.path_to_cache_dir)
+    tokenizer = load_tokenizer(folder if looks_local(name) else name, flag="--model", cache_dir=args.path_to_cache_dir)
     check_qa_tokenizer(tokenizer, config, name)
     if swapped := tokenizer_swapped(folder, tokenizer):
         print(f"warning: {swapped}; the answers will be wrong: put back the tokenizer files saved with the model",

@@ -23,7 +23,6 @@ and leaves no partial checkpoint behind.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import re
@@ -31,8 +30,9 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import fault_injection
 from folders import file_manifest, human_bytes, is_disk_full, verify_manifest, write_json
-from utils import UsageError, record_tokenizer
+from utils import UsageError, first_line, record_tokenizer
 
 STATE_FILE = "trainer_state.json"
 MANIFEST_FILE = "manifest.json"
@@ -266,7 +266,7 @@ def save(accelerator, wrapped, raw_model, tokenizer, folder: Path, state: TrainS
     accelerator.wait_for_everyone()
     try:
         save_model_folder(accelerator, wrapped, raw_model, tokenizer, tmp)
-        _testing_disk_full(state.step)
+        fault_injection.check_disk_full(state.step)
         accelerator.save_state(str(tmp / ACCELERATE_STATE))
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
@@ -335,12 +335,6 @@ def load(accelerator, raw_model, path: Path, sharded: bool) -> TrainState:
     return read_state(path)
 
 
-def _testing_disk_full(step: int) -> None:
-    """TRAIN_TEST_DISK_FULL_AT_STEP=N: the checkpoint of update N fails as a full disk does (tests only)."""
-    if os.environ.get("TRAIN_TEST_DISK_FULL_AT_STEP") == str(step):
-        raise OSError(errno.ENOSPC, "No space left on device (TRAIN_TEST_DISK_FULL_AT_STEP)")
-
-
 def rotate(folder: Path, num_keep: int, keep: Path) -> None:
     """Delete all but the newest `num_keep` complete checkpoints (never `keep`); incomplete ones are not counted."""
     complete = [path for _, path in step_folders(folder) if is_complete(path)]
@@ -359,7 +353,7 @@ def abandon(tmp: Path, error: BaseException, needed_bytes: int) -> CheckpointErr
             f"({human_bytes(free)} free, a checkpoint needs about {human_bytes(needed_bytes)}); nothing partial "
             "was left behind. Free some space (or lower --num_keep_checkpoints), then continue with "
             "--resume_from_checkpoint latest")
-    return CheckpointError(f"could not write checkpoint {tmp} ({type(error).__name__}: {str(error)[:300]}); "
+    return CheckpointError(f"could not write checkpoint {tmp} ({type(error).__name__}: {first_line(error, 300)}); "
                            "nothing partial was left behind")
 
 

@@ -27,10 +27,16 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import huggingface_hub
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from huggingface_hub import constants
+from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
 
+import demo_world
 from store import TEST, TEXT_COLUMN, TRAIN
-from utils import UsageError
+from utils import UsageError, first_line, looks_local
 from utils import log as shared_log
 
 DATASETS = ["wikipedia_bookcorpus", "wikipedia", "demo"]
@@ -88,8 +94,7 @@ def not_utf8(path: str | os.PathLike, offset: int) -> UsageError:
 
 def check_dataset_name(name: str, config: str | None, split: str) -> None:
     path = Path(name).expanduser()
-    looks_local = path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1
-    if looks_local and not path.exists():
+    if looks_local(name) and not path.exists():
         raise UsageError(f"--dataset_name {name} does not exist (a local folder or file, or a Hub id like "
                          "Salesforce/wikitext)")
     if path.is_file() and not name.endswith(tuple(LOCAL_BUILDERS)):
@@ -140,7 +145,7 @@ class Corpus:
 
     @property
     def local(self) -> bool:
-        return Path(self.path).expanduser().exists()
+        return looks_local(self.path)
 
     def describe(self) -> str:
         where = f" @ {self.sha[:10]}" if self.sha else ""
@@ -178,8 +183,6 @@ def download_cache(folder: str | None):
     if not folder:
         yield
         return
-    from huggingface_hub import constants
-
     root = Path(folder).expanduser().absolute()
     settings = {"HF_HUB_CACHE": root / "hub", "HF_DATASETS_CACHE": root / "datasets", "HF_XET_CACHE": root / "xet"}
     saved_env = {name: os.environ.get(name) for name in settings}
@@ -202,8 +205,6 @@ def download_cache(folder: str | None):
 
 
 def hub_cache_dir(cache_dir: str | None) -> Path:
-    from huggingface_hub import constants
-
     return Path(cache_dir).expanduser().absolute() / "hub" if cache_dir else Path(constants.HF_HUB_CACHE)
 
 
@@ -215,16 +216,12 @@ def datasets_cache_dir(cache_dir: str | None) -> Path:
 
 
 def hub_offline() -> bool:
-    from huggingface_hub import constants
-
     return bool(constants.HF_HUB_OFFLINE)
 
 
 def hub_error(what: str, error: Exception) -> UsageError:
     """One line for a failed Hub call: what was asked, why it failed, what to do."""
-    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
-
-    reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+    reason = first_line(error, 160)
     if isinstance(error, RevisionNotFoundError):
         return UsageError(f"{what}: that revision does not exist on the Hub ({reason})")
     if isinstance(error, GatedRepoError):
@@ -241,8 +238,6 @@ def preflight(corpora: list[Corpus], tokenizer_name: str | None) -> dict:
 
     Fills each Hub corpus's sha, files and download_bytes (local corpora: their files' size); returns the
     tokenizer repository's {"revision": sha} ({} for a local or trained tokenizer, or offline)."""
-    import huggingface_hub
-
     for corpus in corpora:
         if corpus.local:
             files = [p for p in Path(corpus.path).expanduser().rglob("*") if p.is_file()] if Path(
@@ -250,7 +245,7 @@ def preflight(corpora: list[Corpus], tokenizer_name: str | None) -> dict:
             corpus.files = [str(p) for p in files if p.name.endswith(DATA_FILE_SUFFIXES)]
             corpus.download_bytes = sum(Path(p).stat().st_size for p in corpus.files)
     hub = [c for c in corpora if not c.local]
-    if tokenizer_name and Path(tokenizer_name).expanduser().exists():
+    if tokenizer_name and looks_local(tokenizer_name):
         tokenizer_name = None  # a local folder
     if hub_offline():
         if hub or tokenizer_name:
@@ -316,7 +311,7 @@ def load_error(corpus: Corpus, error: Exception) -> UsageError:
     """datasets' many load failures, each as what to change."""
     from datasets.exceptions import DatasetNotFoundError
 
-    text = (str(error).strip().splitlines() or [type(error).__name__])[0][:240]
+    text = first_line(error, 240)
     name = corpus.label
     if "BuilderConfig" in text or "Config name is missing" in text:
         return UsageError(f"--dataset_config_name {corpus.config}: {text}")
@@ -385,7 +380,6 @@ def read_text_file_documents(path: str | os.PathLike) -> Iterator[str]:
 
 def documents_dataset(texts: Iterable[str], path: Path):
     """A disk-backed Dataset with one column `text` (memory stays flat: texts are written a batch at a time)."""
-    import pyarrow as pa
     from datasets import Dataset, Features, Value
     from datasets.arrow_writer import ArrowWriter
 
@@ -463,9 +457,8 @@ def load_documents(args: argparse.Namespace, corpora: list[Corpus], work: Path, 
         texts = (text for path in args.text_files for text in read_text_file_documents(path))
         documents = documents_dataset(itertools.islice(texts, args.max_documents), work / "documents.arrow")
     elif args.source == "demo":
-        from demo_world import generate_documents
-
-        documents = documents_dataset(generate_documents(DEMO_WORLD_SEED, args.max_documents), work / "documents.arrow")
+        documents = documents_dataset(demo_world.generate_documents(DEMO_WORLD_SEED, args.max_documents),
+                                      work / "documents.arrow")
     else:
         parts, remaining = [], args.max_documents
         for corpus in corpora:
@@ -481,8 +474,6 @@ def load_documents(args: argparse.Namespace, corpora: list[Corpus], work: Path, 
 
 def nonempty_rows(documents) -> np.ndarray:
     """Indices of the documents with any non-space text (a vectorised pass over the Arrow column)."""
-    import pyarrow.compute as pc
-
     keep = []
     for start in range(0, len(documents), 10 * PACK_READ_DOCUMENTS):
         column = documents.with_format("arrow")[start:start + 10 * PACK_READ_DOCUMENTS].column(TEXT_COLUMN)

@@ -20,6 +20,7 @@ import contextlib
 import os
 import signal
 
+import fault_injection
 from utils import UsageError
 
 STOP_CHECK_STEPS = 10  # several processes agree on a stop request every this many updates (one tiny all-reduce)
@@ -110,6 +111,7 @@ class StopSignal:
             handled.append(signal.SIGHUP)
         for signum in handled:
             signal.signal(signum, self._on_signal)
+        self.requested = fault_injection.with_signal_at_step(self.requested)
         if any(name in os.environ for name in ("TORCHELASTIC_RUN_ID", "ACCELERATE_MIXED_PRECISION")):
             with contextlib.suppress(OSError, AttributeError):  # PR_SET_PDEATHSIG (1) is Linux's
                 import ctypes
@@ -122,7 +124,6 @@ class StopSignal:
         self.name = self.name or signal.Signals(signum).name
 
     def requested(self, step: int) -> bool:
-        testing_hook(step)
         if self.accelerator.num_processes == 1:
             return self.name is not None
         if step % STOP_CHECK_STEPS:
@@ -133,9 +134,3 @@ class StopSignal:
         self.name = self.name or ("a signal to another process" if stopping else None)
         return stopping
 
-
-def testing_hook(step: int) -> None:
-    """TRAIN_TEST_SIGNAL_AT_STEP="N:KILL|TERM|INT": this process signals itself after update N (tests only)."""
-    spec = os.environ.get("TRAIN_TEST_SIGNAL_AT_STEP")
-    if spec and int(spec.split(":")[0]) == step:
-        os.kill(os.getpid(), getattr(signal, "SIG" + spec.split(":")[1]))

@@ -57,6 +57,7 @@ import argparse
 import importlib.util
 import os
 import sys
+import time
 from pathlib import Path
 
 from folders import QA_RUN, FolderLock, check_output_folder, remove_own_outputs, write_json
@@ -78,10 +79,14 @@ from utils import (
     ArgumentParser,
     HelpFormatter,
     UsageError,
+    duration,
+    elapsed_and_eta,
+    first_line,
     is_main_process,
     library_versions,
     load_tokenizer,
     log,
+    looks_local,
     record_tokenizer,
     run_cli,
     tokenizer_fingerprint,
@@ -217,11 +222,6 @@ def check_data_source(args: argparse.Namespace) -> None:
         raise UsageError(f"--path_to_cache_dir {args.path_to_cache_dir} is a file, not a folder")
 
 
-def _is_local(name: str) -> bool:
-    """Whether a model name means a local folder rather than a Hub id (as model.py and utils.py tell them apart)."""
-    return Path(name).expanduser().exists() or name.startswith((".", "/", "~")) or name.count("/") > 1
-
-
 def check_backbone(args: argparse.Namespace) -> None:
     """The backbone flags fit together and every local model folder holds what is needed (no weights read yet)."""
     if args.pretrained_backbone == "pretrained" and not args.path_to_pretrained_backbone:
@@ -232,7 +232,7 @@ def check_backbone(args: argparse.Namespace) -> None:
                          "for pretrained_huggingface give --huggingface_model_name")
     source, need_weights = backbone_source(args), args.pretrained_backbone != "random"
     flag = "--path_to_pretrained_backbone" if source == args.path_to_pretrained_backbone else "--huggingface_model_name"
-    if _is_local(source):
+    if looks_local(source):
         from model import check_checkpoint_folder
 
         try:
@@ -262,7 +262,7 @@ def check_run_folder(args: argparse.Namespace) -> Path:
         if parent.exists() and not parent.is_dir():
             raise UsageError(f"{run_folder_flag(run_dir)} cannot be made: {parent} is a file")
     inputs = {"--path_to_pretrained_backbone": args.path_to_pretrained_backbone,
-              "--huggingface_model_name": args.huggingface_model_name if _is_local(args.huggingface_model_name)
+              "--huggingface_model_name": args.huggingface_model_name if looks_local(args.huggingface_model_name)
               else None,
               "--train_file": args.train_file, "--validation_file": args.validation_file,
               "--path_to_cache_dir": args.path_to_cache_dir}
@@ -311,7 +311,7 @@ def check_request(args: argparse.Namespace) -> tuple[Path, list[str]]:
 def backbone_provenance(args: argparse.Namespace, folder: Path) -> dict:
     """Where the weights, the architecture and the tokenizer came from, for eval_results.json."""
     source = backbone_source(args)
-    where = source if _is_local(source) else f"{source} (Hugging Face Hub, files in {folder})"
+    where = source if looks_local(source) else f"{source} (Hugging Face Hub, files in {folder})"
     weights = f"random initialisation (RoBERTa's, --seed {args.seed})" if args.pretrained_backbone == "random" \
         else where
     return {"pretrained_backbone": args.pretrained_backbone, "weights": weights, "architecture": where,
@@ -391,7 +391,7 @@ def load_hub_dataset(name: str, cache_dir: str | None):
         folder = snapshot_download(name, repo_type="dataset", allow_patterns=["README.md", "*.parquet"], **where)
         return load_dataset(folder, **where)
     except Exception as error:  # offline, no cache, unknown layout: one line with the way out
-        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+        reason = first_line(error)
         raise UsageError(f"could not load {name} from the Hugging Face Hub ({type(error).__name__}: {reason}); "
                          "use --train_file/--validation_file or --dataset demo") from None
 
@@ -538,7 +538,7 @@ def make_trainer(args, model, tokenizer, train_features, eval_examples, eval_fea
 
     transformers' `compute_metrics` only sees windows, not questions, so `evaluate` is overridden, as in
     transformers' examples/pytorch/question-answering/trainer_qa.py."""
-    from transformers import Trainer
+    from transformers import PrinterCallback, ProgressCallback, Trainer
 
     references = {qid: list(a["text"]) for qid, a in zip(eval_examples["id"], eval_examples["answers"], strict=True)}
     model_inputs = eval_features.remove_columns(["example_id", "offset_mapping"])
@@ -574,8 +574,50 @@ def make_trainer(args, model, tokenizer, train_features, eval_examples, eval_fea
 
     # No processing_class: the Trainer would "align" the config's special tokens through transformers' config API,
     # which our dataclass config does not have (and every window is already padded, so no collator needs it).
-    return QuestionAnsweringTrainer(model=model, args=training_arguments(args, run_dir),
-                                    train_dataset=train_features, eval_dataset=model_inputs)
+    trainer = QuestionAnsweringTrainer(model=model, args=training_arguments(args, run_dir),
+                                       train_dataset=train_features, eval_dataset=model_inputs)
+    log_lines, bar_only = log_callbacks()
+    if trainer.pop_callback(ProgressCallback):  # a terminal: keep the bar, without its dictionaries
+        trainer.add_callback(bar_only)
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(log_lines)
+    return trainer
+
+
+def log_callbacks():
+    """(a callback that logs each Trainer log as one line, a progress bar that prints no logs): the Trainer's own
+    printers show dictionaries of quoted numbers."""
+    from transformers import ProgressCallback, TrainerCallback
+
+    class LogLines(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.started, self.start_step = time.perf_counter(), state.global_step
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and logs:
+                log(log_line(state.global_step, state.max_steps, logs, time.perf_counter() - self.started,
+                             state.global_step - self.start_step))
+
+    class BarOnly(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            pass  # LogLines prints them
+
+    return LogLines(), BarOnly
+
+
+def log_line(step: int, max_steps: int, logs: dict, elapsed: float, steps_done: int) -> str:
+    """One readable line for a Trainer log: a training interval, an evaluation, or the end of training."""
+    if "loss" in logs:
+        return (f"step {step}/{max_steps} | epoch {logs.get('epoch', 0):.2f} | loss {logs['loss']:.4f} | lr "
+                f"{logs.get('learning_rate', 0):.3e} | grad_norm {logs.get('grad_norm') or 0:.3f} | "
+                f"{elapsed_and_eta(elapsed, steps_done, max_steps - step)}")
+    if "eval_f1" in logs:
+        return (f"eval {step}/{max_steps} | exact_match {logs['eval_exact_match']:.2f} | f1 {logs['eval_f1']:.2f} | "
+                f"{duration(logs.get('eval_runtime', 0))}")
+    if "train_runtime" in logs:
+        return (f"trained {step} steps in {duration(logs['train_runtime'])}, mean loss "
+                f"{logs.get('train_loss', float('nan')):.4f}")
+    return " | ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in logs.items())
 
 
 def training_arguments(args: argparse.Namespace, run_dir: Path):

@@ -43,6 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from utils import first_line, looks_local
+
 IGNORE_INDEX = -100  # label of positions that are not predicted, as in transformers
 
 
@@ -629,7 +631,7 @@ def _resolve_checkpoint(path_or_hub_id: str | os.PathLike, need_weights: bool,
     path = Path(path_or_hub_id).expanduser()
     if path.is_dir():
         return check_checkpoint_folder(path, need_weights)
-    if path.exists() or str(path_or_hub_id).startswith((".", "/", "~")) or str(path_or_hub_id).count("/") > 1:
+    if looks_local(path_or_hub_id):
         raise ValueError(f"{path_or_hub_id} is not a folder: expected a transformers-format folder or a Hub id")
     return _download_from_hub(str(path_or_hub_id), need_weights, cache_dir)
 
@@ -650,7 +652,7 @@ def _snapshot(hub_id: str, patterns: list[str], cache_dir: str | os.PathLike | N
         return Path(snapshot_download(hub_id, allow_patterns=patterns, **where))
     except Exception as error:  # offline, unknown id, gated repo, network error: all end the same way for a user
         raise ValueError(
-            f"could not get {hub_id!r} from the Hugging Face Hub ({type(error).__name__}: {str(error)[:200]}); "
+            f"could not get {hub_id!r} from the Hugging Face Hub ({type(error).__name__}: {first_line(error)}); "
             "check the id and the network, or pass a local transformers-format folder"
         ) from None
 
@@ -667,7 +669,7 @@ def _read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
             return load_file(path)
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # SafetensorError, UnpicklingError, EOFError, RuntimeError...: all mean "damaged"
-        reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+        reason = first_line(error, 160)
         raise ValueError(f"{path} could not be read ({type(error).__name__}: {reason}): the file is truncated or "
                          "corrupt; save or download it again") from None
 

@@ -7,63 +7,19 @@ Examples:
         --group_rows wikitext --train_tokenizer 32000 --path_to_data_store data/wikitext103
     python prepare_data.py --dataset wikipedia_bookcorpus --path_to_data_store data/wiki_books_512  # ~15 GB download
 
-Sources (give exactly one; each becomes documents, one a row, that all go through the same split, tokenise and
-pack code):
-  * --dataset demo: encyclopedia articles about a fictional world from demo_world.py (world seed 0, the world that
-    finetune_roberta_qa.py's --dataset demo asks about), a few million tokens, no network.
-  * --text_files: plain UTF-8 text; a blank line separates documents, and a file without blank lines is one
-    document a line.
-  * --dataset_name NAME_OR_PATH: anything `datasets.load_dataset` reads: a Hub dataset id, or a local folder (or
-    file) of parquet, JSON lines, CSV or text. Its rows of --dataset_split (default `train`; `train+validation`
-    joins several) are the documents, read from --text_column. Only that split is used, so that a corpus's own
-    validation and test text stays unseen; the held-out `test` split of the store is drawn from it as below.
-    Rows become documents as they are, empty rows dropped (--group_rows none), or grouped: --group_rows wikitext
-    joins the rows of each WikiText article (a new article starts at each top-level heading ` = Title = `;
-    WikiText's raw rows are lines: headings, paragraphs and blank lines); --group_rows N joins every N
-    consecutive non-empty rows (for a corpus of one sentence a row).
-  * --dataset wikipedia_bookcorpus: English Wikipedia (wikimedia/wikipedia, 20231101.en, parquet) then BookCorpus
-    (bookcorpus/bookcorpus from its parquet branch, since datasets 4+ runs no loading scripts; one sentence a
-    row, grouped by 64 into passages of about 1,000 tokens). --dataset wikipedia: Wikipedia alone.
+Sources (exactly one): --dataset demo (a generated fictional world, offline), --text_files (UTF-8 text; a blank
+line separates documents), --dataset_name (anything datasets.load_dataset reads: a Hub id or a local folder or
+file), --dataset wikipedia_bookcorpus (RoBERTa's BOOKS + WIKI) or --dataset wikipedia. Hub repositories are
+pinned to a commit sha before anything is downloaded, and the free disk is checked against an estimate.
 
-Hub downloads: before anything is downloaded, a pre-flight asks the Hub for every repository the run needs (the
-datasets and a Hub tokenizer), resolves each requested branch to its commit sha and adds up the files' sizes; the
-data is then loaded at exactly those shas, which prepare_data.json records. A missing repository, revision or
-parquet branch stops the run there, in one line. --max_documents N streams the first N documents (no full
-download). --huggingface_cache_dir DIR puts every download under DIR: the Hub's files (parquet, the tokenizer)
-in DIR/hub (this process's HF_HUB_CACHE: datasets downloads Hub files there whatever cache_dir it is given), the
-Arrow cache of datasets in DIR/datasets, and Xet chunks in DIR/xet. A pre-flight disk check compares the free
-space with an estimate from measured ratios and refuses, in one line, a run that would not fit
-(--skip_disk_check to go ahead anyway).
+The store holds splits `train` and `test` of blocks `<s> ... </s>` of exactly --context_length ids (documents
+joined by `</s>` and cut at whatever token the cut falls on, unlike the paper's FULL-SENTENCES and DOC-SENTENCES,
+which never cut a sentence), the tokenizer that made them, prepare_data.json (how it was made) and a README.md. It
+is written beside the store and moved into place at the end: an interrupted run leaves the store as it was.
+--overwrite replaces only a store this script wrote, and keeps your own files in it. The details: docs/prepare_data.md.
 
-Split: by document, before tokenising: a seeded (--dataset_split_seed) draw of --test_split_pct (a fraction) of
-the non-empty documents goes to `test`; both splits keep the source's order.
-
-Packing: a split's documents are tokenised without special tokens and joined into one stream, one `</s>` between
-consecutive documents (`doc1 </s> doc2 </s> doc3`). The stream is cut into pieces of context_length - 2 tokens
-at whatever token the cut falls on, as transformers' `group_texts` does, and each piece is framed as
-`<s> piece </s>`, so every block has exactly context_length ids. A block may therefore start or end in the middle
-of a sentence and hold the end of one document and the start of the next. This is not the paper's
-FULL-SENTENCES (whole sentences packed up to 512 tokens, crossing document boundaries with a separator, never
-cutting a sentence) nor DOC-SENTENCES (the same, but never crossing a document boundary). Decoding the blocks'
-pieces in order and splitting on `</s>` gives back the documents; only the stream's final remainder (shorter than
-one piece) is dropped, and its size is reported. Literal "<s>"/"</s>" strings inside a document are tokenised as
-text, so a document cannot forge a separator. Tokenising runs in --num_workers processes that hand their ids
-back in document order to one packer, so any --num_workers gives the same bytes.
-
-Store (--path_to_data_store): the layout of `datasets.DatasetDict.save_to_disk`, written directly (the token
-stream is on disk once): splits `train` and `test`, column `input_ids` (uint16 when the vocabulary fits, else
-int32), `tokenizer/` (the tokenizer that made the ids, loaded or trained), `prepare_data.json` (command line,
-arguments, sources at their shas, tokenizer size and fingerprint, counts, dropped tokens, speed, library
-versions) and a README.md. It is written in a work folder beside the store and renamed into place at the end.
-
-Your files are safe: the store folder must be new, empty, or a store this script wrote (recognised by its
-prepare_data.json); --overwrite replaces only the latter, keeps (carries into the new store) any file it did not
-make, and never touches the current folder, its parents, home, a git repository or a folder holding an input.
-One run at a time per store (a lock file; train.py holds a shared lock while it reads the store). A run killed
-mid-way leaves only hidden `.<store>.tmp-*`/`.old-*` folders, which the next run into that store cleans up.
-
-Exit codes: 0 done; 2 bad usage or input (one line `error: ...`, nothing written); 130 interrupted by Ctrl-C,
-143 by SIGTERM (the work folder removed, the store as it was); 1 an unexpected error (a bug: please report it).
+Exit codes: 0 done; 2 bad usage or input (one line `error: ...`, nothing written); 130 Ctrl-C, 143 SIGTERM (the
+work folder removed, the store as it was); 1 a full disk, or an unexpected error (a bug: please report it).
 """
 
 from __future__ import annotations
@@ -116,9 +72,12 @@ from utils import (
     BPE_MIN_VOCAB_SIZE,
     ArgumentParser,
     HelpFormatter,
+    ScriptExit,
     UsageError,
+    exit_code_for_signal,
     library_versions,
     load_tokenizer,
+    run_cli,
     tokenizer_fingerprint,
     train_bpe_tokenizer,
 )
@@ -299,7 +258,8 @@ def resolve_num_workers(requested: int) -> int:
 
 
 def tokenizer_for_new_store(name: str, cache_dir: str | None, context_length: int):
-    """utils.load_tokenizer, plus what packing needs: framing tokens, and blocks no longer than the tokenizer allows."""
+    """The tokenizer to write a new store with: utils.load_tokenizer, checked for what packing needs (framing tokens,
+    blocks no longer than the tokenizer allows)."""
     tokenizer = load_tokenizer(name, flag="--hf_model_name",
                                cache_dir=str(hub_cache_dir(cache_dir)) if cache_dir else None)
     check_tokenizer(tokenizer, name, context_length)
@@ -541,23 +501,18 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def cli() -> None:
-    """The command line: one line and exit code 2 for bad input, 130/143 for Ctrl-C/SIGTERM."""
+    """main() under the exit policy of utils.run_cli: an interruption and a full disk end in one line too."""
     try:
         main()
-    except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
     except Interrupted as interruption:
-        print(f"prepare_data: interrupted ({interruption}): the work folder is removed and the store is as it was",
-              file=sys.stderr)
-        sys.exit(128 + interruption.signum)
+        raise ScriptExit(f"prepare_data: interrupted ({interruption}): the work folder is removed and the store is as "
+                         "it was", exit_code_for_signal(interruption.signum)) from None
     except OSError as error:
         if error.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
-        print(f"error: the disk filled up ({error.strerror}: {error.filename or ''}); the work folder is removed and "
-              "the store is as it was; free space, or choose folders on a larger disk", file=sys.stderr)
-        sys.exit(1)
+        raise ScriptExit(f"error: the disk filled up ({error.strerror}: {error.filename or ''}); the work folder is "
+                         "removed and the store is as it was; free space, or choose folders on a larger disk") from None
 
 
 if __name__ == "__main__":
-    cli()
+    run_cli(cli)

@@ -319,7 +319,7 @@ def _sigmoid(x: float) -> float:
 def best_answers(examples, features, predictions, n_best_size: int = QA_DEFAULTS["n_best_size"],
                  max_answer_length: int = QA_DEFAULTS["max_answer_length"],
                  allow_no_answer: bool = False, null_score_diff_threshold: float = 0.0) -> dict[str, dict]:
-    """The one search from window logits to answers, shared by evaluation and `answer_questions`.
+    """Window logits -> one answer per example: the search that evaluation and `answer_questions` both use.
 
     `examples` has columns `id` and `context`; `features` (the output of `prepare_qa_eval_features`, a
     datasets.Dataset or a dict of columns) has columns `example_id` and `offset_mapping`; `predictions` is

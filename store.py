@@ -1,4 +1,4 @@
-"""The data store: its layout, the writer prepare_data.py uses and the reader of train.py, batches.py and the notebook.
+"""The data store: its layout, the writer prepare_data.py uses, and the reader train.py and batches.py use.
 
 Layout (that of `datasets.DatasetDict.save_to_disk`, written directly so that the token stream is on disk once):
   * `dataset_dict.json` and one folder per split of STORE_SPLITS (`train`, `test`), each with
@@ -43,9 +43,12 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+from tqdm.auto import tqdm
 
+import fault_injection
 import folders
-from utils import UsageError, load_tokenizer, tokenizer_fingerprint
+from utils import UsageError, first_line, load_tokenizer, tokenizer_fingerprint
 
 STORE_SPLITS = ("train", "test")
 STORE_COLUMN = "input_ids"
@@ -56,11 +59,10 @@ TEXT_COLUMN = "text"  # the one column of the documents a store is written from
 SHARD_BYTES = 500 * 10**6  # store shard size, as save_to_disk's default max_shard_size
 MIN_CONTEXT_LENGTH = 8
 TOKENIZE_BATCH_DOCUMENTS = 1000  # documents per task of a tokenising worker (memory per worker: one batch)
-SLOW_TOKENIZING_ENV = "PREPARE_DATA_TEST_SECONDS_PER_BATCH"  # tests only: each tokenising task sleeps this long
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Reading a store (train.py, batches.py, the notebook)
+# Reading a store (train.py; batches.py reads its STORE_COLUMN)
 # ----------------------------------------------------------------------------------------------------------------
 
 
@@ -86,7 +88,7 @@ def open_store(path: str | os.PathLike, *, flag: str = "--path_to_prepped_data",
         data = datasets.load_from_disk(str(store))
         record = json.loads((store / STORE_RECORD).read_text()) if (store / STORE_RECORD).is_file() else {}
     except Exception as error:  # a damaged store fails in many ways; all mean the same to a user
-        raise UsageError(f"{flag} {path} could not be read ({type(error).__name__}: {str(error)[:200]}); "
+        raise UsageError(f"{flag} {path} could not be read ({type(error).__name__}: {first_line(error)}); "
                          f"{hint}") from None
     for split in STORE_SPLITS:
         if split not in data or STORE_COLUMN not in data[split].column_names or len(data[split]) == 0:
@@ -208,8 +210,8 @@ def encode_range(documents, start: int, stop: int, tokenizer, dtype: np.dtype) -
     """(lengths, ids end to end) of documents[start:stop]."""
     texts = [(text or "").strip() for text in
              documents.with_format("arrow")[start:stop].column(TEXT_COLUMN).to_pylist()]
-    if os.environ.get(SLOW_TOKENIZING_ENV):
-        time.sleep(float(os.environ[SLOW_TOKENIZING_ENV]))
+    if fault_injection.TOKENIZING_DELAY_S:
+        time.sleep(fault_injection.TOKENIZING_DELAY_S)
     ids = encode_texts(texts, tokenizer)
     lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
     return lengths, np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=int(lengths.sum()))
@@ -269,7 +271,6 @@ class SplitWriter:
         self.writer, self.in_shard, self.rows = None, 0, 0
 
     def write(self, blocks: np.ndarray) -> None:
-        import pyarrow as pa
         from datasets.arrow_writer import ArrowWriter
 
         self.hash.update(blocks.tobytes())
@@ -315,8 +316,6 @@ class SplitWriter:
 def pack_split(batches: Iterable[tuple[np.ndarray, np.ndarray]], writer: SplitWriter, start_id: int, end_id: int,
                dtype: np.dtype, total: int) -> dict:
     """Stream a split's token ids, in document order, through the packer into the store."""
-    from tqdm.auto import tqdm
-
     packer = BlockPacker(writer.context_length, start_id, end_id, dtype)
     counts = {"documents": 0, "tokens": 0, "separators": 0, "blocks": 0}
     with tqdm(total=total, desc=f"tokenizing and packing {writer.split}", unit=" docs") as progress:

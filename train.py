@@ -7,37 +7,11 @@ decay on matrices only, linear warmup then decay, gradient clipping, accumulatio
 defaults are roberta-base's recipe (12 layers x 768, blocks of 512, 100,000 updates of 32 blocks per process): a
 multi-GPU job. For a first run on a laptop, use the small command at the end of --help.
 
-Reading order: `main` checks every input first (`validate`), builds the model and optimizer (`setup`), then
-`train` is the loop, top to bottom: one update over accumulated micro-batches, then logging, evaluation,
-checkpoint and stop. batches.py holds the data order and masking, checkpoints.py the checkpoint files, folders.py
-the rules that keep a user's folders safe.
-
-Run folder <working_directory>/<experiment_name>/ (written by the main process):
-    args.json      the arguments, batch arithmetic, model config, processes and library versions, and one entry
-                   per resume listing the flags that changed
-    metrics.jsonl  one JSON object a line. Training lines (every --logging_steps): step, loss (mean masked-LM loss
-                   of the updates since the previous line, nats), lr, grad_norm (before clipping),
-                   tokens_per_second (all processes), epoch, warning (once, when the loss diverges), and mfu on a
-                   GPU (model FLOP utilisation: training FLOPs per token x tokens/s / measured matrix rate).
-                   Evaluation lines: step, eval_loss, eval_accuracy (top-1 on the masked tokens), eval_perplexity
-                   (exp eval_loss), eval_tokens
-    curves.png     loss and accuracy curves, redrawn at every evaluation
-    checkpoints/step_N/  a transformers-format model folder plus the training state (see checkpoints.py)
-    final_model/   the trained model in transformers' format with its tokenizer
-
-Resuming (--resume_from_checkpoint latest, or a checkpoints/step_N folder) continues exactly: the same batches,
-masks and dropout follow, and on a CPU the weights end bit-identical to an uninterrupted run's. Flags may change on
-resume; each difference is printed and recorded in args.json:
-  * the architecture, --context_length, --seed and the store's content must match (refused otherwise);
-  * optimisation flags take effect from the resumed update: the learning rate is a pure function of the update and
-    of --learning_rate, --lr_scheduler, --num_warmup_steps, --num_training_steps, so a changed flag means the new
-    schedule evaluated from that update on; --weight_decay, --adam_*, --max_grad_norm, dropout and
-    --masking_probability apply from the next update;
-  * a changed batch layout (--per_gpu_batch_size, --gradient_accumulation_steps, processes) continues from the same
-    position in the data, no longer bit-exactly.
-SIGTERM (what schedulers send), SIGINT (Ctrl-C) and SIGHUP save a checkpoint after the current update and exit 0
-(a second Ctrl-C stops at once). A non-finite loss stops the run and lists the checkpoints with their losses;
-a loss that stays far above its starting value is warned about (utils.LossWatch) in the log and metrics.jsonl.
+Reading order: `main` checks every input first (`validate`), builds the model and optimizer (`setup`), then `train`
+is the loop, top to bottom. batches.py holds the data order and masking, checkpoints.py the checkpoint files,
+folders.py the rules that keep a user's folders safe. docs/run_folder.md (each run folder's README.md) describes
+the run folder and resuming: the same command plus --resume_from_checkpoint latest continues exactly. SIGTERM,
+SIGINT (Ctrl-C) and SIGHUP save a checkpoint after the current update and exit 0; a second Ctrl-C stops at once.
 """
 
 from __future__ import annotations
@@ -47,6 +21,8 @@ import contextlib
 import json
 import math
 import os
+import shutil
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -59,14 +35,26 @@ import checkpoints as ckpt
 from batches import MASK, derived_seed, eval_batches, mask_tokens, max_predictions_per_seq, train_batches
 from checkpoints import CheckpointError, TrainState
 from distributed import StopSignal, check_launch, describe, is_sharded, prepare_model_and_optimizer
-from folders import PRETRAINING_RUN, FolderLock, check_in_use, check_output_folder, remove_own_outputs, write_json
+from folders import (
+    PRETRAINING_RUN,
+    FolderLock,
+    check_in_use,
+    check_output_folder,
+    own_entries,
+    remove_own_outputs,
+    write_json,
+)
+from model import IGNORE_INDEX, RobertaConfig, RobertaForMaskedLM, flops_per_token
 from store import STORE_TOKENIZER_DIR, open_store, tokenizer_from_store
 from utils import (
     ArgumentParser,
     HelpFormatter,
     LossWatch,
+    ScriptExit,
     UsageError,
     command_with,
+    elapsed_and_eta,
+    exit_code_for_signal,
     is_main_process,
     library_versions,
     matmul_flops_per_second,
@@ -242,8 +230,6 @@ def checked_plan(args: argparse.Namespace, run_dir: Path) -> Plan:
 
 def model_config(args: argparse.Namespace, tokenizer):
     """The architecture from the flags; RobertaConfig does the checking, reported in the flags' names."""
-    from model import RobertaConfig
-
     try:
         return RobertaConfig(
             vocab_size=len(tokenizer), hidden_size=args.embedding_dimension,
@@ -270,8 +256,6 @@ def model_config(args: argparse.Namespace, tokenizer):
 def setup(args: argparse.Namespace, plan: Plan, accelerator):
     """(model to call, prepared model to save from, optimizer, our RobertaForMaskedLM) on this process."""
     from accelerate.utils import set_seed
-
-    from model import RobertaForMaskedLM
 
     set_seed(args.seed)  # the same initial weights on every process
     raw_model = RobertaForMaskedLM(plan.config)
@@ -322,8 +306,6 @@ def lr_schedule(args: argparse.Namespace):
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, batches: list, accelerator, predictions_per_row: int) -> dict:
     """Loss and accuracy over every predicted token of the evaluation set, summed over processes."""
-    from model import IGNORE_INDEX
-
     model.eval()
     totals = torch.zeros(3, dtype=torch.float64, device=accelerator.device)  # loss sum, correct, count
     for inputs, labels in batches:
@@ -418,8 +400,6 @@ class RunFolder:
     loss needs them all); the main process alone writes and prints."""
 
     def __init__(self, args, accelerator, plan: Plan, wrapped, raw_model):
-        from model import flops_per_token
-
         self.args, self.accelerator, self.plan, self.wrapped, self.raw_model = args, accelerator, plan, wrapped, \
             raw_model  # the prepared (uncompiled) model to gather weights from; our RobertaForMaskedLM
         self.path, self.main = plan.run_dir, accelerator.is_main_process
@@ -437,7 +417,7 @@ class RunFolder:
     def start(self, state: TrainState) -> None:
         """Clear an --overwrite'n run and a crash's leftovers, record the plan, start the trackers."""
         if self.main:
-            if self.args.overwrite and self.path.is_dir():
+            if self.args.overwrite and self.path.is_dir() and own_entries(self.path, PRETRAINING_RUN):
                 kept = remove_own_outputs(self.path, PRETRAINING_RUN)
                 print(f"--overwrite: removed the earlier run{'; kept ' + ', '.join(kept) if kept else ''}")
             self.path.mkdir(parents=True, exist_ok=True)
@@ -448,13 +428,14 @@ class RunFolder:
                 self.metrics.with_name("metrics.jsonl.tmp").write_text(kept_records)
                 os.replace(self.metrics.with_name("metrics.jsonl.tmp"), self.metrics)
             self.record_plan(state)
-            (self.path / "README.md").write_text("What train.py wrote here. " + "\n\n".join(__doc__.split("\n\n")[3:5]))
+            shutil.copyfile(Path(__file__).resolve().parent / "docs" / "run_folder.md", self.path / "README.md")
         self.accelerator.wait_for_everyone()
         self.accelerator.init_trackers(self.args.wandb_project, config=vars(self.args), init_kwargs={
             "wandb": {"name": self.args.experiment_name, "dir": str(self.path)}})
         self.last_checkpoint_step, self.timer_start, self.updates_timed = state.step, time.perf_counter(), 0
         self.last_finite_step = state.step  # the latest update whose logged loss was finite
         self.loss_watch.start_from(self.records() if self.main else [])
+        self.started, self.start_step = time.perf_counter(), state.step
 
     def record_plan(self, state: TrainState) -> None:
         """Print the numbers a user checks before leaving a run going, and record them in args.json."""
@@ -497,8 +478,10 @@ class RunFolder:
         rate = self.updates_timed * self.tokens_per_update / max(time.perf_counter() - self.timer_start, 1e-9)
         record = {"step": state.step, "loss": loss, "lr": lr, "grad_norm": None if grad_norm is None else
                   float(grad_norm), "tokens_per_second": round(rate, 1), "epoch": state.epoch}
+        done, left = state.step - self.start_step, self.args.num_training_steps - state.step
         line = (f"step {state.step:>7}/{self.args.num_training_steps} | loss {readable(loss, 4)} | lr {lr:.3e} | "
-                f"grad_norm {readable(record['grad_norm'] or 0, 3)} | {rate:,.0f} tok/s")
+                f"grad_norm {readable(record['grad_norm'] or 0, 3)} | {rate:,.0f} tok/s | "
+                f"{elapsed_and_eta(time.perf_counter() - self.started, done, left)}")
         if self.peak_flops:
             record["mfu"] = rate * self.flops_per_token / (self.peak_flops * self.accelerator.num_processes)
             line += f" | mfu {100 * record['mfu']:.1f}%"
@@ -583,12 +566,10 @@ def main(argv: list[str] | None = None) -> None:
             run.save_final_model()
     except (NonFiniteLoss, CheckpointError) as error:
         accelerator.end_training()
-        print(f"error: {error}", file=sys.stderr, flush=True)
-        sys.exit(1)
+        raise ScriptExit(f"error: {error}") from None
     except KeyboardInterrupt:  # a second Ctrl-C: stop now, without saving
-        print("error: stopped by a second Ctrl-C before saving; continue from the last checkpoint with "
-              "--resume_from_checkpoint latest", file=sys.stderr, flush=True)
-        sys.exit(130)
+        raise ScriptExit("error: stopped by a second Ctrl-C before saving; continue from the last checkpoint with "
+                         "--resume_from_checkpoint latest", exit_code_for_signal(signal.SIGINT)) from None
     accelerator.end_training()
 
 

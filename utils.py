@@ -2,8 +2,10 @@
 qa.py.
 
 Sections:
-  * command line: `UsageError` and `run_cli` (bad input ends in one line `error: ...`, exit code 2), the
-    `ArgumentParser` and `HelpFormatter` of the scripts' --help, `log` (main process only), `library_versions`;
+  * command line: the exit codes, `UsageError`, `ScriptExit` and `run_cli` (an expected failure ends in one line),
+    `first_line` (an exception as a short reason), `looks_local` (a path, not a Hub id), the `ArgumentParser` and
+    `HelpFormatter` of the scripts' --help, `log` (main process only), `duration` and
+    `elapsed_and_eta` for log lines, `library_versions`;
   * tokenizer: `load_tokenizer` (a local folder or a Hub id, any failure one UsageError), `tokenizer_fingerprint`
     and `train_bpe_tokenizer` (RoBERTa's byte-level BPE trained on our own text);
   * Weights & Biases: `wandb_offline_unless_logged_in`;
@@ -13,12 +15,18 @@ Sections:
 from __future__ import annotations
 
 import argparse
+import hashlib
+import importlib.metadata
+import importlib.util
 import json
+import netrc
 import os
 import sys
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # ids 0..4, as in RoBERTa's vocabulary
 BPE_MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS)  # a byte-level BPE holds every byte, then the special tokens
@@ -30,21 +38,58 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer_config.json")  # a
 # ----------------------------------------------------------------------------------------------------------------
 
 
+# Exit codes, the same for every script: 0 done; EXIT_FAILED when a run stops on a problem that is not a bug (a
+# non-finite loss, unreadable checkpoints, a full disk); EXIT_USAGE for bad usage or input (nothing written);
+# 128 + N when signal N stopped it (130 Ctrl-C, 143 SIGTERM), as a shell reports it. A traceback (exit 1) is a bug.
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+def exit_code_for_signal(signum: int) -> int:
+    return 128 + int(signum)
+
+
 class UsageError(Exception):
-    """A problem with what the user asked for. Printed as one line, without a traceback; exit code 2."""
+    """A problem with what the user asked for. Printed as one line `error: ...`, without a traceback; EXIT_USAGE."""
+
+
+class ScriptExit(Exception):
+    """An expected end of a script other than bad usage: `message` (one line) on stderr, then exit `code`."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILED):
+        super().__init__(message)
+        self.code = code
 
 
 def run_cli(main: Callable[[], object]) -> None:
-    """Run a script's `main`, turning a `UsageError` into `error: <message>` on stderr and exit code 2, and a
-    Ctrl-C the script does not handle itself (while starting up) into one line and exit code 130."""
+    """Run a script's `main` under the exit policy above: UsageError is `error: <message>` and EXIT_USAGE,
+    ScriptExit its message and its code, a Ctrl-C the script does not handle itself (while it starts up) one line
+    and 130; anything else is a bug and keeps its traceback."""
     try:
         main()
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(EXIT_USAGE)
+    except ScriptExit as end:
+        print(end, file=sys.stderr, flush=True)
+        sys.exit(end.code)
     except KeyboardInterrupt:
         print("error: stopped by Ctrl-C", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(exit_code_for_signal(2))  # SIGINT
+
+
+def first_line(error: BaseException, limit: int = 200) -> str:
+    """An exception as a short reason inside a message: the first line of its text, at most `limit` characters,
+    or its type's name when it has no text."""
+    lines = str(error).strip().splitlines()
+    return lines[0][:limit] if lines else type(error).__name__
+
+
+def looks_local(name: str | os.PathLike) -> bool:
+    """Whether a name means a local path rather than a Hub id (`name` or `owner/name`): it exists, starts with ".",
+    "/" or "~", or has more than one "/"."""
+    text = str(name)
+    return Path(text).expanduser().exists() or text.startswith((".", "/", "~")) or text.count("/") > 1
 
 
 def is_main_process() -> bool:
@@ -98,15 +143,28 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
+def duration(seconds: float) -> str:
+    """A duration for a log line: 42s, 6m05s, 2h07m."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def elapsed_and_eta(elapsed: float, done: int, remaining: int) -> str:
+    """`1m05s, ETA 9m06s`: the time the `done` steps took, and the `remaining` steps at that pace."""
+    return f"{duration(elapsed)}, ETA {duration(elapsed / max(done, 1) * remaining)}"
+
+
 def library_versions() -> dict[str, str]:
     """Versions of the libraries a run depends on, for the record written beside its outputs."""
-    import importlib.metadata as md
-
     versions = {"python": sys.version.split()[0]}
     for name in ["torch", "transformers", "datasets", "accelerate", "tokenizers"]:
         try:
-            versions[name] = md.version(name)
-        except md.PackageNotFoundError:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
             versions[name] = "not installed"
     return versions
 
@@ -119,16 +177,15 @@ def library_versions() -> dict[str, str]:
 def load_tokenizer(name_or_path: str | os.PathLike, *, flag: str, cache_dir: str | None = None):
     """The tokenizer in a local folder or of a Hub id; any failure is one UsageError naming `flag` and the value.
 
-    The one tokenizer loader of the three scripts. A folder must hold tokenizer files: from a model folder without
-    them, transformers would quietly build a tokenizer of special tokens only, and all that follows would run on
-    garbage. Callers check what their task needs on top (a <mask> token, a fast tokenizer with offsets)."""
+    A folder must hold tokenizer files: from a model folder without them, transformers would quietly build a
+    tokenizer of special tokens only, and all that follows would run on garbage. Callers check what their task
+    needs on top (a <mask> token, a fast tokenizer with offsets)."""
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     name = str(name_or_path)
     folder = Path(name).expanduser()
-    looks_local = folder.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1
-    if looks_local and not folder.is_dir():
+    if looks_local(name) and not folder.is_dir():
         raise UsageError(f"{flag} {name} is not a folder: give a tokenizer folder or a Hub id")
     if folder.is_dir() and not any((folder / f).is_file() for f in TOKENIZER_FILES):
         raise UsageError(f"{flag} {name} holds no tokenizer ({' or '.join(TOKENIZER_FILES)}): save the tokenizer "
@@ -138,7 +195,7 @@ def load_tokenizer(name_or_path: str | os.PathLike, *, flag: str, cache_dir: str
     try:
         return AutoTokenizer.from_pretrained(str(folder) if folder.is_dir() else name, cache_dir=cache_dir)
     except Exception as error:  # OSError, ValueError, HTTP errors...: all mean "cannot use this name"
-        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        reason = first_line(error)
         where = "the folder's tokenizer files could not be read" if folder.is_dir() else (
             "not a reachable Hub id; check the name and the network, or give a local tokenizer folder")
         raise UsageError(f"{flag} {name}: {where} ({reason})") from None
@@ -151,8 +208,6 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
     Recorded in a store's prepare_data.json so that training with another tokenizer than the one that made the
     store's ids is refused. Independent of how the tokenizer was loaded (max length, padding side...)."""
-    import hashlib
-
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
         model = json.loads(backend.to_str())["model"]
@@ -230,9 +285,6 @@ def wandb_logged_in() -> bool:
     """Whether wandb will find credentials: WANDB_API_KEY, an identity token file, or the .netrc entry that `wandb
     login` writes (for WANDB_BASE_URL's host, else a W&B host). Read without importing wandb: wandb caches its
     settings at first use, so asking wandb itself would fix its mode before WANDB_MODE=offline could be set."""
-    import netrc
-    from urllib.parse import urlsplit
-
     if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
         return True
     path = Path(os.environ.get("NETRC") or "~/.netrc").expanduser()
@@ -249,8 +301,6 @@ def wandb_offline_unless_logged_in() -> str | None:
     """Weights & Biases without a login logs offline instead of stopping the run at a login prompt or at its first
     upload; a WANDB_MODE the user set is left alone. Returns the note to print when it switched to offline; raises
     UsageError when wandb is not installed."""
-    import importlib.util
-
     if importlib.util.find_spec("wandb") is None:
         raise UsageError("logging to Weights & Biases needs the wandb package: pip install wandb")
     if os.environ.get("WANDB_MODE") or wandb_logged_in():
@@ -364,8 +414,6 @@ def matmul_flops_per_second(device, dtype, size: int = 8192, repeats: int = 10) 
     """The measured rate of `size` x `size` matrix multiplies in `dtype` on `device`: the denominator of MFU (for
     train.py and the benchmarks alike). Three untimed products first; random operands from a private generator,
     so that no other random stream moves."""
-    import time
-
     import torch
 
     device = torch.device(device)

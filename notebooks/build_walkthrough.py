@@ -6,7 +6,8 @@
 
 The notebook is the source of truth for readers; this script is the source of truth for edits, so that a change
 is reviewed as Python text and the committed outputs always come from one clean top-to-bottom run. The public
-repository's name is set in one place, REPOSITORY below: the Colab badge and the setup cell's clone URL use it.
+repository's name is set in one place, REPOSITORY below: the Colab badge and the setup cell's clone step are made from
+it, and left out while it is the placeholder.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import nbformat
 # the notebook's Open-in-Colab badge and the clone URL of its setup cell are both made from it.
 REPOSITORY = "OWNER/REPO"
 BRANCH = "main"  # the branch whose notebook the Colab badge opens
+PUBLISHED = REPOSITORY != "OWNER/REPO"  # without a real repository: no badge, no clone step (no placeholder link)
 
 HERE = Path(__file__).resolve().parent
 NOTEBOOK = HERE / "roberta_walkthrough.ipynb"
@@ -42,16 +44,23 @@ def code(source: str) -> None:
 # The notebook
 # ----------------------------------------------------------------------------------------------------------------
 
+BADGE = f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({COLAB_URL})\n\n" \
+    if PUBLISHED else ""
+
 md(f"""
 # RoBERTa from scratch, in a few minutes on a CPU
 
-[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({COLAB_URL})
-
-This notebook walks through masked-language-model pretraining as RoBERTa does it, with the code of this
+{BADGE}This notebook walks through masked-language-model pretraining as RoBERTa does it, with the code of this
 repository (`model.py`, `utils.py`, `batches.py`, `qa.py`), and trains a tiny model to fill in blanks, on the CPU,
 in a few minutes.
 It runs offline: the text is the built-in demo world (`demo_world.py`, encyclopedia articles about a fictional
 country), or any text file you point it at.
+
+**Running it locally**, from a clone with the packages of `requirements.txt` and Jupyter (`pip install jupyterlab`):
+`jupyter lab notebooks/roberta_walkthrough.ipynb`, then Run → Run All Cells (close it without saving, or
+`git checkout notebooks/roberta_walkthrough.ipynb` afterwards, to keep the committed outputs). To run it top to
+bottom without opening it, and without touching the committed file: `jupyter nbconvert --to notebook --execute
+notebooks/roberta_walkthrough.ipynb --output-dir /tmp` (the executed copy is `/tmp/roberta_walkthrough.ipynb`).
 
 **What RoBERTa changed from BERT** (Liu et al. 2019, [arXiv:1907.11692](https://arxiv.org/abs/1907.11692)):
 the architecture is BERT's; the recipe is not.
@@ -72,28 +81,40 @@ to answer questions about paragraphs it has never seen, as SQuAD asks, and compa
 model that was not pretrained.
 """)
 
+if PUBLISHED:  # the setup cell fetches the repository where the notebook runs alone (Colab opens it so)
+    SETUP_INTRO = "# Setup. Where this notebook runs without the repository around it (Colab opens it alone), clone it;"
+    CLONE_SETTINGS = (f'REPO_URL = "{REPO_URL}"  # set by REPOSITORY in notebooks/build_walkthrough.py\n'
+                      'CLONE_DIR = Path(REPO_URL.rsplit("/", 1)[-1])\n')
+    CLONE_IMPORT = "import subprocess\n"
+    CANDIDATES = "[Path.cwd(), *Path.cwd().parents, CLONE_DIR]"
+    WHERE = "here or above (the notebook lives in notebooks/), or an earlier clone"
+    NO_ROOT = '''    subprocess.run(["git", "clone", "--quiet", "--depth", "1", REPO_URL, str(CLONE_DIR)], check=True)
+    ROOT = CLONE_DIR.resolve()'''
+else:  # a copy that names no repository runs inside a clone only
+    SETUP_INTRO, CLONE_IMPORT, CLONE_SETTINGS = "# Setup. Run this notebook inside a clone of the repository;", "", ""
+    CANDIDATES = "[Path.cwd(), *Path.cwd().parents]"
+    WHERE = "here or above (the notebook lives in notebooks/)"
+    NO_ROOT = '''    raise SystemExit("run this notebook inside a clone of the repository (its root or notebooks/)")'''
+
 code(f'''
-# Setup. Where this notebook runs without the repository around it (Colab opens it alone), fetch the repository;
+{SETUP_INTRO}
 # install only what the notebook imports and is missing (nothing where all is present); make `import model` work.
 import importlib.metadata
 import importlib.util
 import shlex
-import subprocess
-import sys
+{CLONE_IMPORT}import sys
 from pathlib import Path
 
-REPO_URL = "{REPO_URL}"  # set by REPOSITORY in notebooks/build_walkthrough.py
-CLONE_DIR = Path(REPO_URL.rsplit("/", 1)[-1])
-# What the notebook imports, module -> pip specification (numpy and pyarrow: qa.py's SQuAD post-processing). Colab has
-# them all, perhaps with a transformers older than 5. The training scripts also need datasets, accelerate, evaluate
-# and wandb (requirements.txt); this notebook does not, and installing them could clash with Colab's own versions.
+{CLONE_SETTINGS}# What the notebook imports, module -> pip specification (numpy, pyarrow: qa.py's SQuAD post-processing)
+# Colab has them all, perhaps with a transformers older than 5. The training scripts also need datasets, accelerate,
+# evaluate and wandb (requirements.txt); this notebook does not, and installing them could clash with Colab's.
 REQUIREMENTS = {{"torch": "torch", "transformers": "transformers>=5", "tokenizers": "tokenizers", "numpy": "numpy",
                 "pyarrow": "pyarrow", "matplotlib": "matplotlib"}}
 
 
 def find_repo_root() -> Path | None:
-    \"\"\"The folder holding model.py: here or above (the notebook lives in notebooks/), or an earlier clone.\"\"\"
-    candidates = [Path.cwd(), *Path.cwd().parents, CLONE_DIR]
+    \"\"\"The folder holding model.py: {WHERE}.\"\"\"
+    candidates = {CANDIDATES}
     return next((folder.resolve() for folder in candidates if (folder / "model.py").is_file()), None)
 
 
@@ -107,11 +128,7 @@ def missing_requirements() -> list[str]:
 
 ROOT = find_repo_root()
 if ROOT is None:
-    if REPO_URL.endswith("/OWNER/REPO"):
-        raise SystemExit("this copy of the notebook does not name its repository: set REPOSITORY in "
-                         "notebooks/build_walkthrough.py and rebuild it, or run it inside a clone")
-    subprocess.run(["git", "clone", "--quiet", "--depth", "1", REPO_URL, str(CLONE_DIR)], check=True)
-    ROOT = CLONE_DIR.resolve()
+{NO_ROOT}
 if missing_requirements():
     print("installing:", ", ".join(missing_requirements()))
     packages = " ".join(shlex.quote(spec) for spec in missing_requirements())  # quoted: ">=" is a shell redirection
@@ -934,7 +951,7 @@ md("""
 * `finetune_roberta_qa.py`: section 8 at scale, with transformers' Trainer: SQuAD 1.1 or 2.0 (or the demo world's
   questions), from a `train.py` checkpoint, published weights or random initialisation, scored by exact match and
   F1 (roberta-base: about 86 / 92 on SQuAD 1.1).
-* `make demo` runs all three on the demo world, offline, in about a quarter of an hour on a laptop CPU, with a
+* `make demo` runs all three on the demo world, offline, in about 7 to 8 minutes on a 2-core CPU, with a
   longer pretraining and fine-tuning than here; the README has the commands for a real roberta-base run.
 """)
 
@@ -980,8 +997,8 @@ def main() -> None:
     nbformat.write(notebook, NOTEBOOK)
     print(f"wrote {NOTEBOOK} ({NOTEBOOK.stat().st_size / 1024:.0f} KiB)")
     if REPOSITORY == "OWNER/REPO":
-        print("note: REPOSITORY (top of this script) is still the placeholder OWNER/REPO: the notebook's Colab badge "
-              "and its clone step will not work until it names the public GitHub repository")
+        print("note: REPOSITORY (top of this script) is still the placeholder OWNER/REPO, so the notebook has no Colab "
+              "badge and no clone step: it runs inside a clone only")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import pytest
 from conftest import hold_lock_in_another_process
 
 import corpora
+import fault_injection
 import folders
 import prepare_data
 import store as store_module
@@ -724,8 +725,10 @@ def test_help_gives_every_flag_its_default_and_the_whole_description():
         assert help_text in text, action.dest
         expected = "(required)" if action.required else f"(default: {action.default})"
         assert help_text.endswith(expected), (action.dest, help_text)
-    for paragraph in ["Packing:", "FULL-SENTENCES", "DOC-SENTENCES", "Exit codes:", "--huggingface_cache_dir DIR"]:
+    for paragraph in ["whatever token", "FULL-SENTENCES", "DOC-SENTENCES", "Exit codes:", "docs/prepare_data.md"]:
         assert paragraph in text
+    reference = (ROOT / "docs" / "prepare_data.md").read_text()  # what --help leaves to the reference page
+    assert all(words in reference for words in ["## Packing", "## The store", "--huggingface_cache_dir DIR"])
     assert "not a percentage: 0.005 holds out 0.5%" in text and "~15 GB download" in text
     assert text.count("python prepare_data.py") >= 7  # the examples and the epilog's commands
 
@@ -830,7 +833,7 @@ def start_slow_prepare(store: Path, tiny_tokenizer_dir: Path) -> subprocess.Pope
                "--hf_model_name", str(tiny_tokenizer_dir), "--context_length", "29", "--num_workers", "2",
                "--path_to_data_store", str(store)]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, store_module.SLOW_TOKENIZING_ENV: "1"})
+                               env={**os.environ, fault_injection.SLOW_TOKENIZING_ENV: "1"})
     for line in process.stdout:
         if "tokenizing with 2 worker(s)" in line:
             break

@@ -1,0 +1,55 @@
+"""Faults that the subprocess tests (and benchmarks/gpu_check.py) inject into a real run through the environment.
+
+Each variable is read once, when this module is imported (before the run starts; forked workers inherit the
+values), so that no loop of the product reads the environment. Unset, as in normal use, every fault is off.
+
+    TRAIN_TEST_SIGNAL_AT_STEP="N:KILL|TERM|INT"  train.py: the process signals itself after update N
+    TRAIN_TEST_DISK_FULL_AT_STEP=N               train.py: the checkpoint of update N fails as a full disk does
+    PREPARE_DATA_TEST_SECONDS_PER_BATCH=S        prepare_data.py: each tokenising task takes S seconds longer
+
+In-process tests patch functions with `monkeypatch` instead.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+from collections.abc import Callable
+
+SIGNAL_AT_STEP_ENV = "TRAIN_TEST_SIGNAL_AT_STEP"
+DISK_FULL_AT_STEP_ENV = "TRAIN_TEST_DISK_FULL_AT_STEP"
+SLOW_TOKENIZING_ENV = "PREPARE_DATA_TEST_SECONDS_PER_BATCH"
+
+
+def _signal_at_step(spec: str | None) -> tuple[int, signal.Signals] | None:
+    if not spec:
+        return None
+    step, name = spec.split(":")
+    return int(step), signal.Signals["SIG" + name]
+
+
+SIGNAL_AT_STEP = _signal_at_step(os.environ.get(SIGNAL_AT_STEP_ENV))
+DISK_FULL_AT_STEP = int(os.environ[DISK_FULL_AT_STEP_ENV]) if os.environ.get(DISK_FULL_AT_STEP_ENV) else None
+TOKENIZING_DELAY_S = float(os.environ.get(SLOW_TOKENIZING_ENV) or 0)
+
+
+def with_signal_at_step(requested: Callable[[int], bool]) -> Callable[[int], bool]:
+    """`requested(step)` as it is, or, with TRAIN_TEST_SIGNAL_AT_STEP set, one that first signals this process
+    after update N (so that the stop request is seen exactly where a real signal would be)."""
+    if SIGNAL_AT_STEP is None:
+        return requested
+    at_step, signum = SIGNAL_AT_STEP
+
+    def signal_then_ask(step: int) -> bool:
+        if step == at_step:
+            os.kill(os.getpid(), signum)
+        return requested(step)
+
+    return signal_then_ask
+
+
+def check_disk_full(step: int) -> None:
+    """With TRAIN_TEST_DISK_FULL_AT_STEP=N, the checkpoint of update N fails as a full disk does."""
+    if step == DISK_FULL_AT_STEP:
+        raise OSError(errno.ENOSPC, f"No space left on device ({DISK_FULL_AT_STEP_ENV})")
