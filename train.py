@@ -445,8 +445,8 @@ class RunFolder:
             "wandb": {"name": self.args.experiment_name, "dir": str(self.path)}})
         self.last_checkpoint_step, self.timer_start, self.updates_timed = state.step, time.perf_counter(), 0
         self.last_finite_step = state.step  # the latest update whose logged loss was finite
-        self.started, self.start_step = time.perf_counter(), state.step
         self.loss_watch.start_from(self.records() if self.main else [])
+        self.started, self.start_step = time.perf_counter(), state.step
 
     def record_plan(self, state: TrainState) -> None:
         """Print the numbers a user checks before leaving a run going, and record them in args.json."""

@@ -63,7 +63,7 @@ class ScriptExit(Exception):
 
 def run_cli(main: Callable[[], object]) -> None:
     """Run a script's `main` under the exit policy above: UsageError is `error: <message>` and EXIT_USAGE,
-    ScriptExit its message and its code, a Ctrl-C the script does not handle itself (while starting up) one line
+    ScriptExit its message and its code, a Ctrl-C the script does not handle itself (while it starts up) one line
     and 130; anything else is a bug and keeps its traceback."""
     try:
         main()
@@ -75,7 +75,7 @@ def run_cli(main: Callable[[], object]) -> None:
         sys.exit(end.code)
     except KeyboardInterrupt:
         print("error: stopped by Ctrl-C", file=sys.stderr)
-        sys.exit(128 + 2)  # SIGINT
+        sys.exit(exit_code_for_signal(2))  # SIGINT
 
 
 def first_line(error: BaseException, limit: int = 200) -> str:
