@@ -5,8 +5,9 @@ for 18 tokens) saved by transformers itself with the session's tiny tokenizer; t
 tokenizer by prepare_data.py. A stand-in Hub cache (HF_HUB_CACHE with one snapshot) gives the Hub-id path offline.
 Checks in process (fast): the architecture, tokenizer, length and head refusals, the flags taken from the
 checkpoint. Runs through the real command line (slow): the step-0 evaluation is transformers' own loss, a short
-run lowers it, the final model loads in transformers, provenance is recorded, resume after SIGKILL is exact, and
-finetune_roberta_qa.py accepts the result.
+run lowers it, the final model loads in transformers, provenance is recorded, resume after SIGKILL is exact,
+finetune_roberta_qa.py accepts the result, and under accelerate's FSDP2 preparation with meta-device loading the
+weights that train are the loaded ones.
 """
 
 import hashlib
@@ -273,3 +274,18 @@ def test_finetuning_accepts_a_continued_final_model(continued):
     embeddings = "roberta.embeddings.word_embeddings.weight"
     assert torch.equal(model.state_dict()[embeddings], saved[embeddings])
     assert config.hidden_size == 48 and provenance["weights"] == str(run / "final_model")
+
+
+@pytest.mark.slow
+def test_under_fsdp2_meta_device_loading_the_loaded_weights_are_what_trains(store, published, tmp_path):
+    """accelerate's own FSDP2 preparation (cpu_ram_efficient_loading) in two gloo processes, through train.setup;
+    only rank 0 loads the checkpoint, rank 1 starts from random weights (tests/init_from_fsdp_worker.py)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29537",
+               str(ROOT / "tests" / "init_from_fsdp_worker.py"), str(published), str(store), str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    reports = [json.loads((tmp_path / f"report_{rank}.json").read_text()) for rank in (0, 1)]
+    assert all(r["fsdp2"] for r in reports) and reports[1]["random_before_prepare"]
+    names = load_file(published / "model.safetensors").keys()
+    assert all(not r["different"] and sorted(r["equal"]) == sorted(names) for r in reports), reports
