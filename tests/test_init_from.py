@@ -289,3 +289,20 @@ def test_under_fsdp2_meta_device_loading_the_loaded_weights_are_what_trains(stor
     assert all(r["fsdp2"] for r in reports) and reports[1]["random_before_prepare"]
     names = load_file(published / "model.safetensors").keys()
     assert all(not r["different"] and sorted(r["equal"]) == sorted(names) for r in reports), reports
+
+
+@pytest.mark.slow
+def test_two_processes_start_from_the_same_loaded_weights(store, published, continued, tmp_path):
+    from test_train import LAUNCH_2_PROCESSES
+
+    command = [*LAUNCH_2_PROCESSES, str(ROOT / "train.py"), "--path_to_prepped_data", str(store), "--working_directory",
+               str(tmp_path), "--experiment_name", "ddp", *RUN, "--init_from", str(published),
+               "--num_training_steps", "2", "--num_warmup_steps", "1", "--evaluation_interval", "2"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"})
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    assert "processes: 2 on cpu (DDP on CPU (gloo))" in result.stdout
+    # The step-0 evaluation over both processes is the single-process one: the same checkpoint, the same masks.
+    single, ddp = metrics(continued[0])[0], metrics(tmp_path / "ddp")[0]
+    assert ddp["step"] == 0 and ddp["eval_tokens"] == single["eval_tokens"]
+    assert ddp["eval_loss"] == pytest.approx(single["eval_loss"], rel=1e-5)
