@@ -60,7 +60,7 @@ class TrainState:
 
 
 MUST_MATCH_ON_RESUME = ["context_length", "seed", "num_transformer_blocks", "embedding_dimension",
-                        "num_attention_heads", "mlp_ratio", "layer_norm_eps"]
+                        "num_attention_heads", "mlp_ratio", "layer_norm_eps", "init_from"]
 NOT_COMPARED_ON_RESUME = {"resume_from_checkpoint", "overwrite", "store_fingerprint"}
 
 

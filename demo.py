@@ -6,7 +6,9 @@
 3. the pretrained model fills in blanks about the world through transformers' own fill-mask pipeline;
 4. finetune_roberta_qa.py fine-tunes extractive QA on questions about held-out articles of the same world,
    once from the pretrained backbone and once from random initialisation, with the same budget;
-5. both results are printed side by side, with the pretraining curves plotted to a PNG.
+5. both results are printed side by side, with the pretraining curves plotted to a PNG;
+6. the pretrained model is continued on text it has never read (`train.py --init_from`, as one continues a published
+   model on a domain's text): the encyclopedia of another world, whose held-out loss falls from the model's own.
 
 Every step runs the real command line, printed before it runs, so each can be copied and changed.
 """
@@ -31,6 +33,7 @@ ROOT = Path(__file__).resolve().parent
 CONTEXT_LENGTH = "64"
 MODEL_FLAGS = ["--num_transformer_blocks", "4", "--embedding_dimension", "128", "--num_attention_heads", "4",
                "--mlp_ratio", "4", "--hidden_dropout_p", "0", "--attention_dropout_p", "0"]
+NEW_WORLD_SEED = 1  # the world the demo's model continues on: demo_world's seed 0 is the one it was pretrained on
 FILL_MASK_SENTENCES = [  # in the style of the demo world's articles
     "Draius Manuthett was a painter from Theiciaia, born in 1617 and <mask> in 1707.",
     "Draius Manuthett died in 1707. His wife was Beimwen Tiaard, whom he <mask> in 1637.",
@@ -48,6 +51,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--qa_train_samples", type=int, default=2000,
                    help="questions to fine-tune on: pretraining helps most where labelled data is scarce")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--continued_steps", type=int, default=300,
+                   help="updates of continued pretraining on another world's text (0: skip that step)")
+    p.add_argument("--continued_documents", type=int, default=2000, help="articles of that world to read")
     return p.parse_args()
 
 
@@ -100,6 +106,27 @@ def finetune(args, backbone: str, pretrained_dir: Path) -> float:
         "--seed", str(args.seed), "--overwrite"])
 
 
+def continue_pretraining(args, pretrained_dir: Path) -> float:
+    """Another world's articles (new names, new facts, the same kind of prose), tokenized with the pretrained model's
+    own tokenizer, then more masked-LM updates of that model: train.py --init_from."""
+    from demo_world import generate_documents
+
+    text, store = args.output_dir / "new_world.txt", args.output_dir / "data_new_world"
+    text.write_text("\n\n".join(generate_documents(seed=NEW_WORLD_SEED, num_documents=args.continued_documents)))
+    seconds = run("tokenize another world's text with the pretrained model's tokenizer", [
+        sys.executable, "prepare_data.py", "--text_files", str(text), "--hf_model_name", str(pretrained_dir),
+        "--context_length", CONTEXT_LENGTH, "--test_split_pct", "0.05", "--path_to_data_store", str(store),
+        "--overwrite"])
+    steps = args.continued_steps
+    return seconds + run("continue pretraining the pretrained model on that text (train.py --init_from)", [
+        sys.executable, "train.py", "--init_from", str(pretrained_dir), "--experiment_name", "continued",
+        "--working_directory", str(args.output_dir), "--path_to_prepped_data", str(store), "--context_length",
+        CONTEXT_LENGTH, "--per_gpu_batch_size", "16", "--num_training_steps", str(steps), "--num_warmup_steps",
+        str(max(steps * 6 // 100, 1)), "--learning_rate", "5e-4", "--evaluation_interval", str(max(steps // 3, 1)),
+        "--checkpoint_interval", str(steps), "--logging_steps", str(max(steps // 6, 1)), "--max_eval_batches", "20",
+        "--seed", str(args.seed), "--overwrite"])
+
+
 def summary(args, timings: dict[str, float]) -> None:
     results = {b: json.loads((args.output_dir / f"qa_{b}" / "eval_results.json").read_text())
                for b in ("pretrained", "random")}
@@ -108,6 +135,13 @@ def summary(args, timings: dict[str, float]) -> None:
     for backbone, label in (("pretrained", "pretrained by train.py"), ("random", "random initialisation")):
         r = results[backbone]
         print(f"{label:28s} {r['exact_match']:12.1f} {r['f1']:8.1f}")
+    if args.continued_steps:
+        records = map(json.loads, (args.output_dir / "continued" / "metrics.jsonl").read_text().splitlines())
+        evals = [r for r in records if "eval_loss" in r]
+        print("\n=== continued pretraining on another world's text (its held-out masked tokens)")
+        print(f"{'model':28s} {'loss':>8s} {'accuracy':>9s}")
+        for label, r in (("pretrained (step 0)", evals[0]), (f"continued {evals[-1]['step']} updates", evals[-1])):
+            print(f"{label:28s} {r['eval_loss']:8.2f} {100 * r['eval_accuracy']:8.1f}%")
     print("\ntime per step: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in timings.items()))
     print(f"pretraining curves: {args.output_dir / 'pretrain'}/*.png; everything else under {args.output_dir}/")
 
@@ -120,6 +154,8 @@ def main() -> None:
     fill_mask(pretrained_dir)
     for backbone in ("pretrained", "random"):
         timings[f"qa {backbone}"] = finetune(args, backbone, pretrained_dir)
+    if args.continued_steps:
+        timings["continued"] = continue_pretraining(args, pretrained_dir)
     summary(args, timings)
 
 

@@ -71,6 +71,9 @@ class RobertaConfig:
     pad_token_id: int = 1
     bos_token_id: int = 0
     eos_token_id: int = 2
+    # Not architecture: where the weights started from (train.py --init_from: id or path, revision, checksum, and the
+    # earlier one's own record), so that a model folder says what it was continued from. Saved only when set.
+    init_from: dict | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -106,8 +109,9 @@ class RobertaConfig:
 
     def to_dict(self) -> dict:
         """A transformers `config.json` dictionary (`model_type: roberta`)."""
+        fields = {k: v for k, v in asdict(self).items() if not (k == "init_from" and v is None)}
         return {"model_type": "roberta", "hidden_act": "gelu", "position_embedding_type": "absolute",
-                "tie_word_embeddings": True, **asdict(self)}
+                "tie_word_embeddings": True, **fields}
 
     @classmethod
     def from_dict(cls, config: dict, **overrides) -> RobertaConfig:

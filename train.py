@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 import checkpoints as ckpt
 import distributed
+import init_from
 from batches import MASK, derived_seed, eval_batches, mask_tokens, max_predictions_per_seq, train_batches
 from checkpoints import CheckpointError, TrainState
 from distributed import StopSignal, check_launch, describe, is_sharded, prepare_model_and_optimizer
@@ -107,6 +108,9 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--num_workers", type=int, default=4,
                    help="DataLoader workers per process (capped at the spare cores; 0: load in-process)")
     g = p.add_argument_group("model (roberta-base by default)")
+    g.add_argument("--init_from", default=None, metavar="NAME_OR_PATH",
+                   help="continue pretraining a model: a Hub id, a transformers folder or a final_model/ (architecture "
+                        "and weights from there; the store must be made with its tokenizer)")
     g.add_argument("--num_transformer_blocks", type=int, default=12, help="encoder layers")
     g.add_argument("--num_attention_heads", type=int, default=12, help="attention heads per layer")
     g.add_argument("--embedding_dimension", type=int, default=768, help="hidden size")
@@ -193,9 +197,10 @@ class Plan:
     resume: Path | None  # the verified checkpoint to continue from
     changes: list[str]  # flags that differ from the resumed checkpoint's
     locks: list[FolderLock]
+    init_folder: Path | None = None  # the local folder of --init_from
 
 
-def validate(args: argparse.Namespace) -> Plan:
+def validate(args: argparse.Namespace, argv: list[str] | None = None) -> Plan:
     """Check every argument and input; raise UsageError (one line) at the first problem. Builds no model, and
     makes the lock files only once every check has passed."""
     check_arguments(args)
@@ -203,19 +208,19 @@ def validate(args: argparse.Namespace) -> Plan:
     run_dir = Path(args.working_directory) / args.experiment_name
     if is_main_process():
         check_in_use(run_dir, f"the run folder {run_dir}")  # "in use" before anything else, without a lock file
-    plan = checked_plan(args, run_dir)
+    plan = checked_plan(args, run_dir, argv)
     if is_main_process():  # held by the main process for the life of the run; the store's shared with other readers
         plan.locks = FolderLock.acquire_all([FolderLock(run_dir, flag=f"the run folder {run_dir}"), FolderLock(
             args.path_to_prepped_data, flag=f"--path_to_prepped_data {args.path_to_prepped_data}", shared=True)])
     return plan
 
 
-def checked_plan(args: argparse.Namespace, run_dir: Path) -> Plan:
+def checked_plan(args: argparse.Namespace, run_dir: Path, argv: list[str] | None) -> Plan:
     """validate's checks, in order."""
     check_output_folder(run_dir, PRETRAINING_RUN, flag=f"the run folder {run_dir}", overwrite=args.overwrite,
                         resuming=args.resume_from_checkpoint is not None,
                         inputs={"--path_to_prepped_data": args.path_to_prepped_data,
-                                "--hf_model_name": args.hf_model_name})
+                                "--hf_model_name": args.hf_model_name, "--init_from": args.init_from})
     data, record = open_store(args.path_to_prepped_data, context_length=args.context_length)
     tokenizer = tokenizer_from_store(args.path_to_prepped_data, record, args.hf_model_name)
     if (Path(args.path_to_prepped_data) / STORE_TOKENIZER_DIR).is_dir() and is_main_process() and \
@@ -223,7 +228,11 @@ def checked_plan(args: argparse.Namespace, run_dir: Path) -> Plan:
         print(f"note: --hf_model_name {args.hf_model_name} is not used: the store has its own tokenizer/", flush=True)
     if tokenizer.mask_token_id is None or tokenizer.pad_token_id is None:
         raise UsageError("the store's tokenizer has no <mask> or <pad> token; masked LM needs both")
-    config = model_config(args, tokenizer)
+    if args.init_from:  # the architecture and weights of a published model: checked in init_from.py
+        given = init_from.given_flags(build_parser(), argv)
+        config, init_folder = init_from.checkpoint_config(args, given, tokenizer, record)
+    else:
+        config, init_folder = model_config(args, tokenizer), None
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if len(data["train"]) < args.per_gpu_batch_size * world_size:
         raise UsageError(f"the train split has {len(data['train'])} blocks, fewer than one global batch of "
@@ -234,7 +243,7 @@ def checked_plan(args: argparse.Namespace, run_dir: Path) -> Plan:
     # The main process alone chooses and verifies the checkpoint; main() hands its choice to the others.
     resume = ckpt.resolve_resume(args.resume_from_checkpoint, run_dir / "checkpoints") if is_main_process() else None
     changes = ckpt.check_resume(resume, vars(args), config.to_dict(), fingerprint, world_size) if resume else []
-    return Plan(run_dir, data, fingerprint, tokenizer, config, resume, changes, [])
+    return Plan(run_dir, data, fingerprint, tokenizer, config, resume, changes, [], init_folder)
 
 
 def model_config(args: argparse.Namespace, tokenizer):
@@ -268,7 +277,8 @@ def setup(args: argparse.Namespace, plan: Plan, accelerator):
     from accelerate.utils import set_seed
 
     set_seed(args.seed)  # the same initial weights on every process
-    raw_model = RobertaForMaskedLM(plan.config)
+    raw_model = RobertaForMaskedLM(plan.config) if plan.init_folder is None or plan.resume else \
+        init_from.load_model(plan.init_folder, plan.config)  # before prepare: what FSDP broadcasts from rank 0
     if args.compile:  # each layer and the MLM loss compiled in place: one layer's compile time, no renamed weights
         compile_regions(raw_model, fullgraph=not is_sharded(accelerator))
     wrapped, optimizer = prepare_model_and_optimizer(
@@ -440,6 +450,8 @@ class RunFolder:
                 os.replace(self.metrics.with_name("metrics.jsonl.tmp"), self.metrics)
             self.record_plan(state)
             shutil.copyfile(Path(__file__).resolve().parent / "docs" / "run_folder.md", self.path / "README.md")
+            if self.plan.config.init_from:  # what the weights were continued from
+                init_from.add_to_readme(self.path / "README.md", self.plan.config.init_from)
         self.accelerator.wait_for_everyone()
         self.accelerator.init_trackers(self.args.wandb_project, config=vars(self.args), init_kwargs={
             "wandb": {"name": self.args.experiment_name, "dir": str(self.path)}})
@@ -464,7 +476,8 @@ class RunFolder:
                      f"{acc.num_processes} processes = global batch size {global_batch}",
             "tokens": f"{self.tokens_per_update:,} per update; {planned:,} planned over {args.num_training_steps:,} "
                       f"updates ({planned / train_tokens:.2f} epochs of {train_tokens:,} training tokens)",
-            "start": f"resumed from {self.plan.resume} at step {state.step}" if self.plan.resume else "from scratch",
+            "start": f"resumed from {self.plan.resume} at step {state.step}" if self.plan.resume else
+                     init_from.describe(c.init_from) if c.init_from else "from scratch",
             "run folder": str(self.path)}
         print("\n".join(f"{k:>10}: {v}" for k, v in summary.items()), flush=True)
         for change in self.plan.changes:
@@ -476,6 +489,8 @@ class RunFolder:
             Path(args.path_to_prepped_data) / STORE_TOKENIZER_DIR).is_dir() else {}
         if not args.log_wandb:
             not_used["wandb_project"] = "no --log_wandb"
+        if args.init_from:
+            not_used["initializer_range"] = "the weights came from --init_from"
         write_json(self.path / "args.json", {"args": vars(args), "not_used": not_used, "summary": summary,
                                              "global_batch_size": global_batch, "model_config": c.to_dict(),
                                              "versions": library_versions(), "resumes": resumes})
@@ -503,9 +518,10 @@ class RunFolder:
     def log_eval(self, step: int, metrics: dict) -> None:
         if step == 0:  # the untrained model's loss: where a diverging training loss is measured from
             self.loss_watch.start_from([{"step": 0, **metrics}])
+        baseline = " | --init_from's own loss: the baseline to beat" if step == 0 and self.args.init_from else ""
         self.write({"step": step, **metrics}, f"eval {step:>7}/{self.args.num_training_steps} | eval_loss "
                    f"{readable(metrics['eval_loss'], 4)} | eval_accuracy {100 * metrics['eval_accuracy']:.2f}% | "
-                   f"eval_perplexity {readable(metrics['eval_perplexity'], 2)}")
+                   f"eval_perplexity {readable(metrics['eval_perplexity'], 2)}{baseline}")
         if self.main:
             plot_training_curves(self.records(), self.path / "curves.png")
 
@@ -556,7 +572,7 @@ class RunFolder:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    plan = validate(args)  # every UsageError comes here, before anything is built or written
+    plan = validate(args, argv)  # every UsageError comes here, before anything is built or written
     from accelerate import Accelerator
 
     accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps,
