@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 import fault_injection
+from checkpoints import read_state
 from utils import UsageError
 
 STOP_CHECK_STEPS = 10  # several processes agree on a stop request every this many updates (one tiny all-reduce)
@@ -101,15 +102,18 @@ def clean_name(name: str) -> str:
 
 
 def agree_on_resume(accelerator, resume: Path | None) -> Path | None:
-    """The checkpoint the main process chose and verified, on every process. Only it resolves `latest` and checks
-    the manifests: on many nodes, ranks reading a shared filesystem could otherwise pick different checkpoints (one
-    saved in between, one damaged in one node's view), and every rank would read every file to verify it."""
-    if accelerator.num_processes == 1:
-        return resume
-    from accelerate.utils import broadcast_object_list
+    """The checkpoint the main process chose and verified, on every process, checked against this launch. Only the
+    main process resolves `latest` and checks the manifests: on many nodes, ranks reading a shared filesystem could
+    otherwise pick different checkpoints (one saved in between, one damaged in one node's view), and every rank
+    would read every file to verify it."""
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
 
-    chosen = broadcast_object_list([str(resume) if resume else None], from_process=0)[0]
-    return Path(chosen) if chosen else None
+        chosen = broadcast_object_list([str(resume) if resume else None], from_process=0)[0]
+        resume = Path(chosen) if chosen else None
+    if resume is not None:
+        check_resume_layout(accelerator, len(read_state(resume).window_loss))
+    return resume
 
 
 def check_resume_layout(accelerator, saved_processes: int) -> None:

@@ -158,15 +158,13 @@ def check_arguments(args: argparse.Namespace) -> None:
     """Every problem with the numbers, listed at once (the architecture's are RobertaConfig's to find)."""
     problems = [f"--{n} must be at least 1, got {getattr(args, n)}" for n in [
         "context_length", "per_gpu_batch_size", "gradient_accumulation_steps", "num_training_steps", "logging_steps",
-        "evaluation_interval", "checkpoint_interval"] if getattr(args, n) < 1]
+        "evaluation_interval", "checkpoint_interval", "pad_vocab_to_multiple_of"] if getattr(args, n) < 1]
     problems += [f"--{n} must be in [0, 1), got {getattr(args, n)}" for n in ["adam_beta1", "adam_beta2"]
                  if not 0 <= getattr(args, n) < 1]
     problems += [f"--{n} must be positive, got {getattr(args, n)}" for n in [
         "learning_rate", "adam_epsilon", "initializer_range", "mlp_ratio"] if not getattr(args, n) > 0]
     problems += [f"--{n} must not be negative, got {getattr(args, n)}" for n in [
         "weight_decay", "max_grad_norm", "num_workers", "seed", "num_warmup_steps"] if getattr(args, n) < 0]
-    problems += [f"--pad_vocab_to_multiple_of must be at least 1, got {args.pad_vocab_to_multiple_of}"] if \
-        args.pad_vocab_to_multiple_of < 1 else []
     if not 0 < args.masking_probability < 1:
         problems.append(f"--masking_probability must be in (0, 1), got {args.masking_probability}")
     if args.num_warmup_steps > args.num_training_steps:
@@ -273,7 +271,7 @@ def model_config(args: argparse.Namespace, tokenizer):
 
 
 def setup(args: argparse.Namespace, plan: Plan, accelerator):
-    """(model to call, prepared model to save from, optimizer, our RobertaForMaskedLM) on this process."""
+    """(the prepared model, its optimizer, our RobertaForMaskedLM inside it) on this process."""
     from accelerate.utils import set_seed
 
     set_seed(args.seed)  # the same initial weights on every process
@@ -287,9 +285,8 @@ def setup(args: argparse.Namespace, plan: Plan, accelerator):
     if not is_sharded(accelerator):  # the weights are saved once, in the transformers-format folder
         accelerator.register_save_state_pre_hook(lambda models, weights, folder: weights.clear())
         accelerator.register_load_state_pre_hook(lambda models, folder: models.clear())
-    model = wrapped
     set_seed(args.seed, device_specific=True)  # dropout differs between processes
-    return model, wrapped, optimizer, raw_model
+    return wrapped, optimizer, raw_model
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -580,10 +577,8 @@ def main(argv: list[str] | None = None) -> None:
     if accelerator.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matrix multiplies on tensor cores
         torch.backends.cudnn.allow_tf32 = True
-    plan.resume = distributed.agree_on_resume(accelerator, plan.resume)
-    if plan.resume is not None:
-        distributed.check_resume_layout(accelerator, len(ckpt.read_state(plan.resume).window_loss))
-    model, wrapped, optimizer, raw_model = setup(args, plan, accelerator)
+    plan.resume = distributed.agree_on_resume(accelerator, plan.resume)  # the main process's choice, on all
+    wrapped, optimizer, raw_model = setup(args, plan, accelerator)
     run = RunFolder(args, accelerator, plan, wrapped, raw_model)
     state = TrainState()
     if plan.resume is not None:
@@ -592,7 +587,7 @@ def main(argv: list[str] | None = None) -> None:
     state.args = {**vars(args), "store_fingerprint": plan.store_fingerprint}
     run.start(state)
     try:
-        if train(args, accelerator, model, optimizer, plan, state, run):
+        if train(args, accelerator, wrapped, optimizer, plan, state, run):
             run.save_final_model()
     except (NonFiniteLoss, CheckpointError) as error:
         accelerator.end_training()
