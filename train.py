@@ -31,6 +31,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from transformers import get_scheduler
 
 import checkpoints as ckpt
 import distributed
@@ -272,8 +275,6 @@ def model_config(args: argparse.Namespace, tokenizer):
 
 def setup(args: argparse.Namespace, plan: Plan, accelerator):
     """(the prepared model, its optimizer, our RobertaForMaskedLM inside it) on this process."""
-    from accelerate.utils import set_seed
-
     set_seed(args.seed)  # the same initial weights on every process
     raw_model = RobertaForMaskedLM(plan.config) if plan.init_folder is None or plan.resume else \
         init_from.load_model(plan.init_folder, plan.config)  # before prepare: what FSDP broadcasts from rank 0
@@ -313,8 +314,6 @@ def lr_schedule(args: argparse.Namespace):
     """The learning rate of update `step`: transformers' schedules as a pure function of the step and the flags.
 
     No scheduler state is saved, so a resumed run follows the schedule its own flags give from its update on."""
-    from transformers import get_scheduler
-
     probe = torch.optim.SGD([torch.zeros(1)], lr=args.learning_rate)
     shape = get_scheduler(args.lr_scheduler, probe, num_warmup_steps=args.num_warmup_steps,
                           num_training_steps=args.num_training_steps).lr_lambdas[0]
@@ -570,8 +569,6 @@ class RunFolder:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     plan = validate(args, argv)  # every UsageError comes here, before anything is built or written
-    from accelerate import Accelerator
-
     accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps,
                               log_with="wandb" if args.log_wandb else None, project_dir=str(plan.run_dir))
     if accelerator.device.type == "cuda":
