@@ -26,7 +26,8 @@ import batches
 import init_from
 import prepare_data
 import train
-from utils import UsageError, open_store
+from store import open_store
+from utils import UsageError
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTEXT = 16
