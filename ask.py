@@ -39,7 +39,8 @@ from qa import (
     read_squad_file,
     squad_v2_summary,
 )
-from utils import ArgumentParser, HelpFormatter, UsageError, load_tokenizer, looks_local, run_cli, tokenizer_swapped
+from tokenization import load_tokenizer, tokenizer_swapped
+from utils import ArgumentParser, HelpFormatter, UsageError, looks_local, run_cli
 
 RUN_RECORD = "finetune_args.json"
 CHUNK = 256  # questions answered between two progress lines of --squad_file

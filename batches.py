@@ -19,7 +19,6 @@ import socket
 
 import numpy as np
 import torch
-from accelerate.utils import gather_object
 
 from store import STORE_COLUMN
 
@@ -160,6 +159,8 @@ def processes_on_this_node(accelerator) -> int:
         return int(os.environ["LOCAL_WORLD_SIZE"])
     if accelerator.num_processes == 1:
         return 1
+    from accelerate.utils import gather_object  # here: the notebook reads batches.py without accelerate
+
     here = socket.gethostname()
     return gather_object([here]).count(here)
 

@@ -32,7 +32,8 @@ from pathlib import Path
 
 import fault_injection
 from folders import file_manifest, human_bytes, is_disk_full, verify_manifest, write_json
-from utils import UsageError, first_line, record_tokenizer
+from tokenization import record_tokenizer
+from utils import UsageError, first_line
 
 STATE_FILE = "trainer_state.json"
 MANIFEST_FILE = "manifest.json"

@@ -75,6 +75,7 @@ from qa import (
     squad_rows,
     squad_v2_summary,
 )
+from tokenization import load_tokenizer, record_tokenizer, tokenizer_fingerprint, tokenizer_swapped
 from utils import (
     ArgumentParser,
     HelpFormatter,
@@ -84,13 +85,9 @@ from utils import (
     first_line,
     is_main_process,
     library_versions,
-    load_tokenizer,
     log,
     looks_local,
-    record_tokenizer,
     run_cli,
-    tokenizer_fingerprint,
-    tokenizer_swapped,
     wandb_offline_unless_logged_in,
 )
 

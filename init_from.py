@@ -28,7 +28,8 @@ import json
 import shlex
 from pathlib import Path
 
-from utils import TOKENIZER_FILES, UsageError, is_main_process, load_tokenizer, tokenizer_fingerprint
+from tokenization import TOKENIZER_FILES, load_tokenizer, tokenizer_fingerprint
+from utils import UsageError, is_main_process
 
 # flag -> config field: the architecture, which comes from the checkpoint (--mlp_ratio is intermediate/hidden)
 ARCHITECTURE = {"num_transformer_blocks": "num_hidden_layers", "num_attention_heads": "num_attention_heads",

@@ -68,19 +68,8 @@ from store import (
     write_record,
     write_tokenizer_and_index,
 )
-from utils import (
-    BPE_MIN_VOCAB_SIZE,
-    ArgumentParser,
-    HelpFormatter,
-    ScriptExit,
-    UsageError,
-    exit_code_for_signal,
-    library_versions,
-    load_tokenizer,
-    run_cli,
-    tokenizer_fingerprint,
-    train_bpe_tokenizer,
-)
+from tokenization import BPE_MIN_VOCAB_SIZE, load_tokenizer, tokenizer_fingerprint, train_bpe_tokenizer
+from utils import ArgumentParser, HelpFormatter, ScriptExit, UsageError, exit_code_for_signal, library_versions, run_cli
 from utils import log as shared_log
 
 # Disk estimate, from `python benchmarks/prepare_throughput.py --measure_disk --text_files ...` on WikiText-2's
@@ -258,8 +247,8 @@ def resolve_num_workers(requested: int) -> int:
 
 
 def tokenizer_for_new_store(name: str, cache_dir: str | None, context_length: int):
-    """The tokenizer to write a new store with: utils.load_tokenizer, checked for what packing needs (framing tokens,
-    blocks no longer than the tokenizer allows)."""
+    """The tokenizer to write a new store with: tokenization.load_tokenizer, checked for what packing needs
+    (framing tokens, blocks no longer than the tokenizer allows)."""
     tokenizer = load_tokenizer(name, flag="--hf_model_name",
                                cache_dir=str(hub_cache_dir(cache_dir)) if cache_dir else None)
     check_tokenizer(tokenizer, name, context_length)

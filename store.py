@@ -48,7 +48,8 @@ from tqdm.auto import tqdm
 
 import fault_injection
 import folders
-from utils import UsageError, first_line, load_tokenizer, tokenizer_fingerprint
+from tokenization import load_tokenizer, tokenizer_fingerprint
+from utils import UsageError, first_line
 
 STORE_SPLITS = ("train", "test")
 STORE_COLUMN = "input_ids"

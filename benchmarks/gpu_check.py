@@ -59,7 +59,7 @@ THROUGHPUT = ROOT / "benchmarks" / "throughput.py"
 LEGS = ("preflight", "throughput", "store", "pretrain", "fsdp2", "qa", "fsdp1")  # most telling first
 AGREEMENT = 0.10  # train.py's tokens/s within 10% of the benchmark's
 # What each leg imports (its scripts' imports included); the preflight tries them all in a fresh process.
-NEEDS = {"throughput": ["torch", "transformers", "accelerate"],
+NEEDS = {"throughput": ["torch", "transformers"],
          "store": ["torch", "transformers", "tokenizers", "datasets", "safetensors"],
          "pretrain": ["torch", "transformers", "datasets", "accelerate", "safetensors"],
          "qa": ["torch", "transformers", "datasets", "accelerate", "safetensors"],

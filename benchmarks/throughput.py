@@ -10,7 +10,7 @@ blocks as the store holds them (`<s> ... </s>`) masked by `utils.mask_tokens`; o
     python benchmarks/throughput.py --implementations ours "ours (dynamic head)" "ours (unfused qkv)"
     git show HEAD~3:model.py > /tmp/old_model.py && python benchmarks/throughput.py --baseline_model /tmp/old_model.py
 
-Needs torch, transformers and accelerate only (no datasets, evaluate or wandb), so it runs on a bare GPU machine.
+Needs torch and transformers only (no datasets, evaluate or wandb), so it runs on a bare GPU machine.
 `benchmarks/gpu_check.py` imports `Settings`, `run` and `markdown_table` from here.
 """
 

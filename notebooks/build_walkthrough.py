@@ -51,8 +51,8 @@ md(f"""
 # RoBERTa from scratch, in a few minutes on a CPU
 
 {BADGE}This notebook walks through masked-language-model pretraining as RoBERTa does it, with the code of this
-repository (`model.py`, `utils.py`, `batches.py`, `qa.py`), and trains a tiny model to fill in blanks, on the CPU,
-in a few minutes.
+repository (`model.py`, `tokenization.py`, `batches.py`, `qa.py`), and trains a tiny model to fill in blanks, on
+the CPU, in a few minutes.
 It runs offline: the text is the built-in demo world (`demo_world.py`, encyclopedia articles about a fictional
 country), or any text file you point it at.
 
@@ -119,7 +119,7 @@ def find_repo_root() -> Path | None:
 
 
 def missing_requirements() -> list[str]:
-    \"\"\"pip specifications of what this notebook imports and cannot find (utils.py needs transformers 5).\"\"\"
+    \"\"\"pip specifications of what this notebook imports and cannot find (tokenization.py needs transformers 5).\"\"\"
     missing = [spec for module, spec in REQUIREMENTS.items() if importlib.util.find_spec(module) is None]
     if importlib.util.find_spec("transformers") and int(importlib.metadata.version("transformers").split(".")[0]) < 5:
         missing.append(REQUIREMENTS["transformers"])
@@ -194,17 +194,17 @@ print(documents[0])
 md("""
 ## 1. The tokenizer: byte-level BPE
 
-`utils.train_bpe_tokenizer` trains RoBERTa's tokenizer on our text: it starts from the 256 byte values and
+`tokenization.train_bpe_tokenizer` trains RoBERTa's tokenizer on our text: it starts from the 256 byte values and
 learns merges of frequent neighbours until the vocabulary is full. A leading space is part of a token (shown as
 `Ġ`), so `" painter"` and `"painter"` are different tokens. The special tokens keep RoBERTa's ids.
 """)
 
 code('''
-import utils
+import tokenization
 
-tokenizer = utils.train_bpe_tokenizer(train_documents, vocab_size=VOCAB_SIZE, model_max_length=BLOCK_SIZE)
+tokenizer = tokenization.train_bpe_tokenizer(train_documents, vocab_size=VOCAB_SIZE, model_max_length=BLOCK_SIZE)
 print(f"vocabulary: {len(tokenizer):,} tokens")
-print("special tokens:", {token: tokenizer.convert_tokens_to_ids(token) for token in utils.SPECIAL_TOKENS})
+print("special tokens:", {token: tokenizer.convert_tokens_to_ids(token) for token in tokenization.SPECIAL_TOKENS})
 
 sentence = documents[0].split("\\n")[0]
 ids = tokenizer(sentence)["input_ids"]

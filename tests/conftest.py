@@ -40,7 +40,7 @@ def _no_network(monkeypatch):
 @pytest.fixture(scope="session")
 def tiny_tokenizer_dir(tmp_path_factory):
     """A small RoBERTa byte-level BPE tokenizer (vocab 400) trained on generated sentences, saved to a folder."""
-    from utils import train_bpe_tokenizer
+    from tokenization import train_bpe_tokenizer
 
     words = "the a of on in river city king queen born died lived wrote painted built north south".split()
     texts = [" ".join(words[(i * 7 + j * 3) % len(words)] for j in range(12)) + f" {i}." for i in range(400)]

@@ -502,7 +502,7 @@ def _stand_in_hub(tmp_path, monkeypatch, backbone_dir):
 
 
 def test_a_backbone_whose_tokenizer_was_swapped_for_one_of_the_same_size_warns(backbone_dir, tmp_path, capsys):
-    from utils import TOKENIZER_RECORD, tokenizer_fingerprint, train_bpe_tokenizer
+    from tokenization import TOKENIZER_RECORD, tokenizer_fingerprint, train_bpe_tokenizer
 
     folder = _copy_backbone(backbone_dir, tmp_path / "final_model")
     from transformers import AutoTokenizer

@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "notebooks" / "roberta_walkthrough.ipynb"
 BUILDER = ROOT / "notebooks" / "build_walkthrough.py"
 CELL_TIMEOUT_S = 900  # generous: the training cell takes about two and a half minutes on an idle core
-REPOSITORY_MODULES = {"model", "utils", "demo_world", "prepare_data", "corpora", "store", "batches", "qa"}
+REPOSITORY_MODULES = {"model", "utils", "tokenization", "demo_world", "prepare_data", "corpora", "store", "batches",
+                      "qa"}
 TRAINING_ONLY_PACKAGES = {"datasets", "evaluate", "accelerate", "wandb"}  # requirements.txt, not the notebook's
 
 

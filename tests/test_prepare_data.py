@@ -37,7 +37,8 @@ from store import (
     join_documents,
     pack_documents,
 )
-from utils import BPE_MIN_VOCAB_SIZE, UsageError, tokenizer_fingerprint
+from tokenization import BPE_MIN_VOCAB_SIZE, tokenizer_fingerprint
+from utils import UsageError
 
 ROOT = Path(__file__).resolve().parent.parent
 BOS, SEP = 0, 2  # <s>, </s>

@@ -211,7 +211,7 @@ def test_dataloader_workers_count_the_processes_of_this_host_without_local_world
 
     here = socket.gethostname()
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)  # srun and mpirun do not set it
-    monkeypatch.setattr(batches, "gather_object", Gathering([here, here, "other", "other", here, "other"]))
+    monkeypatch.setattr("accelerate.utils.gather_object", Gathering([here, here, "other", "other", here, "other"]))
     assert batches.processes_on_this_node(SimpleNamespace(num_processes=6)) == 3
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
     assert batches.processes_on_this_node(SimpleNamespace(num_processes=16)) == 8

@@ -1,8 +1,8 @@
-"""The byte-level BPE that prepare_data.py trains (utils.train_bpe_tokenizer), as transformers reloads it."""
+"""The byte-level BPE that prepare_data.py trains (tokenization.train_bpe_tokenizer), as transformers reloads it."""
 
 from transformers import AutoTokenizer
 
-from utils import SPECIAL_TOKENS
+from tokenization import SPECIAL_TOKENS
 
 
 def test_special_tokens_have_robertas_ids(tiny_tokenizer):

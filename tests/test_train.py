@@ -402,7 +402,7 @@ def test_loss_watch_warns_of_a_sustained_divergence_once():
 
 
 def test_a_store_read_with_another_tokenizer_is_refused(store, tmp_path, tiny_tokenizer):
-    from utils import train_bpe_tokenizer
+    from tokenization import train_bpe_tokenizer
 
     swapped = tmp_path / "swapped_store"
     shutil.copytree(store, swapped)
@@ -697,7 +697,7 @@ def test_fsdp_on_a_cpu_and_tilde_through_the_command_line(store, tmp_path):
     assert (home / "runs" / "x" / "final_model").is_dir() and not (tmp_path / "~").exists()
     from transformers import AutoTokenizer
 
-    from utils import TOKENIZER_RECORD, tokenizer_swapped
+    from tokenization import TOKENIZER_RECORD, tokenizer_swapped
 
     final = home / "runs" / "x" / "final_model"  # its tokenizer's fingerprint, for finetune to check
     assert (final / TOKENIZER_RECORD).is_file() and tokenizer_swapped(final, AutoTokenizer.from_pretrained(final)) \
