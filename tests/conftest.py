@@ -37,6 +37,27 @@ def _no_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", _guarded_connect)
 
 
+WORDS = "the a of on in river city king queen born died lived wrote painted built north south".split()
+
+
+def sentences(count: int, offset: int = 0) -> str:
+    """`count` generated sentences of WORDS, one a line (a document each), numbered from `offset`."""
+    return "\n".join(" ".join(WORDS[(i * 7 + j * 3) % len(WORDS)] for j in range(12)) + f" {i}."
+                     for i in range(offset, offset + count))
+
+
+def build_store(folder: Path, tokenizer: str | Path, context_length: int = 16) -> Path:
+    """A data store made by prepare_data.py itself from 280 generated sentences (one document a line) with the
+    given tokenizer folder: <folder>/store."""
+    import prepare_data
+
+    (folder / "corpus.txt").write_text(sentences(280) + "\n")
+    prepare_data.main(["--text_files", str(folder / "corpus.txt"), "--hf_model_name", str(tokenizer),
+                       "--context_length", str(context_length), "--test_split_pct", "0.1", "--num_workers", "1",
+                       "--path_to_data_store", str(folder / "store")])
+    return folder / "store"
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer_dir(tmp_path_factory):
     """A small RoBERTa byte-level BPE tokenizer (vocab 400) trained on generated sentences, saved to a folder."""

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import build_store, sentences
 from safetensors.torch import load_file
 
 import batches
@@ -37,12 +38,7 @@ RUN = ["--context_length", str(CONTEXT), "--per_gpu_batch_size", "3", "--num_wor
 RESUMABLE = ["--num_training_steps", "12", "--gradient_accumulation_steps", "2", "--num_warmup_steps", "3",
              "--learning_rate", "3e-3", "--logging_steps", "3", "--evaluation_interval", "5",
              "--checkpoint_interval", "4"]
-WORDS = "the a of on in river city king queen born died lived wrote painted built north south".split()
 
-
-def sentences(count: int, offset: int = 0) -> str:
-    return "\n".join(" ".join(WORDS[(i * 5 + j * 2) % len(WORDS)] for j in range(12)) + f" {i}."
-                     for i in range(offset, offset + count))
 
 
 @pytest.fixture(scope="module")
@@ -75,12 +71,7 @@ def hub_cache(published, tmp_path_factory):
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, published):
     """Domain text the model has not seen, made into a store with the model's own tokenizer (--hf_model_name)."""
-    folder = tmp_path_factory.mktemp("store")
-    (folder / "corpus.txt").write_text(sentences(280) + "\n")
-    prepare_data.main(["--text_files", str(folder / "corpus.txt"), "--hf_model_name", str(published),
-                       "--context_length", str(CONTEXT), "--test_split_pct", "0.1", "--num_workers", "1",
-                       "--path_to_data_store", str(folder / "store")])
-    return folder / "store"
+    return build_store(tmp_path_factory.mktemp("store"), published, CONTEXT)
 
 
 def validate(store, workdir, *extra):

@@ -20,15 +20,14 @@ from types import SimpleNamespace
 import pytest
 import torch
 from accelerate.utils import set_seed
+from conftest import build_store
 from safetensors.torch import load_file
 
 import distributed
-import prepare_data
 from model import RobertaConfig, RobertaForMaskedLM
 from utils import UsageError
 
 ROOT = Path(__file__).resolve().parent.parent
-WORDS = "the a of on in river city king queen born died lived wrote painted built north south".split()
 TINY = ["--context_length", "16", "--num_transformer_blocks", "2", "--embedding_dimension", "48",
         "--num_attention_heads", "3", "--per_gpu_batch_size", "3", "--num_workers", "0", "--seed", "7",
         "--num_training_steps", "20", "--num_warmup_steps", "2", "--learning_rate", "3e-3", "--logging_steps", "5",
@@ -37,13 +36,7 @@ TINY = ["--context_length", "16", "--num_transformer_blocks", "2", "--embedding_
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, tiny_tokenizer_dir):
-    folder = tmp_path_factory.mktemp("store")
-    text = "\n".join(" ".join(WORDS[(i * 7 + j * 3) % len(WORDS)] for j in range(12)) + f" {i}." for i in range(280))
-    (folder / "corpus.txt").write_text(text + "\n")
-    prepare_data.main(["--text_files", str(folder / "corpus.txt"), "--hf_model_name", str(tiny_tokenizer_dir),
-                       "--context_length", "16", "--test_split_pct", "0.1", "--num_workers", "1",
-                       "--path_to_data_store", str(folder / "store")])
-    return folder / "store"
+    return build_store(tmp_path_factory.mktemp("store"), tiny_tokenizer_dir)
 
 
 def launch_fsdp2(store, workdir, name, processes=2, ram_efficient=True, extra=(), env=None):

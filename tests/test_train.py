@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import build_store, sentences
 from safetensors.torch import load_file
 
 import batches
@@ -32,7 +33,6 @@ from utils import UsageError
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTEXT = 16
-WORDS = "the a of on in river city king queen born died lived wrote painted built north south".split()
 TINY = ["--context_length", str(CONTEXT), "--num_transformer_blocks", "2", "--embedding_dimension", "48",
         "--num_attention_heads", "3", "--per_gpu_batch_size", "3", "--num_workers", "0", "--seed", "7"]
 # Checkpoints at 4 and 8 inside logging windows of 3 updates, so a resume must carry a half-filled window.
@@ -41,20 +41,11 @@ RESUMABLE = ["--num_training_steps", "12", "--gradient_accumulation_steps", "2",
              "--checkpoint_interval", "4"]
 
 
-def sentences(count: int, offset: int = 0) -> str:
-    return "\n".join(" ".join(WORDS[(i * 7 + j * 3) % len(WORDS)] for j in range(12)) + f" {i}."
-                     for i in range(offset, offset + count))
-
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, tiny_tokenizer_dir):
     """A data store made by prepare_data.py itself (one document a line, blocks of 16, the tiny tokenizer)."""
-    folder = tmp_path_factory.mktemp("store")
-    (folder / "corpus.txt").write_text(sentences(280) + "\n")
-    prepare_data.main(["--text_files", str(folder / "corpus.txt"), "--hf_model_name", str(tiny_tokenizer_dir),
-                       "--context_length", str(CONTEXT), "--test_split_pct", "0.1", "--num_workers", "1",
-                       "--path_to_data_store", str(folder / "store")])
-    return folder / "store"
+    return build_store(tmp_path_factory.mktemp("store"), tiny_tokenizer_dir, CONTEXT)
 
 
 def run_train(store, workdir, name, *extra, env=None, launcher=None, check=True):
