@@ -305,12 +305,19 @@ def save_model_folder(accelerator, wrapped, raw_model, tokenizer, folder: Path) 
         record_tokenizer(folder, tokenizer)
 
 
-def strip_wrapper_prefixes(state: dict) -> dict:
-    """State-dict keys without the prefixes that wrappers add (`_orig_mod.` of torch.compile, `module.` of DDP)."""
-    def clean(key: str) -> str:
-        return key.replace("_orig_mod.", "").removeprefix("module.")
+WRAPPER_PARTS = ("_orig_mod", "_fsdp_wrapped_module", "_checkpoint_wrapped_module")  # compile, FSDP1, checkpointing
 
-    return {clean(key): value for key, value in state.items()}
+
+def unwrapped_name(name: str) -> str:
+    """A parameter's or state-dict key's name without what wrappers add: torch.compile's `_orig_mod.`, FSDP1's
+    `_fsdp_wrapped_module.`, activation checkpointing's, and DDP's leading `module.`."""
+    parts = [part for part in name.split(".") if part not in WRAPPER_PARTS]
+    return ".".join(parts[1:] if parts and parts[0] == "module" else parts)
+
+
+def strip_wrapper_prefixes(state: dict) -> dict:
+    """State-dict keys as the unwrapped model names them (`unwrapped_name`)."""
+    return {unwrapped_name(key): value for key, value in state.items()}
 
 
 def save_final_model(accelerator, wrapped, raw_model, tokenizer, run_dir: Path) -> Path:

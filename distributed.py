@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 import fault_injection
-from checkpoints import read_state
+from checkpoints import read_state, unwrapped_name
 from utils import UsageError
 
 STOP_CHECK_STEPS = 10  # several processes agree on a stop request every this many updates (one tiny all-reduce)
@@ -90,15 +90,8 @@ def check_prepared(raw_model, wrapped, optimizer, check_groups: bool = True) -> 
     for name, parameter in wrapped.named_parameters():
         if parameter.requires_grad and in_groups[id(parameter)] != 1:
             where = "in no optimizer group" if not in_groups[id(parameter)] else "in several optimizer groups"
-            raise UsageError(f"after accelerate prepared the model, the trainable parameter {clean_name(name)} is "
+            raise UsageError(f"after accelerate prepared the model, the trainable parameter {unwrapped_name(name)} is "
                              f"{where}: it would not train as the flags say")
-
-
-def clean_name(name: str) -> str:
-    """A parameter's name without the wrappers' prefixes (FSDP1's `_fsdp_wrapped_module.`, DDP's `module.`)."""
-    parts = [p for p in name.split(".") if p not in ("_fsdp_wrapped_module", "_checkpoint_wrapped_module",
-                                                      "_orig_mod")]
-    return ".".join(parts[1:] if parts and parts[0] == "module" else parts)
 
 
 def agree_on_resume(accelerator, resume: Path | None) -> Path | None:
@@ -159,8 +152,6 @@ def is_sharded(accelerator) -> bool:
 def check_launch() -> None:
     """Refuse, before anything is written, FSDP asked for where there is no GPU: accelerate then fails on every
     process (`sync_module_states ... not supported on cpu`), or with ACCELERATE_USE_CPU runs plain DDP instead."""
-    import torch
-
     if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() not in ("true", "1"):
         return
     on_cpu = os.environ.get("ACCELERATE_USE_CPU", "false").lower() in ("true", "1")

@@ -24,6 +24,7 @@ from conftest import build_store
 from safetensors.torch import load_file
 
 import distributed
+from checkpoints import unwrapped_name
 from model import RobertaConfig, RobertaForMaskedLM
 from utils import UsageError
 
@@ -147,7 +148,7 @@ def test_a_lost_tie_or_a_parameter_outside_the_optimizer_is_refused_by_name():
     twice = SimpleNamespace(param_groups=[{"params": list(model.parameters())}, {"params": [model.lm_head.bias]}])
     with pytest.raises(UsageError, match="lm_head.bias is in several optimizer groups"):
         distributed.check_prepared(model, model, twice)
-    assert distributed.clean_name("module._fsdp_wrapped_module.roberta.x._orig_mod.weight") == "roberta.x.weight"
+    assert unwrapped_name("module._fsdp_wrapped_module.roberta.x._orig_mod.weight") == "roberta.x.weight"
 
 
 def test_deepspeed_configs_with_their_own_optimizer_or_schedule_are_refused():
