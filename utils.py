@@ -27,6 +27,8 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import torch
+
 # ----------------------------------------------------------------------------------------------------------------
 # Command line: errors, --help, logging
 # ----------------------------------------------------------------------------------------------------------------
@@ -252,8 +254,6 @@ def matmul_flops_per_second(device, dtype, size: int = 8192, repeats: int = 10) 
     """The measured rate of `size` x `size` matrix multiplies in `dtype` on `device`: the denominator of MFU (for
     train.py and the benchmarks alike). Three untimed products first; random operands from a private generator,
     so that no other random stream moves."""
-    import torch
-
     device = torch.device(device)
     generator = torch.Generator(device=device).manual_seed(0)
     a, b = (torch.randn(size, size, device=device, dtype=dtype, generator=generator) for _ in range(2))

@@ -823,12 +823,14 @@ def dead(pid: int) -> bool:
 
 
 def start_slow_prepare(store: Path, tiny_tokenizer_dir: Path) -> subprocess.Popen:
-    """A prepare whose tokenising tasks each take a second (a testing hook), stopped at its first progress line."""
+    """A prepare whose tokenising tasks each take 30 s longer (a testing hook), returned at its first progress line:
+    still tokenising when a second command has started (a script's start-up imports torch, seconds on a busy
+    machine). The tests signal or kill it."""
     command = [sys.executable, str(ROOT / "prepare_data.py"), "--dataset", "demo", "--max_documents", "400",
                "--hf_model_name", str(tiny_tokenizer_dir), "--context_length", "29", "--num_workers", "2",
                "--path_to_data_store", str(store)]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, fault_injection.SLOW_TOKENIZING_ENV: "1"})
+                               env={**os.environ, fault_injection.SLOW_TOKENIZING_ENV: "30"})
     for line in process.stdout:
         if "tokenizing with 2 worker(s)" in line:
             break
