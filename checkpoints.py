@@ -188,12 +188,14 @@ def check_resume(path: Path, arguments: dict, config: dict, store_fingerprint: s
     saved_config = model_folder.read_config(path)
     differ += [f"{k} {saved_config.get(k)} (now {config[k]})" for k in ("vocab_size", "max_position_embeddings")
                if saved_config.get(k) != config[k]]
+    stores = state.args.get("path_to_prepped_data"), arguments.get("path_to_prepped_data")  # then, now
     if tokenizer is not None and (mismatch := tokenizer_mismatch(tokenizer, model_folder.recorded_tokenizer(path))):
-        differ.append(f"another tokenizer (the store's has {mismatch})")
+        differ.append(f"another tokenizer (it was trained on the store {stores[0]}; the tokenizer of "
+                      f"--path_to_prepped_data {stores[1]} has {mismatch})")
     if state.args.get("store_fingerprint") not in (None, store_fingerprint):
-        differ.append(f"another store's content (it was trained on the store {state.args.get('path_to_prepped_data')}"
-                      f", fingerprint {state.args['store_fingerprint']}; --path_to_prepped_data "
-                      f"{arguments.get('path_to_prepped_data')} has fingerprint {store_fingerprint})")
+        differ.append(f"another store's content (it was trained on the store {stores[0]}, fingerprint "
+                      f"{state.args['store_fingerprint']}; --path_to_prepped_data {stores[1]} has fingerprint "
+                      f"{store_fingerprint})")
     if differ:
         raise UsageError(f"checkpoint {path} was trained with {', '.join(differ)}: resume with the flags and store "
                          "it was trained with, or start a new run")

@@ -261,7 +261,8 @@ def test_resume_onto_another_store_is_refused_in_one_line_naming_both_stores(run
     tokenizer.save_pretrained(tmp_path / "same_size")
     assert len(tokenizer) == open_store(store).vocab_size
     for tokenizer_dir, name, reason in [
-            (tmp_path / "same_size", "another_vocabulary", "another tokenizer (the store's has fingerprint "),
+            (tmp_path / "same_size", "another_vocabulary", f"another tokenizer (it was trained on the store {store}; "
+             f"the tokenizer of --path_to_prepped_data {tmp_path / 'another_vocabulary'} has fingerprint "),
             (store / store_module.STORE_TOKENIZER_DIR, "same_vocabulary", "another store's content (it was trained "
              f"on the store {store}, fingerprint {open_store(store).fingerprint}; --path_to_prepped_data ")]:
         prepare_data.main(["--text_files", str(tmp_path / "other.txt"), "--hf_model_name", str(tokenizer_dir),
