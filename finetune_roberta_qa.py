@@ -147,7 +147,12 @@ def build_parser() -> ArgumentParser:
                        help=f"a train.py {run_folder.MODEL_FOLDERS} folder (model and tokenizer), for "
                             "pretrained and random")
 
-    data = p.add_argument_group("data")
+    add_data_flags(p.add_argument_group("data"))
+    add_training_flags(p.add_argument_group("training"))
+    return p
+
+
+def add_data_flags(data) -> None:
     data.add_argument("--dataset", choices=[*HUB_DATASETS, "demo"], default=None,
                       help="squad (rajpurkar/squad), squad_v2 (rajpurkar/squad_v2), both downloaded, or demo "
                            "(generated offline); unset: squad, unless --train_file/--validation_file are given")
@@ -171,7 +176,8 @@ def build_parser() -> ArgumentParser:
     data.add_argument("--demo_world_seed", type=int, default=0,
                       help="world of --dataset demo; keep prepare_data.py's so that pretraining saw the same world")
 
-    train = p.add_argument_group("training")
+
+def add_training_flags(train) -> None:
     train.add_argument("--num_train_epochs", type=float, default=2.0, help="passes over the training windows")
     train.add_argument("--per_device_batch_size", type=int, default=16, help="windows per device per micro-step")
     train.add_argument("--gradient_accumulation_steps", type=int, default=2,
@@ -188,7 +194,6 @@ def build_parser() -> ArgumentParser:
                             f"{qa_run_folder.CHECKPOINTS_DIR}/ folder)")
     train.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                        help="bf16 autocast; unset: on where the GPU supports it")
-    return p
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
