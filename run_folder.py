@@ -136,6 +136,8 @@ def append_metrics(run: Path, record: dict) -> None:
 def trim_metrics(run: Path, step: int) -> None:
     """Keep the records up to `step` (what a killed run logged after its checkpoint goes), atomically."""
     path = Path(run) / METRICS_FILE
+    if not path.is_file():  # a first start (`latest` with no checkpoint yet): nothing was logged
+        return
     tmp = path.with_name(path.name + TMP_SUFFIX)
     tmp.write_text("".join(json.dumps(r) + "\n" for r in read_metrics(run) if r["step"] <= step))
     os.replace(tmp, path)

@@ -215,9 +215,10 @@ def train_cli(store, workdir, name, *extra, check=True):
 
 @pytest.fixture(scope="module")
 def run(store, tmp_path_factory):
-    """A finished train.py run on the store, given no --context_length: the store's block length is used."""
+    """A finished train.py run on the store, given no --context_length (the store's block length is used), and started
+    with --resume_from_checkpoint latest, as a preemptible job always passes it (a fresh start: no checkpoint yet)."""
     workdir = tmp_path_factory.mktemp("runs")
-    train_cli(store, workdir, "run")
+    train_cli(store, workdir, "run", "--resume_from_checkpoint", "latest")
     return workdir / "run"
 
 
