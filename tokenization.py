@@ -19,8 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tokenizers import AddedToken, ByteLevelBPETokenizer
-from transformers import AutoTokenizer, RobertaTokenizer
-from transformers.utils import logging as hf_logging
 
 from utils import UsageError, first_line, looks_local
 
@@ -40,6 +38,11 @@ def load_tokenizer(name_or_path: str | os.PathLike, *, flag: str, cache_dir: str
     A folder must hold tokenizer files: from a model folder without them, transformers would quietly build a
     tokenizer of special tokens only, and all that follows would run on garbage. Callers check what their task
     needs on top (a <mask> token, a fast tokenizer with offsets)."""
+    # transformers here, not above: it takes seconds and pulls torch, and this module's identity rule is imported by
+    # model.py (model_folder) and prepare_data.py, which must start fast (CONTRIBUTING.md, imports)
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
     name = str(name_or_path)
     folder = Path(name).expanduser()
     if looks_local(name) and not folder.is_dir():
@@ -128,6 +131,8 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, model_max_length:
 
     Special tokens get RoBERTa's ids: `<s>` 0, `<pad>` 1, `</s>` 2, `<unk>` 3, `<mask>` 4.
     """
+    from transformers import RobertaTokenizer  # here: see load_tokenizer
+
     if vocab_size < BPE_MIN_VOCAB_SIZE:
         raise UsageError(f"a byte-level BPE vocabulary needs at least {BPE_MIN_VOCAB_SIZE} entries (256 bytes + "
                          f"{len(SPECIAL_TOKENS)} special tokens), got {vocab_size}")

@@ -27,8 +27,6 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import torch
-
 # ----------------------------------------------------------------------------------------------------------------
 # Command line: errors, --help, logging
 # ----------------------------------------------------------------------------------------------------------------
@@ -254,6 +252,8 @@ def matmul_flops_per_second(device, dtype, size: int = 8192, repeats: int = 10) 
     """The measured rate of `size` x `size` matrix multiplies in `dtype` on `device`: the denominator of MFU (for
     train.py and the benchmarks alike). Three untimed products first; random operands from a private generator,
     so that no other random stream moves."""
+    import torch  # here, not above: every script imports utils.py, and prepare_data.py needs no torch
+
     device = torch.device(device)
     generator = torch.Generator(device=device).manual_seed(0)
     a, b = (torch.randn(size, size, device=device, dtype=dtype, generator=generator) for _ in range(2))

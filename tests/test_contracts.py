@@ -41,10 +41,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import code_stats  # noqa: E402
 
-# The imports inside functions that the rule allows (CONTRIBUTING.md), by module: optional dependencies, and the
-# training-only libraries of the modules the notebook imports.
+# The imports inside functions that the rule allows (CONTRIBUTING.md), by module: optional dependencies, the
+# training-only libraries of the modules the notebook imports, the heavy libraries of modules imported everywhere.
 ALLOWED_INNER_IMPORTS = {("store.py", "datasets"), ("corpora.py", "datasets"), ("batches.py", "accelerate"),
-                         ("metrics.py", "matplotlib")}
+                         ("metrics.py", "matplotlib"), ("utils.py", "torch"), ("tokenization.py", "transformers")}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -69,11 +69,14 @@ def test_imports_inside_functions_are_only_the_allowed_ones():
     assert found <= ALLOWED_INNER_IMPORTS, found - ALLOWED_INNER_IMPORTS
 
 
-def test_the_notebook_modules_import_no_training_library():
+def test_the_notebook_modules_import_no_training_library_and_the_scripts_start_light():
     code = "import sys, batches, corpora, model, qa, store, tokenization; print(sorted({'datasets', 'accelerate'} " \
            "& set(sys.modules)), 'store_writer' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.stdout.split() == ["[]", "False"], result.stderr  # nor the store writer's fork hook
+    code = "import sys, prepare_data; print('torch' in sys.modules); import model; print('transformers' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.stdout.split() == ["False", "False"], result.stderr
 
 
 def test_a_full_disk_is_one_line_and_the_same_exit_from_every_script(monkeypatch, capsys, tmp_path):

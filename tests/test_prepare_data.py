@@ -824,8 +824,7 @@ def dead(pid: int) -> bool:
 
 def start_slow_prepare(store: Path, tiny_tokenizer_dir: Path) -> subprocess.Popen:
     """A prepare whose tokenising tasks each take 30 s longer (a testing hook), returned at its first progress line:
-    still tokenising when a second command has started (a script's start-up imports torch, seconds on a busy
-    machine). The tests signal or kill it."""
+    still tokenising when a second command has started (seconds on a busy machine). The tests signal or kill it."""
     command = [sys.executable, str(ROOT / "prepare_data.py"), "--dataset", "demo", "--max_documents", "400",
                "--hf_model_name", str(tiny_tokenizer_dir), "--context_length", "29", "--num_workers", "2",
                "--path_to_data_store", str(store)]
