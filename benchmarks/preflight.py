@@ -148,7 +148,8 @@ def attention_probe(device: str, batch: int, heads: int, seq: int, head_dim: int
 
     names = backend_names()
     found = {"shape": f"batch {batch}, heads {heads}, sequence {seq}, head size {head_dim}, {dtype}, dropout "
-                      f"{dropout}", "priority_order": [names.get(i, str(i)) for i in torch._C._get_sdp_priority_order()]}
+                      f"{dropout}",
+             "priority_order": [names.get(i, str(i)) for i in torch._C._get_sdp_priority_order()]}
     torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
     # model.py's layout: one (B, T, 3, nh, hs) projection permuted into q, k, v of (B, nh, T, hs), not contiguous.
     qkv = torch.randn(batch, seq, 3, heads, head_dim, device=device, dtype=torch_dtype, requires_grad=True)
