@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import codecs
 import contextlib
-import errno
 import itertools
 import os
 import re
@@ -35,13 +34,14 @@ from huggingface_hub import constants
 from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
 
 import demo_world
-from store import TEST, TEXT_COLUMN, TRAIN
-from utils import UsageError, first_line, looks_local
+from store import TEST, TRAIN
+from utils import DiskFull, UsageError, first_line, looks_local, out_of_space
 from utils import log as shared_log
 
 DATASETS = ["wikipedia_bookcorpus", "wikipedia", "demo"]
 BOOKCORPUS_SENTENCES_PER_DOCUMENT = 64  # about 1,000 tokens: a few pages, so the split and separators are by passage
 DEMO_WORLD_SEED = 0  # the demo QA set asks about this world
+TEXT_COLUMN = "text"  # the one column of the documents a store is written from
 PACK_READ_DOCUMENTS = 10_000  # documents per read when writing or scanning documents
 STREAM_READ_ROWS = 1000  # rows per read of a streamed corpus: --max_documents reads at most this many too many
 UTF8_CHECK_BYTES = 1 << 20  # validation decodes the head of each text file; the rest is checked while reading
@@ -208,10 +208,16 @@ def hub_cache_dir(cache_dir: str | None) -> Path:
     return Path(cache_dir).expanduser().absolute() / "hub" if cache_dir else Path(constants.HF_HUB_CACHE)
 
 
-def datasets_cache_dir(cache_dir: str | None) -> Path:
+def hf_datasets():
+    """The datasets library, imported on first use: the notebook imports this module (read_text_file_documents)
+    without it (see CONTRIBUTING.md, imports)."""
     import datasets
 
-    default = Path(datasets.config.HF_DATASETS_CACHE)
+    return datasets
+
+
+def datasets_cache_dir(cache_dir: str | None) -> Path:
+    default = Path(hf_datasets().config.HF_DATASETS_CACHE)
     return Path(cache_dir).expanduser().absolute() / "datasets" if cache_dir else default
 
 
@@ -283,9 +289,7 @@ def preflight(corpora: list[Corpus], tokenizer_name: str | None) -> dict:
 
 def load_rows(corpus: Corpus, cache_dir: str | None, streaming: bool, num_workers: int = 1):
     """datasets.load_dataset of the corpus's split(s), at its pinned sha; a failure is one UsageError."""
-    import datasets
-
-    path, kwargs = corpus.path, {"streaming": streaming}
+    datasets, path, kwargs = hf_datasets(), corpus.path, {"streaming": streaming}
     local = Path(path).expanduser()
     if local.is_file():
         suffix = next(s for s in LOCAL_BUILDERS if local.name.endswith(s))
@@ -309,23 +313,21 @@ def load_rows(corpus: Corpus, cache_dir: str | None, streaming: bool, num_worker
 
 def load_error(corpus: Corpus, error: Exception) -> UsageError:
     """datasets' many load failures, each as what to change."""
-    from datasets.exceptions import DatasetNotFoundError
-
     text = first_line(error, 240)
     name = corpus.label
     if "BuilderConfig" in text or "Config name is missing" in text:
         return UsageError(f"--dataset_config_name {corpus.config}: {text}")
     if text.startswith(("Bad split", "Unknown split")):
         return UsageError(f"--dataset_split {corpus.split}: {text}")
-    if isinstance(error, DatasetNotFoundError):
+    if isinstance(error, hf_datasets().exceptions.DatasetNotFoundError):
         return UsageError(f"{name}: {text}")
     if isinstance(error, ConnectionError):
         return UsageError(f"{name}: the Hub could not be reached ({text}); check the network or use a local folder")
     if isinstance(error, FileNotFoundError) or type(error).__name__ in ("EmptyDatasetError", "DataFilesNotFoundError"):
         return UsageError(f"{name}: no data files that datasets can read ({text})")
-    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-        return UsageError(f"{name}: the disk filled up while downloading ({text}); free space or pass "
-                          "--huggingface_cache_dir on a larger disk")
+    if out_of_space(error):
+        return DiskFull(f"{name} could not be downloaded ({text}); free space or pass --huggingface_cache_dir on a "
+                        "larger disk")
     return UsageError(f"{name}: datasets could not load it ({type(error).__name__}: {text})")
 
 
@@ -380,16 +382,15 @@ def read_text_file_documents(path: str | os.PathLike) -> Iterator[str]:
 
 def documents_dataset(texts: Iterable[str], path: Path):
     """A disk-backed Dataset with one column `text` (memory stays flat: texts are written a batch at a time)."""
-    from datasets import Dataset, Features, Value
-    from datasets.arrow_writer import ArrowWriter
-
+    datasets = hf_datasets()
     path.parent.mkdir(parents=True, exist_ok=True)
-    with ArrowWriter(features=Features({TEXT_COLUMN: Value("string")}), path=str(path)) as writer:
+    features = datasets.Features({TEXT_COLUMN: datasets.Value("string")})
+    with datasets.arrow_writer.ArrowWriter(features=features, path=str(path)) as writer:
         texts = iter(texts)
         while batch := list(itertools.islice(texts, PACK_READ_DOCUMENTS)):
             writer.write_table(pa.table({TEXT_COLUMN: pa.array(batch, type=pa.string())}))
         writer.finalize()
-    return Dataset.from_file(str(path))
+    return datasets.Dataset.from_file(str(path))
 
 
 def is_wikitext_title(row: str) -> bool:
@@ -451,8 +452,6 @@ def load_corpus_documents(corpus: Corpus, cache_dir: str | None, work: Path, num
 
 def load_documents(args: argparse.Namespace, corpora: list[Corpus], work: Path, num_workers: int):
     """The source's documents as a Dataset with one column `text`, limited to --max_documents."""
-    from datasets import concatenate_datasets
-
     if args.source == "text_files":
         texts = (text for path in args.text_files for text in read_text_file_documents(path))
         documents = documents_dataset(itertools.islice(texts, args.max_documents), work / "documents.arrow")
@@ -466,7 +465,7 @@ def load_documents(args: argparse.Namespace, corpora: list[Corpus], work: Path, 
                 break
             parts.append(load_corpus_documents(corpus, args.huggingface_cache_dir, work, num_workers, remaining))
             remaining = None if remaining is None else remaining - len(parts[-1])
-        documents = parts[0] if len(parts) == 1 else concatenate_datasets(parts)
+        documents = parts[0] if len(parts) == 1 else hf_datasets().concatenate_datasets(parts)
     if args.max_documents is not None and len(documents) > args.max_documents:
         documents = documents.select(range(args.max_documents))
     return documents
