@@ -570,16 +570,18 @@ def is_own_report(path: Path, script: str) -> bool:
     return report_signature(script) in head.splitlines()[0] if head else False
 
 
-def check_report_file(path: str | os.PathLike, flag: str, *, script: str, overwrite: bool) -> Path:
+def check_report_file(path: str | os.PathLike, flag: str, *, script: str, overwrite: bool,
+                      kinds: tuple[OutputKind, ...] = ()) -> Path:
     """Check that a report may be written at `path`; raise UsageError (one line) if not. Changes nothing.
 
     A new file in a writable folder is fine; an existing one is replaced only with --overwrite, and only when it is
-    this script's own report (`is_own_report`): a user's file of the same name stays, --overwrite or not."""
+    this script's own report (`is_own_report`): a user's file of the same name stays, --overwrite or not. Nor does
+    it replace what a script of `kinds` made in its folder (`refuse_replacing_outputs`)."""
     target = Path(path).expanduser().absolute()
     if target.is_dir():
         raise UsageError(f"{flag} {path} is a folder: give a file name")
     check_writable(target, flag)
-    refuse_replacing_outputs(target, flag)
+    refuse_replacing_outputs(target, flag, kinds)
     if target.exists() or target.is_symlink():
         if not is_own_report(target, script):
             raise UsageError(f"{flag} {path} exists and is not a report of {script}: even --overwrite leaves it "

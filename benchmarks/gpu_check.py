@@ -484,9 +484,8 @@ def store_facts(ctx: Context) -> tuple[int, dict]:
     """(vocabulary size, {split: blocks}) of the store leg's store, through the store's own reader."""
     import store
 
-    data, record = store.open_store(ctx.work.store)
-    tokenizer = store.tokenizer_from_store(ctx.work.store, record)
-    return len(tokenizer), {split: data[split].num_rows for split in data}
+    made = store.open_store(ctx.work.store)
+    return made.vocab_size, {split: made.data[split].num_rows for split in made.data}
 
 
 def compile_flags(ctx: Context) -> list[str]:
@@ -507,12 +506,13 @@ def train_command(ctx: Context, name: str, steps: int, extra: list[str], launch:
 
 
 def read_metrics(run_dir: Path) -> tuple[list[dict], list[dict]]:
-    """train.py's metrics.jsonl: (training records, evaluation records)."""
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        raise LegError(f"{path} was not written")
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in records if "loss" in r], [r for r in records if "eval_loss" in r]
+    """train.py's metrics, through its run folder's owner: (training records, evaluation records)."""
+    import run_folder
+
+    records = run_folder.read_metrics(run_dir)
+    if not records:
+        raise LegError(f"{run_dir} holds no training records")
+    return [r for r in records if "loss" in r], run_folder.eval_records(run_dir)
 
 
 def loss_checks(train: list[dict], evals: list[dict]) -> tuple[dict, dict]:
@@ -557,10 +557,16 @@ def leg_pretrain(ctx: Context):
 
 def newest_model(ctx: Context) -> Path | None:
     """pretrain's final_model/, else the newest complete checkpoint of any run (a stopped run saved one)."""
-    final = ctx.work.runs / "pretrain" / "final_model"
-    if (final / "model.safetensors").is_file():
+    import checkpoints
+    import model_folder
+    import run_folder
+
+    final = run_folder.final_model_dir(ctx.work.runs / "pretrain")
+    if (final / model_folder.SAFETENSORS_FILE).is_file():
         return final
-    candidates = [p for p in ctx.work.runs.glob("*/checkpoints/step_*") if (p / "manifest.json").is_file()]
+    candidates = [path for run in sorted(ctx.work.runs.iterdir()) if run.is_dir()
+                  for _, path in run_folder.step_folders(run_folder.checkpoints_dir(run))
+                  if (path / checkpoints.MANIFEST_FILE).is_file()] if ctx.work.runs.is_dir() else []
     return max(candidates, key=lambda p: p.stat().st_mtime, default=None)
 
 
@@ -574,7 +580,9 @@ def leg_qa(ctx: Context):
                            "--working_directory", str(ctx.work.runs), "--experiment_name", "qa",
                            "--gradient_accumulation_steps", "1", "--eval_steps", "0", "--save_steps", "0",
                            "--logging_steps", "10", "--seed", "0", *ctx.plan.qa_args])
-    results = json.loads((run_dir / "eval_results.json").read_text())
+    import qa_run_folder
+
+    results = qa_run_folder.read_results(run_dir)
     epochs = float(ctx.plan.qa_args[ctx.plan.qa_args.index("--num_train_epochs") + 1])
     windows_per_second = results["train_windows"] * epochs / results["train_runtime_s"]
     numbers = {"backbone": str(backbone), "exact_match": results["exact_match"], "f1": results["f1"],
@@ -604,7 +612,10 @@ def leg_fsdp(ctx: Context, version: int):
     run_dir = ctx.work.runs / name
     numbers, checks = loss_checks(*read_metrics(run_dir))
     log = ctx.work.log(f"{name}-resumed").read_text(errors="replace")
-    checks["resumed from the halfway checkpoint"] = f"step_{steps // 2} at step {steps // 2}" in log
+    import run_folder
+
+    halfway = run_folder.step_dir(run_folder.checkpoints_dir(run_dir), steps // 2)
+    checks["resumed from the halfway checkpoint"] = f"resumed from {halfway} at step {steps // 2}" in log
     if on_gpu:
         checks[f"FSDP{version} was in effect"] = f"(FSDP{version})" in log
     checks.update(final_model_checks(run_dir, steps))
@@ -617,18 +628,21 @@ def final_model_checks(run_dir: Path, steps: int) -> dict:
     import torch
     from safetensors.torch import load_file
 
+    import run_folder
     from model import RobertaForMaskedLM
+    from model_folder import SAFETENSORS_FILE
 
-    final, checkpoint = run_dir / "final_model", run_dir / "checkpoints" / f"step_{steps}"
+    checkpoints = run_folder.checkpoints_dir(run_dir)
+    final, last, halfway = (run_folder.final_model_dir(run_dir), run_folder.step_dir(checkpoints, steps),
+                            run_folder.step_dir(checkpoints, steps // 2))
     model = RobertaForMaskedLM.from_pretrained(final).eval()  # raises on missing or mis-shaped weights
     ids = torch.randint(5, model.config.vocab_size, (2, 16))
     checks = {}
     with torch.no_grad():
         checks["final_model loads and predicts finite logits"] = bool(torch.isfinite(model(ids).logits).all())
-    a, b = load_file(final / "model.safetensors"), load_file(checkpoint / "model.safetensors")
+    a, b = load_file(final / SAFETENSORS_FILE), load_file(last / SAFETENSORS_FILE)
     checks["final_model equals the last checkpoint"] = a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    halfway = run_dir / "checkpoints" / f"step_{steps // 2}"
-    first_weights = load_file(halfway / "model.safetensors") if halfway.is_dir() else a
+    first_weights = load_file(halfway / SAFETENSORS_FILE) if halfway.is_dir() else a
     checks["the weights trained after the resume"] = any(not torch.equal(a[k], first_weights[k]) for k in a)
     return checks
 
@@ -807,7 +821,8 @@ def check_folders(args) -> tuple[WorkFolder, OutputFolder]:
         if path.resolve().is_relative_to(work_path.resolve()) or path.resolve().is_relative_to(out_path.resolve()):
             raise UsageError(f"{flag} {path} lies inside --workdir or --output_dir, whose files this script names "
                              "itself; leave it out, or give a path elsewhere")
-        check_report_file(path, flag, script=SCRIPT, overwrite=args.overwrite)
+        check_report_file(path, flag, script=SCRIPT, overwrite=args.overwrite,
+                          kinds=(*throughput.output_kinds(), WorkFolder.KIND, OutputFolder.KIND))
     for path, flag in ((work_path, "--workdir"), (out_path, "--output_dir")):
         check_in_use(path, flag)
     return WorkFolder(work_path), OutputFolder(out_path, *(Path(p).expanduser().absolute() if p else None

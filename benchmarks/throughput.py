@@ -592,6 +592,22 @@ def default_implementations(compile_: bool, baseline: bool) -> list[str]:
         (["baseline", "baseline + compile"] if baseline else [])
 
 
+def output_kinds() -> tuple:
+    """The repository's output folders a report must not be written into over their own files: the store and the
+    run folders (the QA run's owner needs pyarrow, which a bare GPU machine may lack; then no such folder is there)."""
+    import run_folder
+    import store
+
+    kinds = [store.STORE, run_folder.PRETRAINING_RUN]
+    try:
+        import qa_run_folder
+
+        kinds.append(qa_run_folder.QA_RUN)
+    except ImportError:
+        pass
+    return tuple(kinds)
+
+
 def positive(kind):
     def parse(text: str):
         value = kind(text)
@@ -632,7 +648,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path | None, fl
     if args.baseline_model and not Path(args.baseline_model).is_file():
         raise UsageError(f"--baseline_model {args.baseline_model} is not a file (a model.py to time)")
     if args.json is not None:
-        check_report_file(args.json, "--json", script=SCRIPT, overwrite=args.overwrite)
+        check_report_file(args.json, "--json", script=SCRIPT, overwrite=args.overwrite, kinds=output_kinds())
     compile_ = args.device == "cuda" if args.compile is None else args.compile
     implementations = args.implementations or default_implementations(compile_, bool(args.baseline_model))
     overrides = {f.name: getattr(args, f.name) for f in fields(Settings)
