@@ -36,6 +36,8 @@ import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+SCRIPT = "benchmarks/preflight.py"  # the signature in its record (folders.is_own_report)
 REQUIREMENTS = ROOT / "requirements.txt"  # the one list of packages and the versions they must have
 # Distribution names whose versions the record lists, beside requirements.txt's.
 EXTRA_VERSIONS = ("triton", "deepspeed", "packaging")
@@ -179,7 +181,7 @@ def kernel_of(operators: list[str]) -> str:
 
 
 def probe(args: argparse.Namespace) -> dict:
-    record, on_gpu = {"written_by": "benchmarks/preflight.py"}, args.device == "cuda"
+    record, on_gpu = {"written_by": SCRIPT}, args.device == "cuda"
     specs = requirement_specs()
     steps = [("versions", lambda: versions(specs, on_gpu)), ("packages", lambda: package_problems(specs)),
              ("imports", lambda: import_failures(args.imports)), ("toolchain", lambda: toolchain(on_gpu)),
@@ -195,8 +197,11 @@ def probe(args: argparse.Namespace) -> dict:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--json", type=Path, help="write the record here too (the caller checks the path)")
+    from utils import ArgumentParser
+
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--json", type=Path, help="write the record here too")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier --json record of this script")
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     p.add_argument("--imports", nargs="*", default=[], help="modules whose import is tried")
     p.add_argument("--batch", type=int, default=32)
@@ -205,11 +210,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--head_dim", type=int, default=64)
     p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16")
     p.add_argument("--dropout", type=float, default=0.1, help="attention dropout, as in training")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if min(args.batch, args.heads, args.seq, args.head_dim) < 1 or not 0 <= args.dropout < 1:
+        p.error("--batch, --heads, --seq and --head_dim must be positive and --dropout in [0, 1)")
+    if args.json is not None:
+        from folders import check_report_file
+
+        check_report_file(args.json, "--json", script=SCRIPT, overwrite=args.overwrite)
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            from utils import UsageError
+
+            raise UsageError("no CUDA device is visible to torch; pass --device cpu")
     record = probe(args)
     text = json.dumps(record, indent=2, default=str)
     if args.json:
@@ -221,4 +240,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from utils import run_cli
+
+    run_cli(main)

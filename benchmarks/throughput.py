@@ -660,6 +660,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path | None, fl
         raise UsageError(str(error)) from None
     if settings.hidden % settings.heads:
         raise UsageError(f"--hidden {settings.hidden} is not a multiple of --heads {settings.heads}")
+    if settings.vocab_size <= len(_Vocabulary.all_special_ids) or settings.seq < 4:
+        raise UsageError(f"--vocab_size must exceed the {len(_Vocabulary.all_special_ids)} special ids and --seq be at "
+                         f"least 4 (<s>, tokens, </s>); got {settings.vocab_size} and {settings.seq}")
     return settings, args.json, args.budget_s
 
 
