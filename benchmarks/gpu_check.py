@@ -746,7 +746,7 @@ def logs_tarball(work: WorkFolder) -> bytes:
         for log in sorted(work.logs.glob("*.log")) if work.logs.is_dir() else []:
             data = log.read_bytes()
             data = data[-LOG_TAIL_BYTES:] if len(data) > LOG_TAIL_BYTES else data
-            info = tarfile.TarInfo(f"logs/{log.name}")
+            info = tarfile.TarInfo(f"{WorkFolder.LOGS}/{log.name}")
             info.size, info.mtime = len(data), int(log.stat().st_mtime)
             tar.addfile(info, io.BytesIO(data))
     return buffer.getvalue()

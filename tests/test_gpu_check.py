@@ -100,7 +100,8 @@ def test_smoke_run_passes_every_leg_and_reports_the_numbers(tmp_path):
         [OUT.REPORT_JSON, OUT.REPORT_MD, OUT.ENVIRONMENT, OUT.LOGS])
     assert sum(p.stat().st_size for p in (tmp_path / "out").iterdir()) < 2_000_000
     with tarfile.open(tmp_path / "out" / OUT.LOGS) as tar:
-        assert {"logs/pretrain.log", "logs/fsdp2-resumed.log", "logs/throughput.log"} <= set(tar.getnames())
+        logs = gpu_check.WorkFolder.LOGS
+        assert {f"{logs}/pretrain.log", f"{logs}/fsdp2-resumed.log", f"{logs}/throughput.log"} <= set(tar.getnames())
     table = (tmp_path / "out" / OUT.REPORT_MD).read_text()
     assert table.strip() in result.stdout and "| leg | status | seconds | result |" in table
     for name in LEGS:
