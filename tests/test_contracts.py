@@ -44,7 +44,7 @@ import code_stats  # noqa: E402
 # The imports inside functions that the rule allows (CONTRIBUTING.md), by module: optional dependencies, and the
 # training-only libraries of the modules the notebook imports.
 ALLOWED_INNER_IMPORTS = {("store.py", "datasets"), ("corpora.py", "datasets"), ("batches.py", "accelerate"),
-                         ("metrics.py", "matplotlib")}
+                         ("metrics.py", "matplotlib"), ("checkpoints.py", "deepspeed")}
 
 
 # ----------------------------------------------------------------------------------------------------------------
