@@ -120,7 +120,9 @@ def test_the_report_exists_while_it_runs_and_sigterm_leaves_a_valid_one(tmp_path
         time.sleep(0.5)
     assert check.poll() is None, "the check ended before its throughput leg was reported"
     assert statuses(tmp_path)["preflight"] == "ok" and statuses(tmp_path)["qa"] == "pending"
-    time.sleep(8)  # into the benchmark's warm-ups
+    rows = tmp_path / "work" / gpu_check.WorkFolder.THROUGHPUT
+    while time.time() < deadline and not rows.is_file():  # until the benchmark has written its first rows
+        time.sleep(0.2)
     check.send_signal(signal.SIGTERM)
     output, _ = check.communicate(timeout=120)
     assert check.returncode == 128 + signal.SIGTERM, output[-3000:]
