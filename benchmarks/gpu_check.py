@@ -672,6 +672,7 @@ def run_leg(ctx: Context, name: str) -> None:
         ctx.leg_deadline = time.monotonic() + min(limit, ctx.left())
         start = time.perf_counter()
         leg.status = "running"
+        write_report(ctx)  # the report says which leg runs now
         try:
             leg.summary, leg.numbers, leg.checks = LEG_FUNCTIONS[name](ctx)
             failed = [what for what, passed in leg.checks.items() if not passed]
