@@ -7,7 +7,7 @@ PYTHON ?= python3
 # installed torch is left alone.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test test-fast install install-dev lint benchmark
+.PHONY: demo test test-fast test-min install install-dev lint benchmark
 
 install:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "$(TORCH_SPEC)"
@@ -28,6 +28,19 @@ test: install-dev
 ## test-fast: the unit, parity and bad-input tests only (about a minute): the loop while editing
 test-fast: install-dev
 	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -q -m "not slow"
+
+## test-min: the fast tests and FSDP2 through accelerate on requirements.txt's floors (requirements-min.txt: torch
+## 2.11, transformers 5.17, accelerate 1.15, pyarrow 24), in a virtual environment .venv-min beside the system's
+## packages. The first run downloads torch 2.11 (a CUDA build, about 3 GB with its libraries: 2 to 4 minutes).
+test-min:
+	@echo "make test-min: installing requirements-min.txt into .venv-min (first time: about 3 GB, minutes)"
+	$(PYTHON) -m venv --system-site-packages .venv-min
+	.venv-min/bin/python -m pip install -q -r requirements-min.txt
+	.venv-min/bin/python -c "import torch, transformers, accelerate; print('test-min on torch', torch.__version__, \
+		'transformers', transformers.__version__, 'accelerate', accelerate.__version__)"
+	HF_HUB_OFFLINE=1 .venv-min/bin/python -m pytest -q -p no:cacheprovider -m "not slow"
+	HF_HUB_OFFLINE=1 .venv-min/bin/python -m pytest -q -p no:cacheprovider tests/test_scale_out.py \
+		-k "fsdp2_through and cpu_ram_efficient_loading"
 
 ## benchmark: one training step of our model against transformers' (CPU or GPU)
 benchmark: install

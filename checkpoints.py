@@ -368,11 +368,30 @@ def save_model_folder(accelerator, wrapped, raw_model, tokenizer, folder: Path) 
     to_save = raw_model
     if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
         state = accelerator.get_state_dict(wrapped)
+        if accelerator.distributed_type == DistributedType.DEEPSPEED:
+            state.update(deepspeed_fp32_weights(wrapped))
         if accelerator.is_main_process:
             to_save = type(raw_model)(raw_model.config)
             to_save.load_state_dict(strip_wrapper_prefixes(state), strict=True)
     if accelerator.is_main_process:
         model_folder.save(folder, to_save, tokenizer)
+
+
+def deepspeed_fp32_weights(engine) -> dict[str, torch.Tensor]:
+    """{state-dict name: fp32 tensor} of every parameter of a DeepSpeed engine's model, gathered on every process
+    (a collective: all call it). Under bf16/fp16 the module holds 16-bit copies and ZeRO keeps the fp32 masters in
+    its optimizer's partitions: `safe_get_full_fp32_param` assembles those, so that final_model/ holds the trained
+    fp32 weights, not their 16-bit rounding. Tied names (the decoder) get the one tensor they share."""
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    module, gathered = getattr(engine, "module", engine), {}
+    weights = {}
+    for name, param in module.named_parameters(remove_duplicate=False):
+        if id(param) not in gathered:
+            full = safe_get_full_fp32_param(param)  # None where DeepSpeed keeps no separate master (fp32 training)
+            gathered[id(param)] = (full if full is not None else param.detach()).float().cpu()
+        weights[name] = gathered[id(param)]
+    return weights
 
 
 WRAPPER_PARTS = ("_orig_mod", "_fsdp_wrapped_module", "_checkpoint_wrapped_module")  # compile, FSDP1, checkpointing

@@ -542,3 +542,51 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return f"{n:.1f} TB"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Report files (the benchmarks' --json and --markdown): replaced only when they are the script's own
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def report_signature(script: str) -> str:
+    """The words a script's report carries in its first line (markdown: an HTML comment) or as the JSON key
+    `written_by`, by which `--overwrite` recognises it."""
+    return f"written by {script}"
+
+
+def is_own_report(path: Path, script: str) -> bool:
+    """Whether the file at `path` is a report that `script` wrote (its signature), not a user's file."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096).decode("utf-8", errors="replace")
+    except OSError:
+        return False
+    if head.lstrip().startswith("{"):
+        try:
+            return json.loads(Path(path).read_text()).get("written_by") == script
+        except (OSError, ValueError, AttributeError):
+            return False
+    return report_signature(script) in head.splitlines()[0] if head else False
+
+
+def check_report_file(path: str | os.PathLike, flag: str, *, script: str, overwrite: bool,
+                      kinds: tuple[OutputKind, ...] = ()) -> Path:
+    """Check that a report may be written at `path`; raise UsageError (one line) if not. Changes nothing.
+
+    A new file in a writable folder is fine; an existing one is replaced only with --overwrite, and only when it is
+    this script's own report (`is_own_report`): a user's file of the same name stays, --overwrite or not. Nor does
+    it replace what a script of `kinds` made in its folder (`refuse_replacing_outputs`)."""
+    target = Path(path).expanduser().absolute()
+    if target.is_dir():
+        raise UsageError(f"{flag} {path} is a folder: give a file name")
+    check_writable(target, flag)
+    refuse_replacing_outputs(target, flag, kinds)
+    if target.exists() or target.is_symlink():
+        if not is_own_report(target, script):
+            raise UsageError(f"{flag} {path} exists and is not a report of {script}: even --overwrite leaves it "
+                             "alone; choose another file name")
+        if not overwrite:
+            raise UsageError(f"{flag} {path} holds an earlier report of {script}; pass --overwrite to replace it, "
+                             "or choose another file name")
+    return target

@@ -487,7 +487,10 @@ class RobertaLMHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.layer_norm(F.gelu(self.dense(x)))
-        return F.linear(x, self.decoder.weight, self.bias)
+        # The decoder is called as a module, not through its weight: FSDP2 (accelerate groups the embeddings and
+        # the decoder in one unit) and ZeRO-3 gather a module's weights in its own forward hook; torch 2.11's FSDP2
+        # leaves the embeddings sharded in the next step when a module of that unit never runs.
+        return self.decoder(x) + self.bias
 
 
 def _predicted_rows(hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

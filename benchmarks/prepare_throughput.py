@@ -40,12 +40,15 @@ import corpora  # noqa: E402
 import prepare_data  # noqa: E402
 import store_writer as store_module  # noqa: E402
 from tokenization import train_bpe_tokenizer  # noqa: E402
+from utils import ArgumentParser, UsageError, run_cli  # noqa: E402
 
 DEFAULT_TEXT = sorted(glob.glob(str(ROOT.parent / "shared" / "data" / "text" / "*.txt")))
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The flags, each checked here: a bad one is one line and exit code 2, before any work. Everything the
+    benchmark writes goes to a temporary folder it deletes; nothing of the user's is touched."""
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--text_files", nargs="+", default=DEFAULT_TEXT or None,
                         help="text to prepare (default: ../shared/data/text/*.txt if present, else the demo corpus)")
     parser.add_argument("--demo", action="store_true", help="use the demo corpus, even where the text files exist")
@@ -54,7 +57,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--vocab_size", type=int, default=8000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--measure_disk", action="store_true", help="measure the disk ratios instead of the speed")
-    return parser.parse_args()
+    args = parser.parse_args(argv)
+    for flag, value, least in (("--num_workers", args.num_workers, 1), ("--repeat", args.repeat, 1),
+                               ("--context_length", args.context_length, 8), ("--vocab_size", args.vocab_size, 300)):
+        if value < least:
+            raise UsageError(f"{flag} must be at least {least}, got {value}")
+    for path in args.text_files or [] if not args.demo else []:
+        if not Path(path).is_file():
+            raise UsageError(f"--text_files {path} is not a file")
+    return args
 
 
 def load_texts(text_files: list[str] | None) -> list[str]:
@@ -179,4 +190,4 @@ def report(baseline: list[Run], pipeline: list[Run]) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -2,6 +2,7 @@
 
 import os
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -94,3 +95,24 @@ def hold_lock_in_another_process(folder: Path, shared: bool = False):
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "locked"
     return holder
+
+
+@pytest.fixture
+def read_only_mount(tmp_path):
+    """A folder on a read-only filesystem (a tmpfs mounted read-only; skipped where mounting is not allowed), holding
+    what `fill(folder)` put there before it became read-only."""
+    mounted = []
+
+    def make(name, fill=lambda folder: None):
+        folder = tmp_path / name
+        folder.mkdir()
+        if subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(folder)], capture_output=True).returncode:
+            pytest.skip("cannot mount a tmpfs here")
+        mounted.append(folder)
+        fill(folder)
+        subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+        return folder
+
+    yield make
+    for folder in mounted:
+        subprocess.run(["umount", str(folder)])

@@ -8,12 +8,16 @@ accelerate's own code (`Accelerator.prepare` -> `_prepare_fsdp2` / `prepare_mode
 `cpu_ram_efficient_loading`, the sharded `save_state` / `load_state`, `get_state_dict`) and train.py's `main`, run as
 `__main__` with the arguments given here.
 
+With TEST_COMPILE_BACKEND set (e.g. aot_eager), train.py's `--compile` uses that torch.compile backend instead of
+inductor: the same graphs traced through FSDP2's hooks, without generating code.
+
 For the test it also writes <run folder>/fsdp_probe.pt: the word embeddings right after initialisation (before
 accelerate prepares the model) and the trained ones gathered from the shards right before final_model/ is saved.
 
     accelerate launch --use_fsdp --fsdp_version 2 ... tests/fsdp_accelerate_worker.py TRAIN_PY_ARGUMENTS...
 """
 
+import functools
 import os
 import runpy
 import sys
@@ -88,6 +92,8 @@ def record_embeddings() -> None:
 
 
 if __name__ == "__main__":
+    if os.environ.get("TEST_COMPILE_BACKEND"):
+        torch.compile = functools.partial(torch.compile, backend=os.environ["TEST_COMPILE_BACKEND"])
     distributed.check_launch = lambda: None  # FSDP on the CPU is what this worker is for
     declare_fsdp_on_the_cpu()
     allow_fsdp1_full_state_dict_on_the_cpu()

@@ -44,7 +44,8 @@ import code_stats  # noqa: E402
 # The imports inside functions that the rule allows (CONTRIBUTING.md), by module: optional dependencies, the
 # training-only libraries of the modules the notebook imports, the heavy libraries of modules imported everywhere.
 ALLOWED_INNER_IMPORTS = {("store.py", "datasets"), ("corpora.py", "datasets"), ("batches.py", "accelerate"),
-                         ("metrics.py", "matplotlib"), ("utils.py", "torch"), ("tokenization.py", "transformers")}
+                         ("metrics.py", "matplotlib"), ("utils.py", "torch"), ("tokenization.py", "transformers"),
+                         ("checkpoints.py", "deepspeed")}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -70,8 +71,11 @@ def test_imports_inside_functions_are_only_the_allowed_ones():
 
 
 def test_the_notebook_modules_import_no_training_library_and_the_scripts_start_light():
-    code = "import sys, batches, corpora, model, qa, store, tokenization; print(sorted({'datasets', 'accelerate'} " \
-           "& set(sys.modules)), 'store_writer' in sys.modules)"
+    # transformers 5.17 (requirements.txt's floor) itself imports accelerate with AutoTokenizer when it is installed:
+    # only what our modules add counts.
+    code = "import sys; from transformers import AutoTokenizer; libraries = {'datasets', 'accelerate'}; " \
+           "before = libraries & set(sys.modules); import batches, corpora, model, qa, store, tokenization; " \
+           "print(sorted(libraries & set(sys.modules) - before), 'store_writer' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.stdout.split() == ["[]", "False"], result.stderr  # nor the store writer's fork hook
     code = "import sys, prepare_data; print('torch' in sys.modules); import model; print('transformers' in sys.modules)"

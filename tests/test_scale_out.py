@@ -41,11 +41,11 @@ def store(tmp_path_factory, tiny_tokenizer_dir):
     return build_store(tmp_path_factory.mktemp("store"), tiny_tokenizer_dir)
 
 
-def launch_fsdp2(store, workdir, name, processes=2, ram_efficient=True, extra=(), env=None):
+def launch_fsdp2(store, workdir, name, processes=2, ram_efficient=True, extra=(), env=None, mixed_precision="no"):
     """train.py under `accelerate launch --use_fsdp --fsdp_version 2`, in CPU processes (see the module docstring)."""
     command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes),
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-               "29541", "--use_fsdp", "--fsdp_version", "2", "--fsdp_cpu_ram_efficient_loading",
+               "--num_machines", "1", "--mixed_precision", mixed_precision, "--dynamo_backend", "no",
+               "--main_process_port", "29541", "--use_fsdp", "--fsdp_version", "2", "--fsdp_cpu_ram_efficient_loading",
                str(ram_efficient).lower(), "--fsdp_auto_wrap_policy", "TRANSFORMER_BASED_WRAP",
                "--fsdp_transformer_layer_cls_to_wrap", "RobertaLayer",
                str(ROOT / "tests" / "fsdp_accelerate_worker.py"),
@@ -124,6 +124,58 @@ def tiny_model() -> RobertaForMaskedLM:
     return RobertaForMaskedLM(RobertaConfig(vocab_size=99, hidden_size=48, num_hidden_layers=1, num_attention_heads=3,
                                             intermediate_size=96, max_position_embeddings=15))
 
+
+
+@pytest.mark.slow
+def test_fsdp2_compiled_in_bf16_is_stopped_resumed_and_keeps_the_tie(store, tmp_path):
+    """The GPU check's fsdp2 leg on the CPU: --compile (aot_eager: the same graphs through FSDP2's hooks, no code
+    generated) under bf16 mixed precision, cpu_ram_efficient_loading, stopped by SIGTERM halfway and resumed."""
+    compiled = {"TEST_COMPILE_BACKEND": "aot_eager"}
+    first = launch_fsdp2(store, tmp_path, "compiled", extra=["--compile"], mixed_precision="bf16",
+                         env={**compiled, "TRAIN_TEST_SIGNAL_AT_STEP": "10:TERM"})
+    assert "processes: 2 on cpu (FSDP2), mixed precision bf16, compiled" in first.stdout
+    halfway = tmp_path / "compiled" / "checkpoints" / "step_10"
+    assert halfway.is_dir() and not (tmp_path / "compiled" / "final_model").exists()
+    resumed = launch_fsdp2(store, tmp_path, "compiled", extra=["--compile", "--resume_from_checkpoint", "latest"],
+                           mixed_precision="bf16", env=compiled)
+    assert f"resumed from {halfway} at step 10" in resumed.stdout
+    train, evals = losses(tmp_path / "compiled")
+    assert len(train) == 4 and train[-1] < train[0] and evals[-1] < evals[0], (train, evals)
+    probe = torch.load(tmp_path / "compiled" / "fsdp_probe.pt")
+    assert torch.equal(probe["decoder"], probe["embeddings"])  # one matrix, through compile and the resume
+    final, before = (load_file(folder / "model.safetensors") for folder in (tmp_path / "compiled" / "final_model",
+                                                                            halfway))
+    assert final.keys() == before.keys() and any(not torch.equal(final[k], before[k]) for k in final)
+
+
+@pytest.mark.slow
+def test_deepspeed_zero2_in_bf16_saves_the_fp32_weights_in_final_model(store, tmp_path):
+    """Under DeepSpeed with bf16 the model holds 16-bit copies and ZeRO keeps the fp32 masters in its optimizer:
+    final_model/ must hold the fp32 ones, equal to DeepSpeed's own consolidation of its checkpoint. One process on
+    the CPU (accelerate runs DeepSpeed there when not told to use the CPU; two would not share a process group)."""
+    deepspeed = pytest.importorskip("deepspeed")
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    config = tmp_path / "zero2.json"
+    config.write_text(json.dumps({"zero_optimization": {"stage": 2}, "bf16": {"enabled": True},
+                                  "train_micro_batch_size_per_gpu": "auto", "gradient_clipping": "auto"}))
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
+               "--use_deepspeed", "--deepspeed_config_file", str(config), "--mixed_precision", "bf16",
+               "--dynamo_backend", "no", "--main_process_port", "29543", str(ROOT / "train.py"),
+               "--path_to_prepped_data", str(store), "--working_directory", str(tmp_path), "--experiment_name", "ds",
+               *TINY[:12], "--num_training_steps", "4", "--num_warmup_steps", "1", "--logging_steps", "2",
+               "--evaluation_interval", "4", "--checkpoint_interval", "4"]
+    env = {key: value for key, value in os.environ.items() if key != "ACCELERATE_USE_CPU"}
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                            env={**env, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    assert "(DeepSpeed), mixed precision bf16" in result.stdout, deepspeed.__version__
+    saved = load_file(tmp_path / "ds" / "final_model" / "model.safetensors")
+    assert not all(torch.equal(v, v.bfloat16().float()) for v in saved.values())  # not 16-bit values widened
+    masters = get_fp32_state_dict_from_zero_checkpoint(str(tmp_path / "ds" / "checkpoints" / "step_4" /
+                                                           checkpoints.ACCELERATE_STATE))
+    assert set(masters) == set(saved) | {"lm_head.decoder.weight"}  # tied: saved once, as transformers does
+    assert all(torch.equal(masters[key].float(), saved[key]) for key in saved)
 
 def test_tie_weights_restores_the_tie_after_a_rebuild_on_the_meta_device():
     model = tiny_model()

@@ -697,27 +697,6 @@ def test_fsdp_on_a_cpu_and_tilde_through_the_command_line(store, tmp_path):
     assert f"final model: {home / 'runs' / 'x' / 'final_model'}" in result.stdout
 
 
-@pytest.fixture
-def read_only_mount(tmp_path):
-    """A folder on a read-only filesystem (a tmpfs mounted read-only; skipped where mounting is not allowed), holding
-    what `fill(folder)` put there before it became read-only."""
-    mounted = []
-
-    def make(name, fill=lambda folder: None):
-        folder = tmp_path / name
-        folder.mkdir()
-        if subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(folder)], capture_output=True).returncode:
-            pytest.skip("cannot mount a tmpfs here")
-        mounted.append(folder)
-        fill(folder)
-        subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
-        return folder
-
-    yield make
-    for folder in mounted:
-        subprocess.run(["umount", str(folder)])
-
-
 @pytest.mark.slow
 def test_read_only_folders_are_one_line_and_a_read_only_store_is_read(store, tmp_path, read_only_mount):
     read_only = read_only_mount("ro")
