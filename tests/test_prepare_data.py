@@ -828,13 +828,15 @@ def dead(pid: int) -> bool:
         return True
 
 
-def start_slow_prepare(store: Path, tiny_tokenizer_dir: Path) -> subprocess.Popen:
-    """A prepare whose tokenising tasks each take a second (a testing hook), stopped at its first progress line."""
+def start_slow_prepare(store: Path, tiny_tokenizer_dir: Path, own_group: bool = False) -> subprocess.Popen:
+    """A prepare whose tokenising tasks each take a second (a testing hook), stopped at its first progress line;
+    `own_group`: in a process group of its own, as a job under a scheduler."""
     command = [sys.executable, str(ROOT / "prepare_data.py"), "--dataset", "demo", "--max_documents", "400",
                "--hf_model_name", str(tiny_tokenizer_dir), "--context_length", "29", "--num_workers", "2",
                "--path_to_data_store", str(store)]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, fault_injection.SLOW_TOKENIZING_ENV: "1"})
+                               env={**os.environ, fault_injection.SLOW_TOKENIZING_ENV: "1"},
+                               start_new_session=own_group)
     for line in process.stdout:
         if "tokenizing with 2 worker(s)" in line:
             break
@@ -845,12 +847,18 @@ def start_slow_prepare(store: Path, tiny_tokenizer_dir: Path) -> subprocess.Pope
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["Ctrl-C", "SIGTERM"])
-def test_an_interrupted_run_cleans_up_and_exits_with_one_line(tmp_path, tiny_tokenizer_dir, signum):
-    process = start_slow_prepare(tmp_path / "store", tiny_tokenizer_dir)
+@pytest.mark.parametrize("signum, to_group", [(signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGTERM, True)],
+                         ids=["Ctrl-C", "SIGTERM", "SIGTERM to the process group"])
+def test_an_interrupted_run_cleans_up_and_exits_with_one_line(tmp_path, tiny_tokenizer_dir, signum, to_group):
+    """A signal to the main process, or to every process of the job as `timeout` and schedulers send it (the
+    tokenising workers die of it; the main process stops as it would alone)."""
+    process = start_slow_prepare(tmp_path / "store", tiny_tokenizer_dir, own_group=to_group)
     workers = workers_of(process.pid)
     assert len(workers) >= 2 and any(p.name.startswith(".store.tmp-") for p in tmp_path.iterdir())
-    process.send_signal(signum)
+    if to_group:
+        os.killpg(process.pid, signum)
+    else:
+        process.send_signal(signum)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 128 + signum
     assert stderr.strip().splitlines()[-1] == (f"prepare_data: interrupted ({signal.Signals(signum).name}): the work "

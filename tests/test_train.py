@@ -48,11 +48,12 @@ def store(tmp_path_factory, tiny_tokenizer_dir):
     return build_store(tmp_path_factory.mktemp("store"), tiny_tokenizer_dir, CONTEXT)
 
 
-def run_train(store, workdir, name, *extra, env=None, launcher=None, check=True):
+def run_train(store, workdir, name, *extra, env=None, launcher=None, check=True, own_group=False):
+    """train.py through its command line; `own_group`: in a process group of its own, as a job under a scheduler."""
     command = [*(launcher or [sys.executable]), str(ROOT / "train.py"), "--path_to_prepped_data", str(store),
                "--working_directory", str(workdir), "--experiment_name", name, *TINY, *extra]
     result = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+                            env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, start_new_session=own_group)
     if check:
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return result
@@ -524,6 +525,21 @@ def test_sigterm_and_ctrl_c_save_a_checkpoint_and_exit_cleanly(store, tmp_path, 
     assert not (tmp_path / "run" / "final_model").exists()
     assert ckpt.find_intact_checkpoint(tmp_path / "run" / "checkpoints") == tmp_path / "run" / "checkpoints" / "step_5"
     run_train(store, tmp_path, "run", *RESUMABLE, "--resume_from_checkpoint", "latest")
+    assert_same_weights(reference / "final_model", tmp_path / "run" / "final_model")
+    assert without_timing(metrics(tmp_path / "run")) == without_timing(metrics(reference))
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_whole_process_group_stops_with_a_checkpoint_and_resumes_exactly(store, tmp_path, reference):
+    """`timeout`, SLURM and `kill -TERM -PGID` signal every process of the job, the DataLoader worker too: the run
+    stops as on a signal to the main process alone (a worker killed by it used to make the next batch raise)."""
+    if batches.loader_workers(1, 1) < 1:
+        pytest.skip("a single core: the run would start no DataLoader worker to signal")
+    stopped = run_train(store, tmp_path, "run", *RESUMABLE, "--num_workers", "1", own_group=True,
+                        env={"TRAIN_TEST_SIGNAL_AT_STEP": "5:TERM:group"}, check=False)
+    assert stopped.returncode == 0 and "Traceback" not in stopped.stderr, stopped.stderr[-3000:]
+    assert "SIGTERM: saved a checkpoint at step 5; continue with --resume_from_checkpoint latest" in stopped.stdout
+    run_train(store, tmp_path, "run", *RESUMABLE, "--num_workers", "1", "--resume_from_checkpoint", "latest")
     assert_same_weights(reference / "final_model", tmp_path / "run" / "final_model")
     assert without_timing(metrics(tmp_path / "run")) == without_timing(metrics(reference))
 
