@@ -15,7 +15,7 @@ standard {question id: answer} predictions file ("" = no answer) that the offici
 the file has gold answers, the official scores are printed as well: exact match and F1, and for SQuAD 2.0 the
 HasAns/NoAns breakdown and the best no-answer threshold.
 
-transformers 5 removed pipeline("question-answering"); this script and utils.answer_questions replace it.
+transformers 5 removed pipeline("question-answering"); this script and qa.answer_questions replace it.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ never reached: its functions (datasets.load_dataset, huggingface_hub.HfApi) are 
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -790,6 +791,24 @@ def test_dataset_name_through_the_command_line(tmp_path, tiny_tokenizer_dir, tin
     record = record_of(tmp_path / "store")
     assert record["command"].startswith(f"python prepare_data.py --dataset_name {folder} --text_column content")
     check_store_gives_back_documents(tmp_path / "store", record, documents, tiny_tokenizer)
+
+
+@pytest.mark.slow
+def test_a_held_out_split_too_small_to_measure_is_warned_with_the_flag_that_fixes_it(tmp_path, tiny_tokenizer_dir):
+    """The default 0.5% of a few hundred documents holds out a handful: every evaluation of it would be noise."""
+    (tmp_path / "mine.txt").write_text("\n\n".join(generate_documents(0, 600)) + "\n")
+    args = ["--text_files", tmp_path / "mine.txt", "--hf_model_name", tiny_tokenizer_dir, "--context_length", 64,
+            "--num_workers", 1]
+    small = run_prepare(*args, "--path_to_data_store", tmp_path / "small")
+    assert small.returncode == 0, small.stderr[-2000:]
+    test = record_of(tmp_path / "small")["splits"]["test"]
+    assert test["documents"] == 3 and test["tokens"] < prepare_data.MIN_TEST_TOKENS
+    warning = re.search(r"prepare_data: warning: the test split holds only 3 document\(s\), ([\d,]+) tokens .*too few "
+                        r".*; (--test_split_pct [\d.]+) would hold out about [\d,]+ tokens\n", small.stdout)
+    assert warning and int(warning[1].replace(",", "")) == test["tokens"], small.stdout
+    fixed = run_prepare(*args, *warning[2].split(), "--path_to_data_store", tmp_path / "fixed")
+    assert fixed.returncode == 0 and "warning" not in fixed.stdout, fixed.stdout + fixed.stderr[-2000:]
+    assert record_of(tmp_path / "fixed")["splits"]["test"]["tokens"] >= prepare_data.MIN_TEST_TOKENS
 
 
 @pytest.mark.slow
