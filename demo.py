@@ -10,7 +10,8 @@
 6. the pretrained model is continued on text it has never read (`train.py --init_from`, as one continues a published
    model on a domain's text): the encyclopedia of another world, whose held-out loss falls from the model's own.
 
-Every step runs the real command line, printed before it runs, so each can be copied and changed.
+Every step runs the real command line, printed before it runs, so each can be copied and changed. About 10
+minutes on a 2-core CPU (each step's header says which of the six it is and how long the rest should take).
 """
 
 from __future__ import annotations
@@ -27,13 +28,16 @@ from utils import user_path
 
 ROOT = Path(__file__).resolve().parent
 
-# Sized for about 8 minutes on a 2-core CPU. Small MLMs sit on a plateau (predicting frequent tokens)
+# Sized for about 10 minutes on a 2-core CPU (STEP_MINUTES). Small MLMs sit on a plateau (predicting frequent tokens)
 # for their first ~1,000 updates before they learn to use context; blocks of 64 tokens, batches of 16 and no
 # dropout get past it within a few minutes on a CPU, where longer blocks or bigger batches did not.
 CONTEXT_LENGTH = "64"
 MODEL_FLAGS = ["--num_transformer_blocks", "4", "--embedding_dimension", "128", "--num_attention_heads", "4",
                "--mlp_ratio", "4", "--hidden_dropout_p", "0", "--attention_dropout_p", "0"]
 NEW_WORLD_SEED = 1  # the world the demo's model continues on: demo_world's seed 0 is the one it was pretrained on
+# Minutes of each step at the default sizes on an idle 2-core CPU (2026-12-06, the README's measurement): the
+# demo's duration as the README, the Makefile and the notebook state it, and the basis of the time left it prints.
+STEP_MINUTES = {"prepare": 0.2, "pretrain": 7.3, "qa": 0.9, "tokenize another world": 0.1, "continue": 0.6}
 FILL_MASK_SENTENCES = [  # in the style of the demo world's articles
     "Draius Manuthett was a painter from Theiciaia, born in 1617 and <mask> in 1707.",
     "Draius Manuthett died in 1707. His wife was Beimwen Tiaard, whom he <mask> in 1637.",
@@ -42,7 +46,7 @@ FILL_MASK_SENTENCES = [  # in the style of the demo world's articles
 ]
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output_dir", type=lambda value: Path(user_path(value)), default=ROOT / "demo_output",
                    help="where everything is written")
@@ -54,12 +58,45 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--continued_steps", type=int, default=300,
                    help="updates of continued pretraining on another world's text (0: skip that step)")
     p.add_argument("--continued_documents", type=int, default=2000, help="articles of that world to read")
-    return p.parse_args()
+    return p.parse_args(argv)
+
+
+class Progress:
+    """Which step of how many, and the time left: the expected minutes of the steps still to come, scaled by how
+    this machine's pace so far compares with theirs."""
+
+    def __init__(self, expected_minutes: list[float]):
+        self.expected, self.done, self.started = expected_minutes, 0, time.perf_counter()
+
+    def next_step(self) -> str:
+        elapsed = (time.perf_counter() - self.started) / 60
+        pace = elapsed / sum(self.expected[:self.done]) if self.done else 1.0
+        self.done += 1
+        return (f"[step {self.done} of {len(self.expected)}; {minutes(elapsed)} so far, about "
+                f"{minutes(pace * sum(self.expected[self.done - 1:]))} left]")
+
+
+def expected_minutes(args) -> list[float]:
+    """STEP_MINUTES scaled to the flags, one entry per run() in the order main() runs them."""
+    qa = STEP_MINUTES["qa"] * args.qa_epochs * args.qa_train_samples / (3.0 * 2000)
+    steps = [STEP_MINUTES["prepare"], STEP_MINUTES["pretrain"] * args.pretraining_steps / 4500, qa, qa]
+    if args.continued_steps:
+        steps += [STEP_MINUTES["tokenize another world"] * args.continued_documents / 2000,
+                  STEP_MINUTES["continue"] * args.continued_steps / 300]
+    return steps
+
+
+PROGRESS: Progress | None = None  # main() sets the plan
+
+
+def minutes(value: float) -> str:
+    return f"{value:.0f} min" if value >= 2 else f"{value:.1f} min"
 
 
 def run(step: str, command: list[str]) -> float:
     """Run one of the repository's scripts, printing the command first; stop the demo if it fails."""
-    print(f"\n=== {step}\n$ {shlex.join(['python', *command[1:]])}", flush=True)
+    header = f"{step} {PROGRESS.next_step()}" if PROGRESS else step
+    print(f"\n=== {header}\n$ {shlex.join(['python', *command[1:]])}", flush=True)
     start = time.perf_counter()
     if subprocess.run(command, cwd=ROOT).returncode != 0:
         sys.exit(f"demo: the step '{step}' failed (see above)")
@@ -147,7 +184,11 @@ def summary(args, timings: dict[str, float]) -> None:
 
 
 def main() -> None:
+    global PROGRESS
     args = parse_args()
+    PROGRESS = Progress(expected_minutes(args))
+    print(f"demo: {len(PROGRESS.expected)} steps, about {minutes(sum(PROGRESS.expected))} on a 2-core CPU (less with "
+          "more cores or a GPU)", flush=True)
     store = args.output_dir / "data"
     pretrained_dir = args.output_dir / "pretrain" / "final_model"
     timings = {"prepare": prepare(args, store), "pretrain": pretrain(args, store)}

@@ -162,6 +162,29 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+def missing_requirements(path: str | Path) -> list[str]:
+    """The lines of a requirements file (and of the files it includes with -r) that the installed packages do not
+    satisfy: what `make install` reports before it runs pip, and why it stays quiet when nothing is missing."""
+    try:
+        from packaging.requirements import Requirement
+    except ImportError:
+        return ["packaging (to read the requirements)"]
+    missing = []
+    for line in Path(path).read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line.startswith("-r"):
+            missing += missing_requirements(Path(path).parent / line[2:].strip())
+        elif line:
+            requirement = Requirement(line)
+            try:
+                version = importlib.metadata.version(requirement.name)
+            except importlib.metadata.PackageNotFoundError:
+                version = None
+            if version is None or not requirement.specifier.contains(version, prereleases=True):
+                missing.append(f"{line} (installed: {version or 'none'})")
+    return missing
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Weights & Biases
 # ----------------------------------------------------------------------------------------------------------------
