@@ -38,7 +38,8 @@ The run folder <working_directory>/<experiment_name>/ receives:
   README.md                 what each file and each metric field means
   checkpoints/              Trainer checkpoints, only with --save_steps above 0
 --overwrite replaces only a folder this script made, and removes only the files above (anything else stays); a
-second run into a folder in use is refused.
+second run into a folder in use is refused. Fine-tuning does not resume: a run stopped by Ctrl-C, SIGTERM or SIGHUP
+says so in one line (exit 130, 143, 129), and the same command plus --overwrite starts it again.
 
 Metrics, 0 to 100: exact_match is the share of questions whose prediction equals one of the gold answers after
 normalisation (lowercase, no punctuation, no articles a/an/the, single spaces); f1 is the token overlap with the
@@ -56,6 +57,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -79,9 +81,11 @@ from tokenization import load_tokenizer, record_tokenizer, tokenizer_fingerprint
 from utils import (
     ArgumentParser,
     HelpFormatter,
+    ScriptExit,
     UsageError,
     duration,
     elapsed_and_eta,
+    exit_code_for_signal,
     first_line,
     is_main_process,
     library_versions,
@@ -264,6 +268,10 @@ def check_run_folder(args: argparse.Namespace) -> Path:
               "--train_file": args.train_file, "--validation_file": args.validation_file,
               "--path_to_cache_dir": args.path_to_cache_dir}
     if is_main_process():  # the other processes of a multi-GPU run write nothing, and see the folder mid-creation
+        if not args.overwrite and (run_dir / "finetune_args.json").is_file() and \
+                not (run_dir / "eval_results.json").is_file():
+            raise UsageError(f"{run_folder_flag(run_dir)} holds a fine-tuning run that stopped before it finished (no "
+                             "eval_results.json); fine-tuning does not resume: pass --overwrite to start it again")
         check_output_folder(run_dir, QA_RUN, flag=run_folder_flag(run_dir), overwrite=args.overwrite, inputs=inputs)
     return run_dir
 
@@ -749,19 +757,50 @@ def prepare_loggers(args: argparse.Namespace, run_dir: Path) -> None:
         os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(run_dir.absolute() / "runs"))
 
 
+class Stopped(BaseException):
+    """SIGTERM or SIGHUP (a scheduler, a closed terminal), raised in the main thread as Ctrl-C raises
+    KeyboardInterrupt, and like it no Exception: no library's `except Exception` swallows it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_stopped(signum, frame):
+    raise Stopped(signum)
+
+
+def stop_on_signals() -> None:
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) is signal.SIG_DFL:  # left alone under nohup, where SIGHUP is ignored
+            signal.signal(signum, _raise_stopped)
+
+
+def stopped(stop: BaseException, run_dir: Path, started: bool) -> ScriptExit:
+    """A stop by a signal as one line: what is left and the command that starts again (fine-tuning does not resume)."""
+    signum = getattr(stop, "signum", signal.SIGINT)
+    name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+    left = ("fine-tuning does not resume: the same command plus --overwrite starts it again" if started else
+            "nothing was written")
+    return ScriptExit(f"finetune_roberta_qa: stopped by {name} before the run finished; {left} ({run_dir})",
+                      exit_code_for_signal(signum))
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     run_dir, notes = check_request(args)  # flags, paths, run folder: nothing loaded, nothing written
-    local_rows = read_local_files(args)  # JSON layout, duplicate ids
-    tokenizer, config, model, provenance = load_backbone(args)  # a bad backbone stops the run here
-    examples = load_examples(args, local_rows)  # a failed download stops it here: still nothing written
-    train, validation, data_record, data_notes = check_examples(examples, args)
-    if args.bf16 is None:
-        import torch
-
-        args.bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    lock = claim_run_folder(args, run_dir)
+    stop_on_signals()
+    lock = None
     try:
+        local_rows = read_local_files(args)  # JSON layout, duplicate ids
+        tokenizer, config, model, provenance = load_backbone(args)  # a bad backbone stops the run here
+        examples = load_examples(args, local_rows)  # a failed download stops it here: still nothing written
+        train, validation, data_record, data_notes = check_examples(examples, args)
+        if args.bf16 is None:
+            import torch
+
+            args.bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        lock = claim_run_folder(args, run_dir)
         for note in notes + data_notes:
             log(note)
         import datasets
@@ -787,6 +826,8 @@ def main(argv: list[str] | None = None) -> None:
             results = write_results(run_dir, args, trainer, validation, counts, provenance, data_record)
             for line in summary_lines(results, run_dir):
                 log(line)
+    except (Stopped, KeyboardInterrupt) as stop:
+        raise stopped(stop, run_dir, started=lock is not None) from None
     finally:
         if lock is not None:
             lock.release()

@@ -4,6 +4,7 @@ real command line), end-to-end fine-tuning runs marked slow."""
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -358,6 +359,30 @@ def test_a_second_run_into_a_folder_in_use_is_refused_and_touches_nothing(tmp_pa
     finally:
         holder.kill()
         holder.wait()
+
+
+@pytest.mark.slow
+def test_a_signal_stops_fine_tuning_in_one_line_and_overwrite_starts_it_again(tmp_path, squad_files, backbone_dir):
+    """SIGTERM (a scheduler) mid-training used to end silently with exit 143; the next run then called the folder
+    an earlier run's. Fine-tuning does not resume: both now say so, and --overwrite starts again."""
+    args = _args(tmp_path, squad_files, backbone_dir, "--num_train_epochs", "200", "--logging_steps", "1",
+                 "--per_device_batch_size", "3", "--eval_steps", "0")
+    process = subprocess.Popen([sys.executable, SCRIPT, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    for line in process.stdout:
+        if line.startswith("step "):  # training has begun
+            break
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    run_dir = tmp_path / "runs" / "qa"
+    assert process.returncode == 143 and stderr.strip().splitlines()[-1] == (
+        "finetune_roberta_qa: stopped by SIGTERM before the run finished; fine-tuning does not resume: the same "
+        f"command plus --overwrite starts it again ({run_dir})"), stderr[-2000:]
+    again = _run(*args)
+    assert again.returncode == 2 and "holds a fine-tuning run that stopped before it finished (no eval_results.json)" \
+        in again.stderr and "pass --overwrite to start it again" in again.stderr
+    restarted = _run(*args[:args.index("--num_train_epochs")], "--num_train_epochs", "1", "--overwrite")
+    assert restarted.returncode == 0 and (run_dir / "eval_results.json").is_file(), restarted.stderr[-2000:]
 
 
 def test_run_folder_may_not_be_the_working_directory_itself(tmp_path, monkeypatch, squad_files, backbone_dir):
