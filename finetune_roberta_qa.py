@@ -62,7 +62,18 @@ import sys
 import time
 from pathlib import Path
 
-from folders import QA_RUN, FolderLock, check_output_folder, remove_own_outputs, write_json
+import datasets
+import huggingface_hub
+import torch
+from datasets import Dataset, DatasetDict, Features, List, Value, load_dataset
+from transformers import PrinterCallback, ProgressCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
+
+import demo_world
+import model_folder
+import qa_run_folder
+import run_folder
+from folders import FolderLock, check_output_folder, remove_own_outputs
+from model import RobertaConfig, RobertaForQuestionAnswering
 from qa import (
     QA_DEFAULTS,
     audit_squad,
@@ -73,11 +84,11 @@ from qa import (
     prepare_qa_eval_features,
     prepare_qa_train_features,
     read_squad_file,
-    squad_question_scores,
     squad_rows,
     squad_v2_summary,
 )
-from tokenization import load_tokenizer, record_tokenizer, tokenizer_fingerprint, tokenizer_swapped
+from qa_run_folder import QA_RUN
+from tokenization import load_tokenizer, tokenizer_fingerprint
 from utils import (
     ArgumentParser,
     HelpFormatter,
@@ -100,11 +111,11 @@ HUB_DATASETS = {"squad": "rajpurkar/squad", "squad_v2": "rajpurkar/squad_v2"}
 # transformers' integrations (TrainingArguments.report_to), as of transformers 5
 REPORTERS = ("none", "all", "azure_ml", "clearml", "codecarbon", "comet_ml", "dagshub", "dvclive", "flyte",
              "kubeflow", "mlflow", "neptune", "swanlab", "tensorboard", "trackio", "wandb")
-EPILOG = """examples:
+EPILOG = f"""examples:
   # your pretraining against random initialisation, offline, on the demo world (after `python demo.py`)
   python finetune_roberta_qa.py --dataset demo --pretrained_backbone pretrained \\
-      --path_to_pretrained_backbone demo_output/pretrain/final_model --max_seq_length 64 --doc_stride 24 \\
-      --experiment_name demo_qa
+      --path_to_pretrained_backbone demo_output/pretrain/{run_folder.FINAL_MODEL_DIR} \\
+      --max_seq_length 64 --doc_stride 24 --experiment_name demo_qa
   # roberta-base on SQuAD 1.1: downloads roberta-base (~500 MB) and SQuAD (~35 MB); hours on a CPU: use a GPU
   python finetune_roberta_qa.py --experiment_name squad_roberta_base
   # SQuAD 2.0 from the official files, then ask the fine-tuned model a question
@@ -137,7 +148,7 @@ def build_parser() -> ArgumentParser:
                        help="Hub id or local transformers-format folder: the backbone of pretrained_huggingface; "
                             "the architecture and tokenizer of random when --path_to_pretrained_backbone is not given")
     model.add_argument("--path_to_pretrained_backbone", default=None,
-                       help="a train.py final_model/ or checkpoints/step_N/ folder (model and tokenizer), for "
+                       help=f"a train.py {run_folder.MODEL_FOLDERS} folder (model and tokenizer), for "
                             "pretrained and random")
 
     data = p.add_argument_group("data")
@@ -177,7 +188,8 @@ def build_parser() -> ArgumentParser:
     train.add_argument("--eval_steps", type=int, default=1000,
                        help="evaluate (EM, F1) every N steps, and always at the end (0: only at the end)")
     train.add_argument("--save_steps", type=int, default=1000,
-                       help="Trainer checkpoint every N steps, the last 2 kept (0: no checkpoints/ folder)")
+                       help="Trainer checkpoint every N steps, the last 2 kept (0: no "
+                            f"{qa_run_folder.CHECKPOINTS_DIR}/ folder)")
     train.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                        help="bf16 autocast; unset: on where the GPU supports it")
     return p
@@ -227,17 +239,15 @@ def check_backbone(args: argparse.Namespace) -> None:
     """The backbone flags fit together and every local model folder holds what is needed (no weights read yet)."""
     if args.pretrained_backbone == "pretrained" and not args.path_to_pretrained_backbone:
         raise UsageError("--pretrained_backbone pretrained needs --path_to_pretrained_backbone (a train.py "
-                         "final_model/ or checkpoints/step_N/ folder)")
+                         f"{run_folder.MODEL_FOLDERS} folder)")
     if args.pretrained_backbone == "pretrained_huggingface" and args.path_to_pretrained_backbone:
         raise UsageError("--path_to_pretrained_backbone is used by --pretrained_backbone pretrained or random; "
                          "for pretrained_huggingface give --huggingface_model_name")
     source, need_weights = backbone_source(args), args.pretrained_backbone != "random"
     flag = "--path_to_pretrained_backbone" if source == args.path_to_pretrained_backbone else "--huggingface_model_name"
     if looks_local(source):
-        from model import check_checkpoint_folder
-
         try:
-            check_checkpoint_folder(source, need_weights=need_weights)
+            model_folder.check(source, need_weights=need_weights)
         except ValueError as error:
             raise UsageError(f"{flag}: {error}") from None
 
@@ -268,10 +278,10 @@ def check_run_folder(args: argparse.Namespace) -> Path:
               "--train_file": args.train_file, "--validation_file": args.validation_file,
               "--path_to_cache_dir": args.path_to_cache_dir}
     if is_main_process():  # the other processes of a multi-GPU run write nothing, and see the folder mid-creation
-        if not args.overwrite and (run_dir / "finetune_args.json").is_file() and \
-                not (run_dir / "eval_results.json").is_file():
+        if not args.overwrite and qa_run_folder.stopped_before_the_end(run_dir):
             raise UsageError(f"{run_folder_flag(run_dir)} holds a fine-tuning run that stopped before it finished (no "
-                             "eval_results.json); fine-tuning does not resume: pass --overwrite to start it again")
+                             f"{qa_run_folder.RESULTS_FILE}); fine-tuning does not resume: pass --overwrite to start "
+                             "it again")
         check_output_folder(run_dir, QA_RUN, flag=run_folder_flag(run_dir), overwrite=args.overwrite, inputs=inputs)
     return run_dir
 
@@ -300,11 +310,6 @@ def check_request(args: argparse.Namespace) -> tuple[Path, list[str]]:
     check_backbone(args)
     notes = check_report_to(args)
     run_dir = check_run_folder(args)
-    if args.dataset == "demo":
-        try:
-            import demo_world  # noqa: F401
-        except ImportError as error:
-            raise UsageError(f"--dataset demo needs demo_world.py beside this script ({error})") from None
     return run_dir, notes
 
 
@@ -326,14 +331,12 @@ def backbone_provenance(args: argparse.Namespace, folder: Path) -> dict:
 def load_backbone(args: argparse.Namespace):
     """(tokenizer, config, model, provenance): every way a backbone can be wrong is a UsageError here, before any
     dataset is read or any file written. Hub ids are downloaded into --path_to_cache_dir."""
-    from model import RobertaConfig, RobertaForQuestionAnswering, resolve_checkpoint
-
     source = backbone_source(args)
     flag = "--path_to_pretrained_backbone" if source == args.path_to_pretrained_backbone else "--huggingface_model_name"
     tokenizer = load_tokenizer(source, flag=flag, cache_dir=args.path_to_cache_dir)
     need_weights = args.pretrained_backbone != "random"
     try:
-        folder = resolve_checkpoint(source, need_weights=need_weights, cache_dir=args.path_to_cache_dir)
+        folder = model_folder.resolve(source, need_weights=need_weights, cache_dir=args.path_to_cache_dir)
         config = RobertaConfig.from_pretrained(folder)
     except ValueError as error:
         raise UsageError(f"{flag}: {error}") from None
@@ -341,10 +344,8 @@ def load_backbone(args: argparse.Namespace):
         raise UsageError(f"--max_seq_length {args.max_seq_length} is longer than {source} allows "
                          f"({config.max_sequence_length} tokens)")
     check_qa_tokenizer(tokenizer, config, source)
-    if args.pretrained_backbone != "random" and (swapped := tokenizer_swapped(folder, tokenizer)):
+    if args.pretrained_backbone != "random" and (swapped := model_folder.tokenizer_swapped(folder, tokenizer)):
         log(f"WARNING: {swapped}; put back the tokenizer files train.py saved beside the weights")
-    from transformers import set_seed
-
     set_seed(args.seed)  # the head's (and, for random, the encoder's) initialisation
     try:
         if args.pretrained_backbone == "random":
@@ -364,8 +365,6 @@ def load_backbone(args: argparse.Namespace):
 
 
 def squad_features():
-    from datasets import Features, List, Value
-
     answers = {"text": List(Value("string")), "answer_start": List(Value("int32"))}
     return Features({"id": Value("string"), "title": Value("string"), "context": Value("string"),
                      "question": Value("string"), "answers": answers})
@@ -388,12 +387,10 @@ def load_hub_dataset(name: str, cache_dir: str | None):
 
     datasets 4+ download a Hub dataset's files into the Hub cache whatever load_dataset's cache_dir says; so the
     repository's parquet files are fetched here with snapshot_download(cache_dir=...) and read from that folder."""
-    from datasets import load_dataset
-    from huggingface_hub import snapshot_download
-
     where = {"cache_dir": str(Path(cache_dir).expanduser())} if cache_dir else {}
     try:
-        folder = snapshot_download(name, repo_type="dataset", allow_patterns=["README.md", "*.parquet"], **where)
+        folder = huggingface_hub.snapshot_download(name, repo_type="dataset",
+                                                   allow_patterns=["README.md", "*.parquet"], **where)
         return load_dataset(folder, **where)
     except Exception as error:  # offline, no cache, unknown layout: one line with the way out
         reason = first_line(error)
@@ -403,14 +400,10 @@ def load_hub_dataset(name: str, cache_dir: str | None):
 
 def load_examples(args: argparse.Namespace, local_rows: dict | None):
     """DatasetDict with `train` and `validation` splits of SQuAD rows."""
-    from datasets import Dataset, DatasetDict
-
     if local_rows is not None:
         return DatasetDict({split: Dataset.from_list(rows, features=squad_features())
                             for split, rows in local_rows.items()})
     if args.dataset == "demo":
-        import demo_world
-
         return DatasetDict({split: Dataset.from_list(squad_rows(demo_world.generate_squad(
             seed=args.demo_world_seed, split=split)), features=squad_features()) for split in ("train", "validation")})
     examples = load_hub_dataset(HUB_DATASETS[args.dataset], args.path_to_cache_dir)
@@ -526,7 +519,7 @@ def claim_run_folder(args: argparse.Namespace, run_dir: Path) -> FolderLock | No
         if kept:
             log(f"--overwrite: removed the earlier run's outputs; kept what this script did not make: "
                 f"{', '.join(kept)}")
-        write_json(run_dir / "finetune_args.json", recorded_args(args))
+        qa_run_folder.write_run_record(run_dir, recorded_args(args))
     except BaseException:
         lock.release()
         raise
@@ -543,8 +536,6 @@ def make_trainer(args, model, tokenizer, train_features, eval_examples, eval_fea
 
     transformers' `compute_metrics` only sees windows, not questions, so `evaluate` is overridden, as in
     transformers' examples/pytorch/question-answering/trainer_qa.py."""
-    from transformers import PrinterCallback, ProgressCallback, Trainer
-
     references = {qid: list(a["text"]) for qid, a in zip(eval_examples["id"], eval_examples["answers"], strict=True)}
     model_inputs = eval_features.remove_columns(["example_id", "offset_mapping"])
 
@@ -570,12 +561,11 @@ def make_trainer(args, model, tokenizer, train_features, eval_examples, eval_fea
             return metrics
 
         def _save(self, output_dir=None, state_dict=None):
-            # Trainer would write a bare state dict for a model that is not a PreTrainedModel; ours writes
-            # config.json + model.safetensors that transformers and our from_pretrained both read.
+            # Trainer would write a bare state dict for a model that is not a PreTrainedModel; ours writes a
+            # model folder that transformers and our from_pretrained both read, with the tokenizer's record.
             if self.args.should_save:
-                self.accelerator.unwrap_model(self.model).save_pretrained(output_dir or self.args.output_dir)
-                tokenizer.save_pretrained(output_dir or self.args.output_dir)
-                record_tokenizer(output_dir or self.args.output_dir, tokenizer)  # for ask.py to check
+                model_folder.save(output_dir or self.args.output_dir, self.accelerator.unwrap_model(self.model),
+                                  tokenizer)
 
     # No processing_class: the Trainer would "align" the config's special tokens through transformers' config API,
     # which our dataclass config does not have (and every window is already padded, so no collator needs it).
@@ -592,8 +582,6 @@ def make_trainer(args, model, tokenizer, train_features, eval_examples, eval_fea
 def log_callbacks():
     """(a callback that logs each Trainer log as one line, a progress bar that prints no logs): the Trainer's own
     printers show dictionaries of quoted numbers."""
-    from transformers import ProgressCallback, TrainerCallback
-
     class LogLines(TrainerCallback):
         def on_train_begin(self, args, state, control, **kwargs):
             self.started, self.start_step = time.perf_counter(), state.global_step
@@ -626,12 +614,8 @@ def log_line(step: int, max_steps: int, logs: dict, elapsed: float, steps_done: 
 
 
 def training_arguments(args: argparse.Namespace, run_dir: Path):
-    import torch
-    from transformers import TrainingArguments
-
     return TrainingArguments(
-        # Without checkpoints the Trainer gets the run folder itself, so that no empty checkpoints/ is made.
-        output_dir=str(run_dir / "checkpoints" if args.save_steps else run_dir), run_name=args.experiment_name,
+        output_dir=str(qa_run_folder.trainer_output_dir(run_dir, args.save_steps)), run_name=args.experiment_name,
         num_train_epochs=args.num_train_epochs, per_device_train_batch_size=args.per_device_batch_size,
         per_device_eval_batch_size=args.per_device_batch_size,
         gradient_accumulation_steps=args.gradient_accumulation_steps, learning_rate=args.learning_rate,
@@ -647,95 +631,6 @@ def training_arguments(args: argparse.Namespace, run_dir: Path):
 # ----------------------------------------------------------------------------------------------------------------
 # Results
 # ----------------------------------------------------------------------------------------------------------------
-
-V2_FIELDS = ("exact", "total", "HasAns_exact", "HasAns_f1", "HasAns_total", "NoAns_exact", "NoAns_f1", "NoAns_total",
-             "best_exact", "best_exact_thresh", "best_f1", "best_f1_thresh")
-
-
-def prediction_details(examples, answers: dict[str, dict], version_2: bool) -> list[dict]:
-    """Per question, in evaluation order: what was asked, what is right, what was answered, and its scores."""
-    references = {qid: list(a["text"]) for qid, a in zip(examples["id"], examples["answers"], strict=True)}
-    predictions = {qid: answer["answer"] for qid, answer in answers.items()}
-    exact, f1 = squad_question_scores(predictions, references, version_2)
-    return [{"id": qid, "question": question, "gold_answers": references[qid], "prediction": answers[qid]["answer"],
-             "start": answers[qid]["start"], "score": round(answers[qid]["score"], 4),
-             "no_answer_probability": round(answers[qid]["no_answer_probability"], 4), "exact": exact[qid],
-             "f1": round(f1[qid], 4)}
-            for qid, question in zip(examples["id"], examples["question"], strict=True)]
-
-
-def write_results(run_dir: Path, args, trainer, validation, counts: dict, provenance: dict, data: dict) -> dict:
-    scores, answers = trainer.last_scores, trainer.last_answers
-    history = [{k.removeprefix("eval_"): v for k, v in entry.items()
-                if k in ("step", "eval_exact_match", "eval_f1", "eval_HasAns_f1", "eval_NoAns_f1", "eval_best_f1")}
-               for entry in trainer.state.log_history if "eval_f1" in entry]
-    no_answer = sum(1 for answer in answers.values() if not answer["answer"])
-    results = {**scores, "no_answer_predictions": no_answer, **counts, "global_step": trainer.state.global_step,
-               "version_2_with_negative": args.version_2_with_negative, "backbone": provenance, "data": data,
-               "history": history}
-    write_json(run_dir / "eval_results.json", results)
-    write_json(run_dir / "predictions.json", {qid: answer["answer"] for qid, answer in answers.items()})
-    write_json(run_dir / "predictions_detail.json", prediction_details(validation, answers, "exact" in scores))
-    (run_dir / "README.md").write_text(run_readme(args, results))
-    return results
-
-
-def run_readme(args: argparse.Namespace, results: dict) -> str:
-    """The run folder's README.md: what each file and each number is."""
-    v2 = "exact" in results
-    lines = [
-        f"# {args.experiment_name}: RoBERTa fine-tuned for extractive question answering",
-        "",
-        f"Made by `finetune_roberta_qa.py` from the {args.pretrained_backbone} backbone "
-        f"(weights: {results['backbone']['weights']}), on {results['data']['source']}.",
-        f"Exact match {results['exact_match']:.2f}, F1 {results['f1']:.2f} on {results['eval_samples']:,} "
-        "evaluation questions" + (f" (answerable ones: F1 {results['HasAns_f1']:.2f}; 'no answer' predicted for "
-                                  f"{results['no_answer_predictions']:,})." if "HasAns_f1" in results else "."),
-        "",
-        "| file | what it is |",
-        "| --- | --- |",
-        "| `config.json`, `model.safetensors`, tokenizer files | the fine-tuned model in transformers' format: "
-        "`python ask.py --model <this folder> --question ... --context ...`, or transformers' "
-        "`AutoModelForQuestionAnswering.from_pretrained` |",
-        "| `eval_results.json` | the scores (below), the counts of questions and windows, where the weights, the "
-        "architecture and the tokenizer came from (`backbone`), what the data checks found (`data`), and the "
-        "scores at each evaluation (`history`) |",
-        "| `predictions.json` | `{question id: predicted answer}`, `\"\"` for \"no answer\": the input of the "
-        "official SQuAD evaluation scripts |",
-        "| `predictions_detail.json` | one entry per question: `question`, `gold_answers`, `prediction`, `start` (its "
-        "character offset in the paragraph), `score` (start + end logit), `no_answer_probability`, `exact` (1 or "
-        "0) and `f1` (0 to 1) |",
-        "| `finetune_args.json` | the arguments of the run, the flags that played no part (`not_used`), and the "
-        "library versions |",
-        "| `checkpoints/` | Trainer checkpoints (with `--save_steps` above 0) |",
-        "| `.lock` | held by the run writing here: a second run into this folder is refused while it lives |",
-        "",
-        "Scores are 0 to 100, as the official SQuAD scripts give them. Answers are compared after normalisation "
-        "(lowercase, no punctuation, no articles a/an/the, single spaces).",
-        "",
-        "- `exact_match`: the share of questions whose prediction equals one of the gold answers.",
-        "- `f1`: per question, the token overlap (harmonic mean of precision and recall) with the best-matching "
-        "gold answer; averaged.",
-    ]
-    if v2:
-        lines += [
-            "- `exact`, `f1`, `total`: the official SQuAD 2.0 script's fields over all questions (`exact` is "
-            "`exact_match`); an unanswerable question counts as right only when the prediction is empty.",
-            "- `HasAns_exact`, `HasAns_f1`, `HasAns_total`: the same over the answerable questions only.",
-            "- `NoAns_exact`, `NoAns_f1`, `NoAns_total`: the same over the unanswerable questions only (exact and "
-            "F1 are equal there: right or wrong). A model that never answers scores 100 here and 0 on HasAns.",
-            "- `best_exact`, `best_f1`: the scores had \"no answer\" been predicted for every question whose "
-            "no-answer probability is above `best_exact_thresh` / `best_f1_thresh` (the official script's "
-            "search over thresholds).",
-            "- `no_answer_predictions`: how many predictions are \"no answer\".",
-            "",
-            "The no-answer probability of a question is sigmoid(score of `<s>` - score of the best span), the "
-            "score of a span being its start logit + end logit (the lowest `<s>` score over the question's "
-            "windows). \"No answer\" is predicted where it is above 0.5; `ask.py --null_score_diff_threshold "
-            "log(t / (1 - t))` applies another threshold t.",
-        ]
-    return "\n".join(lines) + "\n"
-
 
 def summary_lines(results: dict, run_dir: Path) -> list[str]:
     return [*squad_v2_summary(results, results["no_answer_predictions"]),
@@ -797,14 +692,10 @@ def main(argv: list[str] | None = None) -> None:
         examples = load_examples(args, local_rows)  # a failed download stops it here: still nothing written
         train, validation, data_record, data_notes = check_examples(examples, args)
         if args.bf16 is None:
-            import torch
-
             args.bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
         lock = claim_run_folder(args, run_dir)
         for note in notes + data_notes:
             log(note)
-        import datasets
-
         if not sys.stderr.isatty():
             datasets.disable_progress_bars()
         train, validation = select_samples(train, validation, args)
@@ -823,7 +714,7 @@ def main(argv: list[str] | None = None) -> None:
                   "train_windows": len(train_features), "train_loss": train_output.training_loss,
                   "train_runtime_s": train_output.metrics.get("train_runtime")}
         if is_main_process():
-            results = write_results(run_dir, args, trainer, validation, counts, provenance, data_record)
+            results = qa_run_folder.write_results(run_dir, args, trainer, validation, counts, provenance, data_record)
             for line in summary_lines(results, run_dir):
                 log(line)
     except (Stopped, KeyboardInterrupt) as stop:

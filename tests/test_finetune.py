@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import finetune_roberta_qa as finetune
-from folders import QA_RUN
+from qa_run_folder import QA_RUN
 from utils import UsageError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -527,7 +527,8 @@ def _stand_in_hub(tmp_path, monkeypatch, backbone_dir):
 
 
 def test_a_backbone_whose_tokenizer_was_swapped_for_one_of_the_same_size_warns(backbone_dir, tmp_path, capsys):
-    from tokenization import TOKENIZER_RECORD, tokenizer_fingerprint, train_bpe_tokenizer
+    from model_folder import TOKENIZER_RECORD
+    from tokenization import tokenizer_fingerprint, train_bpe_tokenizer
 
     folder = _copy_backbone(backbone_dir, tmp_path / "final_model")
     from transformers import AutoTokenizer
