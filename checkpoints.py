@@ -197,9 +197,9 @@ def check_resume(path: Path, arguments: dict, config: dict, store_fingerprint: s
     if differ:
         raise UsageError(f"checkpoint {path} was trained with {', '.join(differ)}: resume with the flags and store "
                          "it was trained with, or start a new run")
-    if arguments["num_training_steps"] <= state.step:
-        raise UsageError(f"checkpoint {path} is at update {state.step}, not before --num_training_steps "
-                         f"{arguments['num_training_steps']}: raise --num_training_steps to train further")
+    if arguments["num_training_steps"] < state.step:  # at it, the run is complete (complete_run says so)
+        raise UsageError(f"checkpoint {path} is at update {state.step}, past --num_training_steps "
+                         f"{arguments['num_training_steps']}: give --num_training_steps {state.step} or more")
     changes = [f"--{k} {state.args[k]} -> {v}" for k, v in arguments.items()
                if k in state.args and k not in NOT_COMPARED_ON_RESUME and state.args[k] != v]
     saved_processes = len(state.window_loss) or 1  # one running loss sum per process
@@ -407,6 +407,32 @@ def save_final_model(accelerator, wrapped, raw_model, tokenizer, run: Path) -> P
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
     return final
+
+
+def complete_run(accelerator, run: Path, checkpoint: Path) -> str:
+    """A run resumed at its last update is complete: its final_model/ is the last checkpoint's model folder (the
+    same weights, config and tokenizer save_final_model writes). Written here when a stop during the last update
+    or a failed final save left it out (as final_model.tmp/ then renamed); returns the line to print."""
+    final, tmp = run_folder.final_model_dir(run), run_folder.final_model_tmp(run)
+    step = read_state(checkpoint).step
+    if final.is_dir():
+        return (f"the run is complete: update {step} of {step} and its final model {final}; nothing to do (raise "
+                "--num_training_steps to train further)")
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            tmp.mkdir()
+            for name in model_folder.FILES:
+                if (checkpoint / name).is_file():
+                    shutil.copy2(checkpoint / name, tmp / name)
+            fault_injection.check_disk_full(fault_injection.FINAL_MODEL)
+        except WRITE_ERRORS as error:
+            raise abandon(tmp, "the final model", error, size_of(checkpoint), f"Free some space; the trained weights "
+                          f"are in {checkpoint}, a model folder that loads as it is") from None
+        os.replace(tmp, final)
+    accelerator.wait_for_everyone()
+    return (f"the run is complete (update {step} of {step}); its final model was missing and is now written from "
+            f"{checkpoint}: {final}")
 
 
 def rotate(folder: Path, num_keep: int, keep: Path) -> None:

@@ -416,7 +416,9 @@ def train(args, plan: Plan, trainee: Trainee, checkpointer: Checkpointer, logger
             logger.log_eval(state.step, evaluate(model, test_batches, accelerator, k))
         stopping = stop.requested(state.step)
         checkpointer.save_when_due(state, last, stopping)
-        if stopping:
+        if stopping and last:  # nothing is left to continue: the run completes with its final model
+            accelerator.print(f"{stop.name} during the last update: saved it; writing the final model")
+        elif stopping:
             accelerator.print(f"{stop.name}: saved a checkpoint at step {state.step}; continue with "
                               "--resume_from_checkpoint latest")
             return False
@@ -494,6 +496,9 @@ def main(argv: list[str] | None = None) -> None:
         torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matrix multiplies on tensor cores
         torch.backends.cudnn.allow_tf32 = True
     plan.resume = ckpt.agree_on_resume(accelerator, plan.resume)  # the main process's choice, on all
+    if plan.resume is not None and ckpt.read_state(plan.resume).step == args.num_training_steps:
+        accelerator.print(ckpt.complete_run(accelerator, plan.run_dir, plan.resume))  # a re-queued finished run
+        return
     trainee = setup(args, plan, accelerator)
     logger = MetricsLogger(accelerator, plan.run_dir, args, plan.context_length, plan.config)
     checkpointer = Checkpointer(trainee, plan.run_dir, plan.tokenizer, logger, args)

@@ -212,6 +212,7 @@ def test_resume_refuses_another_model_seed_or_store_and_lists_what_changed(tmp_p
         return ckpt.check_resume(tmp_path, now, {**config, **config_changes}, fingerprint)
 
     assert check() == []
+    assert check("--num_training_steps", "40") == ["--num_training_steps 100000 -> 40"]  # at its end: complete
     assert check("--learning_rate", "5e-4", "--per_gpu_batch_size", "16") == [
         "--per_gpu_batch_size 32 -> 16", "--learning_rate 0.001 -> 0.0005",
         "global batch size 32 -> 16 (processes 1 -> 1)"]
@@ -224,7 +225,7 @@ def test_resume_refuses_another_model_seed_or_store_and_lists_what_changed(tmp_p
             (["--embedding_dimension", "384"], "abc", {}, "--embedding_dimension 768 \\(now 384\\)"),
             ([], "xyz", {}, "another store's content"),
             ([], "abc", {"vocab_size": 500}, "vocab_size 400 \\(now 500\\)"),
-            (["--num_training_steps", "40"], "abc", {}, "is at update 40, not before --num_training_steps 40")]:
+            (["--num_training_steps", "30"], "abc", {}, "is at update 40, past --num_training_steps 30")]:
         with pytest.raises(UsageError, match=message):
             check(*argv, fingerprint=fingerprint, **config_changes)
 
@@ -577,6 +578,36 @@ def test_a_full_disk_leaves_no_partial_checkpoint_and_the_run_resumes(store, tmp
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step_4"]
     run_train(store, tmp_path, "run", *RESUMABLE, "--resume_from_checkpoint", "latest")
     assert_same_weights(reference / "final_model", tmp_path / "run" / "final_model")
+
+
+@pytest.mark.slow
+def test_a_stop_during_the_last_update_or_a_failed_final_save_still_completes_the_run(store, tmp_path, reference):
+    """A SIGTERM during the last update used to save a checkpoint, exit 0 and write no final_model/, and the
+    advice it printed (--resume_from_checkpoint latest) was then refused: a scheduler saw success and no model."""
+    stopped = run_train(store, tmp_path, "stopped", *RESUMABLE, "--num_workers", "1",
+                        env={"TRAIN_TEST_SIGNAL_AT_STEP": "12:TERM"})
+    assert "SIGTERM during the last update: saved it; writing the final model" in stopped.stdout
+    assert_same_weights(reference / "final_model", tmp_path / "stopped" / "final_model")
+
+    failed = run_train(store, tmp_path, "failed", *RESUMABLE, env={"TRAIN_TEST_DISK_FULL_AT_STEP": "final"},
+                       check=False)
+    assert failed.returncode == 1 and not (tmp_path / "failed" / "final_model").exists(), failed.stderr[-2000:]
+    completed = run_train(store, tmp_path, "failed", *RESUMABLE, "--resume_from_checkpoint", "latest")
+    checkpoint = tmp_path / "failed" / "checkpoints" / "step_12"
+    assert completed.stdout.strip().splitlines()[-1] == (
+        f"the run is complete (update 12 of 12); its final model was missing and is now written from {checkpoint}: "
+        f"{tmp_path / 'failed' / 'final_model'}")
+    assert_same_weights(reference / "final_model", tmp_path / "failed" / "final_model")
+    assert not (tmp_path / "failed" / "final_model.tmp").exists()
+
+    # A finished run re-queued with `latest` (a preemptible job's command) says so, exits 0 and changes nothing.
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "failed").rglob("*")}
+    again = run_train(store, tmp_path, "failed", *RESUMABLE, "--resume_from_checkpoint", "latest")
+    assert again.stdout.strip().splitlines()[-1] == (
+        f"the run is complete: update 12 of 12 and its final model {tmp_path / 'failed' / 'final_model'}; nothing to "
+        "do (raise --num_training_steps to train further)")
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "failed").rglob("*") if p.name != ".lock"} == \
+        {p: t for p, t in before.items() if p.name != ".lock"}
 
 
 @pytest.mark.slow
