@@ -209,9 +209,8 @@ def load_model(args: argparse.Namespace):
         config = RobertaConfig.from_pretrained(folder)
         model = RobertaForQuestionAnswering.from_pretrained(folder)
     except ValueError as error:
-        if not Path(name).exists():  # a mistyped local path, or a Hub id
-            missing = f"--model {name} does not exist: there is no folder {Path(name).absolute()}"
-            raise UsageError(missing if looks_local(name) else f"{missing}, and as a Hub id: {error}") from None
+        if not Path(name).expanduser().exists():  # a mistyped local path, or a Hub id (model_folder says which)
+            raise UsageError(f"--model {name} does not exist: {error}") from None
         raise UsageError(f"--model {error}") from None
     tokenizer = load_tokenizer(folder if looks_local(name) else name, flag="--model", cache_dir=args.path_to_cache_dir)
     check_qa_tokenizer(tokenizer, config, name)

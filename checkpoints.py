@@ -177,6 +177,18 @@ def resolve_resume(requested: str | None, checkpoints: Path) -> Path | None:
     return path
 
 
+def unverified_choice(requested: str | None, checkpoints: Path) -> Path | None:
+    """On a process other than the main one, before the main process's verified choice arrives (agree_on_resume):
+    the checkpoint to read the architecture from, unverified: the one named, or the newest with a config (every
+    checkpoint of a run has the same architecture)."""
+    if requested is None:
+        return None
+    if requested != "latest":
+        return Path(requested)
+    with_config = [path for _, path in step_folders(checkpoints) if (path / model_folder.CONFIG_FILE).is_file()]
+    return with_config[-1] if with_config else None
+
+
 def check_resume(path: Path, arguments: dict, config: dict, store_fingerprint: str | None,
                  num_processes: int = 1, tokenizer=None) -> list[str]:
     """Refuse a checkpoint of another model, seed, store or tokenizer (`arguments`: the run's arguments in effect;

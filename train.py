@@ -68,6 +68,7 @@ EXAMPLES = """examples:
 SCHEDULERS = ["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
               "inverse_sqrt"]
 # RobertaConfig's checks, told in the flags' names (init_from.FLAG_FIELDS: which flag sets which field)
+MAX_VOCAB_MULTIPLE = 1024  # --pad_vocab_to_multiple_of: beyond this, padding only adds rows no token uses
 CONFIG_FLAGS = {**{field: f"--{flag}" for flag, field in init_from.FLAG_FIELDS.items()},
                 "intermediate_size": "--mlp_ratio x --embedding_dimension"}
 
@@ -128,8 +129,10 @@ def add_model_flags(g) -> None:
     g.add_argument("--initializer_range", type=float, default=0.02, help="std of the initial weights")
     g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
                    help="torch.compile each layer and the MLM loss (a minute of compilation, then faster GPU steps)")
-    g.add_argument("--pad_vocab_to_multiple_of", type=int, default=1, help="round the embedding/decoder rows up to "
-                   "a multiple of this (64: faster matmuls; the checkpoint then differs from transformers' shape)")
+    g.add_argument("--pad_vocab_to_multiple_of", type=int, default=1,
+                   help="round the embedding/decoder rows up to a multiple of this, at most 1024 (64: faster "
+                        "matmuls; the checkpoint then differs from transformers' shape; with --init_from the "
+                        "checkpoint's vocabulary must already be one)")
     g.add_argument("--fsdp_reduce_dtype", choices=["fp32", "bf16"], default="fp32",
                    help="dtype of FSDP's gradient reduction under bf16 mixed precision")
 
@@ -164,6 +167,9 @@ def check_arguments(args: argparse.Namespace) -> None:
         "learning_rate", "adam_epsilon", "initializer_range", "mlp_ratio"] if not getattr(args, n) > 0]
     problems += [f"--{n} must not be negative, got {getattr(args, n)}" for n in [
         "weight_decay", "max_grad_norm", "num_workers", "seed", "num_warmup_steps"] if getattr(args, n) < 0]
+    if args.pad_vocab_to_multiple_of > MAX_VOCAB_MULTIPLE:
+        problems.append(f"--pad_vocab_to_multiple_of must be at most {MAX_VOCAB_MULTIPLE} (64 or 128 is what matrix "
+                        f"units want; more only adds unused rows), got {args.pad_vocab_to_multiple_of}")
     if not 0 < args.masking_probability < 1:
         problems.append(f"--masking_probability must be in (0, 1), got {args.masking_probability}")
     if args.num_warmup_steps > args.num_training_steps:
@@ -231,9 +237,13 @@ def checked_plan(args: argparse.Namespace, run_dir: Path, argv: list[str] | None
                                 "--hf_model_name": args.hf_model_name, "--init_from": args.init_from})
     store = checked_store(args)
     arguments = {**vars(args), "context_length": store.block_length}
-    if args.init_from:  # the architecture and weights of a published model: checked in init_from.py
+    # The main process alone chooses and verifies the checkpoint; main() hands its choice to the others.
+    checkpoints = run_folder.checkpoints_dir(run_dir)
+    resume = ckpt.resolve_resume(args.resume_from_checkpoint, checkpoints) if is_main_process() else None
+    if args.init_from:  # a published model's architecture and weights (a resumed run's: its checkpoint's)
+        resumed = resume if is_main_process() else ckpt.unverified_choice(args.resume_from_checkpoint, checkpoints)
         config, init_folder, decided = init_from.checkpoint_config(args, init_from.given_flags(build_parser(), argv),
-                                                                   store)
+                                                                   store, resumed)
         arguments.update(decided)
     else:
         config, init_folder = model_config(args, store.tokenizer, store.block_length), None
@@ -243,9 +253,6 @@ def checked_plan(args: argparse.Namespace, run_dir: Path, argv: list[str] | None
                          f"{args.per_gpu_batch_size * world_size} (--per_gpu_batch_size x {world_size} processes)")
     if args.log_wandb and (note := wandb_offline_unless_logged_in()) and is_main_process():
         print(note, flush=True)
-    # The main process alone chooses and verifies the checkpoint; main() hands its choice to the others.
-    resume = ckpt.resolve_resume(args.resume_from_checkpoint, run_folder.checkpoints_dir(run_dir)) \
-        if is_main_process() else None
     changes = ckpt.check_resume(resume, arguments, config.to_dict(), store.fingerprint, world_size,
                                 store.tokenizer) if resume else []
     return Plan(run_dir, store, config, arguments, resume, changes, [], init_folder)
