@@ -44,7 +44,7 @@ from folders import FolderLock, check_in_use, check_output_folder
 from metrics import MetricsLogger, NonFiniteLoss
 from model import IGNORE_INDEX, MLM_PROBABILITY, RobertaConfig, RobertaForMaskedLM, compile_regions
 from run_folder import PRETRAINING_RUN
-from store import Store, open_store
+from store import Store, check_contents, open_store
 from utils import (
     ArgumentParser,
     HelpFormatter,
@@ -270,6 +270,8 @@ def checked_store(args: argparse.Namespace) -> Store:
                          f"of {args.context_length}")
     if store.tokenizer.mask_token_id is None or store.tokenizer.pad_token_id is None:
         raise UsageError("the store's tokenizer has no <mask> or <pad> token; masked LM needs both")
+    if is_main_process():  # every id read once, by one process: a damaged block is named before any training
+        check_contents(store)
     return store
 
 

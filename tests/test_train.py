@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import build_store, sentences
@@ -413,6 +414,40 @@ def test_a_store_read_with_another_tokenizer_is_refused(store, tmp_path, tiny_to
     tiny_tokenizer.save_pretrained(tmp_path / "right_tokenizer")
     validate(swapped, tmp_path / "runs", "--path_to_prepped_data", str(swapped), "--hf_model_name",
              str(tmp_path / "right_tokenizer"))
+
+
+def damage(store: Path, split: str, block: int, position: int, new_id: int) -> None:
+    """One id of a store's block changed in its arrow shard, as a bad disk or a stray write would."""
+    from store import open_store
+
+    ids = np.asarray(open_store(store).data[split][block]["input_ids"], dtype=np.uint16)
+    for shard in sorted((store / split).glob("*.arrow")):
+        data = bytearray(shard.read_bytes())
+        at = data.find(ids.tobytes())
+        if at >= 0:
+            data[at + 2 * position:at + 2 * position + 2] = np.uint16(new_id).tobytes()
+            shard.write_bytes(bytes(data))
+            return
+    raise AssertionError("block not found")
+
+
+def test_a_damaged_store_is_named_in_one_line_before_any_training(store, tmp_path):
+    """An id beyond the vocabulary used to fail with IndexError only when its batch was drawn (or never, in a short
+    run); an id changed within it, never."""
+    shutil.copytree(store, tmp_path / "beyond")
+    shutil.copytree(store, tmp_path / "changed")
+    damage(tmp_path / "beyond", "train", 7, 3, 60_000)
+    damage(tmp_path / "changed", "test", 2, 5, 9)
+    (tmp_path / "runs").mkdir()
+    refused = run_train(tmp_path / "beyond", tmp_path / "runs", "run", check=False)
+    assert refused.returncode == 2 and re.fullmatch(
+        f"error: --path_to_prepped_data {tmp_path / 'beyond'} is damaged: block 7 of its train split holds id 60,000, "
+        "outside its tokenizer's 362 tokens; make it again: python prepare_data.py .* --overwrite\n",
+        refused.stderr), refused.stderr
+    with pytest.raises(UsageError, match=f"--path_to_prepped_data {tmp_path / 'changed'} is damaged: its test split's "
+                                         "blocks do not match the fingerprint its prepare_data.json records"):
+        validate(tmp_path / "changed", tmp_path / "runs", "--experiment_name", "changed")
+    assert not (tmp_path / "runs" / "run").exists()
 
 
 def test_bad_input_exits_2_with_one_line(store, tmp_path):
