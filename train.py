@@ -68,6 +68,7 @@ EXAMPLES = """examples:
 SCHEDULERS = ["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
               "inverse_sqrt"]
 # RobertaConfig's checks, told in the flags' names (init_from.FLAG_FIELDS: which flag sets which field)
+MAX_EXP = math.log(sys.float_info.max)  # e^709.78: a loss beyond has no perplexity as a float (recorded as null)
 MAX_VOCAB_MULTIPLE = 1024  # --pad_vocab_to_multiple_of: beyond this, padding only adds rows no token uses
 CONFIG_FLAGS = {**{field: f"--{flag}" for flag, field in init_from.FLAG_FIELDS.items()},
                 "intermediate_size": "--mlp_ratio x --embedding_dimension"}
@@ -373,7 +374,7 @@ def evaluate(model: torch.nn.Module, batches: list, accelerator, predictions_per
     loss_sum, correct, count = accelerator.reduce(totals, reduction="sum").tolist()
     loss = loss_sum / max(count, 1)
     return {"eval_loss": loss, "eval_accuracy": correct / max(count, 1),
-            "eval_perplexity": math.exp(min(loss, 700.0)), "eval_tokens": int(count)}
+            "eval_perplexity": math.exp(loss) if loss < MAX_EXP else None, "eval_tokens": int(count)}
 
 
 # ----------------------------------------------------------------------------------------------------------------

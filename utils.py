@@ -251,7 +251,7 @@ def wandb_offline_unless_logged_in() -> str | None:
 
 def readable(x: float, digits: int = 2) -> str:
     """A number for a log line: fixed-point while it is of sane size, scientific beyond (a perplexity of e^700
-    prints as 1.014e+304, not as 305 digits)."""
+    prints as 1.014e+304, not as 305 digits; one past a float's range as e^loss: metrics.perplexity_text)."""
     return f"{x:.{digits}f}" if abs(x) < 1e6 else f"{x:.3e}"
 
 
