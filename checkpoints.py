@@ -124,6 +124,10 @@ def not_a_checkpoint(path: Path) -> str | None:
     for kind in (STORE, QA_RUN):
         if is_output_of(path, kind):
             return f"it is a {kind.description} ({kind.script}'s), not a checkpoint"
+    if path.name == run_folder.FINAL_MODEL_DIR and run_folder.is_run_folder(path.parent):
+        intact = find_intact_checkpoint(run_folder.checkpoints_dir(path.parent), report=lambda _: None)
+        return ("it is the run's final model, which holds no optimizer state or data position; "
+                + (f"its newest intact checkpoint is {intact}" if intact else "the run has no intact checkpoint"))
     if run_folder.is_run_folder(path):
         return f"it is a {run_folder.PRETRAINING_RUN.description}: pass latest, or one of its {CHECKPOINT_FOLDER} " \
                "folders, not a checkpoint"

@@ -105,7 +105,11 @@ def open_store(path: str | os.PathLike, *, flag: str = "--path_to_prepped_data",
     if not folder.is_dir():
         raise UsageError(f"{flag} {path} does not exist; {hint}")
     if not (folder / STORE_INDEX).is_file():
-        raise UsageError(f"{flag} {path} is not a data store (no {STORE_INDEX}); {hint}")
+        other = any(folder.iterdir()) and ("it holds other files: give the folder prepare_data.py wrote, or write a "
+                                           "store to a new folder (`python prepare_data.py --path_to_data_store "
+                                           "NEW_FOLDER ...`)")
+        raise UsageError(f"{flag} {path} is not a data store (no {STORE_INDEX}); "
+                         f"{run_folder_hint(folder) or other or hint}")
     try:
         data = datasets.load_from_disk(str(folder))
         record = json.loads((folder / STORE_RECORD).read_text()) if (folder / STORE_RECORD).is_file() else {}
@@ -121,6 +125,17 @@ def open_store(path: str | os.PathLike, *, flag: str = "--path_to_prepped_data",
     if len(lengths) > 1:
         raise UsageError(f"{flag} {path} has blocks of different lengths in its splits ({sorted(lengths)}); {hint}")
     return Store(folder, data, record, store_tokenizer(folder, record, tokenizer, tokenizer_flag), lengths.pop())
+
+
+def run_folder_hint(folder: Path) -> str | None:
+    """A pretraining run folder given where its store belongs: the store it was trained on, not a command that
+    would write a store into the run folder."""
+    import run_folder  # here: run_folder's names are its own
+
+    if not run_folder.is_run_folder(folder):
+        return None
+    store = run_folder.read_args(folder).get("args", {}).get("path_to_prepped_data")
+    return f"it is a pretraining run folder (train.py's){f', trained on the store {store}' if store else ''}"
 
 
 def check_contents(store: Store, flag: str = "--path_to_prepped_data") -> None:

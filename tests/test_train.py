@@ -194,6 +194,9 @@ def test_resume_from_what_is_not_a_checkpoint_says_what_it_is(tmp_path):
         assert problem(tmp_path / name).startswith(what)
     (tmp_path / "run" / "checkpoints" / "step_3").mkdir(parents=True)
     assert problem(tmp_path / "run" / "checkpoints").startswith("it is a checkpoints folder, not one checkpoint")
+    (tmp_path / "run" / "final_model").mkdir()  # the run's model, given for its checkpoint: no step_N is intact
+    assert problem(tmp_path / "run" / "final_model") == ("it is the run's final model, which holds no optimizer "
+                                                         "state or data position; the run has no intact checkpoint")
     (tmp_path / "weights.bin").write_bytes(b"x")
     assert problem(tmp_path / "weights.bin").startswith("it is a file; a checkpoint is a checkpoints/step_N folder")
     (tmp_path / "step_5").mkdir()
@@ -283,6 +286,14 @@ def test_bad_paths(store, tmp_path):
     check("does not exist", "--path_to_prepped_data", str(tmp_path / "missing"))
     (tmp_path / "not_a_store").mkdir()
     check("is not a data store", "--path_to_prepped_data", str(tmp_path / "not_a_store"))
+    # A folder of other files, or a run folder, is never offered as the place to write a store.
+    (tmp_path / "not_a_store" / "notes.txt").write_text("mine")
+    check("it holds other files: give the folder prepare_data.py wrote, or write a store to a new folder",
+          "--path_to_prepped_data", str(tmp_path / "not_a_store"))
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "args.json").write_text(json.dumps({"args": {"path_to_prepped_data": "data/wiki"}}))
+    check("it is a pretraining run folder \\(train.py's\\), trained on the store data/wiki$", "--path_to_prepped_data",
+          str(tmp_path / "run"))
     (tmp_path / "a_file").write_text("")
     check("the run folder .*a_file/x cannot be made: .*a_file is a file", "--working_directory",
           str(tmp_path / "a_file"), "--experiment_name", "x")
