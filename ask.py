@@ -197,9 +197,11 @@ def load_model(args: argparse.Namespace):
     name = args.model
     folder = Path(name).expanduser()
     if qa_run_folder.unfinished_run(folder):
-        raise UsageError(f"--model {name} is a finetune_roberta_qa.py run folder that holds no model yet (the run "
-                         f"has not finished): wait for it, or give one of its "
-                         f"{qa_run_folder.TRAINER_CHECKPOINT_FOLDER} folders")
+        saved = qa_run_folder.trainer_checkpoints(folder)
+        raise UsageError(f"--model {name} is a finetune_roberta_qa.py run folder that holds no model yet (the run has "
+                         "not finished, or was stopped): " + (f"give its newest checkpoint, {saved[-1]}, or wait for "
+                         "it to finish" if saved else "it saved no checkpoint (--save_steps 0); wait for it to finish, "
+                         "or run it again"))
     try:
         folder = model_folder.resolve(name, need_weights=True, cache_dir=args.path_to_cache_dir)
         if "qa_outputs.weight" not in model_folder.weight_names(folder):

@@ -77,7 +77,8 @@ def check(path: str | os.PathLike, need_weights: bool = True) -> Path:
                          if folder.exists() else f"there is no folder {folder.absolute()}")
     if not (folder / CONFIG_FILE).is_file():
         if hint := run_folder.model_folders_in(folder):
-            raise ValueError(f"{path} is a train.py run folder, not a model: pass {hint}")
+            what = "checkpoints folder" if run_folder.step_folders(folder) else "run folder"
+            raise ValueError(f"{path} is a train.py {what}, not a model: pass {hint}")
         raise ValueError(f"{path} holds no {CONFIG_FILE}, so no model: expected a train.py "
                          f"{run_folder.MODEL_FOLDERS} folder, or a transformers-format RoBERTa folder")
     if need_weights and weights_file(folder) is None:

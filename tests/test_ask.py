@@ -147,9 +147,10 @@ def _bad_cases(tmp_path, run_dir, squad_file, tiny_tokenizer):
         "backbone without qa head": (["--model", str(backbone), "--question", "Who?", "--context", CONTEXT],
                                      "has no question-answering head"),
         "pretraining run folder": (["--model", str(backbone.parent), "--question", "Who?", "--context", CONTEXT],
-                                   "is a train.py run folder"),
+                                   f"is a train.py run folder, not a model: pass {backbone}"),
+        # It named checkpoints/checkpoint-N folders that a run with --save_steps 0 never makes.
         "unfinished run": (["--model", str(unfinished), "--question", "Who?", "--context", CONTEXT],
-                           "holds no model yet"),
+                           "or was stopped): it saved no checkpoint (--save_steps 0)"),
         "stride not below length": ([*one, "--doc_stride", "48"], "--doc_stride 48 must be below --max_seq_length 48"),
         "longer than the model": ([*one, "--max_seq_length", "100"], "longer than the model allows (64 tokens)"),
         "no gpu": ([*one, "--device", "cuda"], "no CUDA GPU"),

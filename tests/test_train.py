@@ -180,6 +180,21 @@ def test_checkpoint_verification_reports_damage_and_falls_back(tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == ["step_12", "step_16", "step_8"]
 
 
+def test_a_run_folder_given_for_a_model_names_the_model_folders_it_holds(tmp_path):
+    """It named final_model/ also for a run stopped before writing one."""
+    import model_folder
+
+    (tmp_path / "run" / "checkpoints" / "step_4").mkdir(parents=True)
+    (tmp_path / "run" / "args.json").write_text("{}")
+    for given, what in [(tmp_path / "run", "run folder"), (tmp_path / "run" / "checkpoints", "checkpoints folder")]:
+        with pytest.raises(ValueError, match=f"^{given} is a train.py {what}, not a model: pass its newest checkpoint "
+                                             f"{tmp_path / 'run' / 'checkpoints' / 'step_4'}$"):
+            model_folder.check(given)
+    (tmp_path / "run" / "final_model").mkdir()
+    with pytest.raises(ValueError, match=f"pass {tmp_path / 'run' / 'final_model'} or its newest checkpoint"):
+        model_folder.check(tmp_path / "run")
+
+
 def test_resume_from_what_is_not_a_checkpoint_says_what_it_is(tmp_path):
     def problem(path):
         with pytest.raises(UsageError) as caught:
