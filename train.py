@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from transformers import get_scheduler
 
 import checkpoints as ckpt
@@ -485,6 +485,8 @@ def record_plan(args: argparse.Namespace, plan: Plan, trainee: Trainee, state) -
         not_used["wandb_project"] = "no --log_wandb"
     if args.init_from:
         not_used["initializer_range"] = "the weights came from --init_from"
+    if acc.distributed_type != DistributedType.FSDP or acc.mixed_precision == "no":
+        not_used["fsdp_reduce_dtype"] = "only FSDP with mixed precision reduces gradients in another dtype"
     run_folder.write_args(plan.run_dir, {"args": plan.arguments, "not_used": not_used, "summary": summary,
                                          "global_batch_size": global_batch, "model_config": c.to_dict(),
                                          "versions": library_versions(), "resumes": resumes})

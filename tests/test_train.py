@@ -509,6 +509,7 @@ def test_cli_run_learns_and_writes_its_folder(store, tmp_path, tiny_tokenizer):
     assert (run / "curves.png").read_bytes()[:4] == b"\x89PNG"
     record = json.loads((run / "args.json").read_text())
     assert record["global_batch_size"] == 3 and "hf_model_name" in record["not_used"]  # the store's tokenizer won
+    assert "fsdp_reduce_dtype" in record["not_used"]  # one process, no FSDP: the flag had no effect
     assert "metrics.jsonl" in (run / "README.md").read_text()
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_30", "step_60"]
     assert ckpt.read_state(run / "checkpoints" / "step_60").loss == pytest.approx(
