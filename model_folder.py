@@ -19,6 +19,7 @@ from pathlib import Path
 
 import huggingface_hub
 import torch
+from huggingface_hub import constants as hub_constants
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -117,6 +118,10 @@ def _snapshot(hub_id: str, patterns: list[str], cache_dir: str | os.PathLike | N
     try:
         return Path(huggingface_hub.snapshot_download(hub_id, allow_patterns=patterns, **where))
     except Exception as error:  # offline, unknown id, gated repo, network error: all end the same way for a user
+        if hub_constants.HF_HUB_OFFLINE:  # the cut-off library text would not say so plainly
+            raise ValueError(f"could not get {hub_id!r} from the Hugging Face Hub: HF_HUB_OFFLINE=1 is set and the "
+                             "Hub cache holds no copy of it; download it where the Hub is reachable, or pass a local "
+                             "transformers-format folder") from None
         raise ValueError(
             f"could not get {hub_id!r} from the Hugging Face Hub ({type(error).__name__}: {first_line(error)}); "
             "check the id and the network, or pass a local transformers-format folder"
