@@ -296,6 +296,12 @@ def check_report_to(args: argparse.Namespace) -> list[str]:
     if "none" in names and len(names) > 1:
         raise UsageError("--report_to none cannot be combined with other loggers")
     args.report_to = ",".join(names)
+    from transformers.integrations import get_available_reporting_integrations
+
+    installed = get_available_reporting_integrations()
+    if missing := [name for name in names if name not in ("none", "all", *installed)]:
+        raise UsageError(f"--report_to {missing[0]}: its package is not installed (the Trainer would fail at its "
+                         f"first log); install it, or choose from what is: {', '.join(['none', *installed])}")
     has_wandb = importlib.util.find_spec("wandb") is not None
     if "wandb" in names or "all" in names and has_wandb:
         note = wandb_offline_unless_logged_in()
@@ -309,6 +315,9 @@ def check_request(args: argparse.Namespace) -> tuple[Path, list[str]]:
     check_data_source(args)
     check_backbone(args)
     notes = check_report_to(args)
+    if args.bf16 and not (torch.cuda.is_available() and torch.cuda.is_bf16_supported()):
+        raise UsageError("--bf16 needs a CUDA GPU that supports bf16, and there is none here; leave it out (on a CPU "
+                         "the run is in float32)")
     run_dir = check_run_folder(args)
     return run_dir, notes
 

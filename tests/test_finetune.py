@@ -289,6 +289,25 @@ def test_bad_input_is_one_clear_error_before_anything_is_written(case, tmp_path,
     assert sorted(p for p in tmp_path.rglob("*")) == before  # nothing written anywhere
 
 
+def test_a_logger_that_is_not_installed_and_bf16_without_a_gpu_are_one_line(tmp_path, squad_files, backbone_dir):
+    """Both used to pass the checks, claim the run folder, then end in a traceback from the Trainer."""
+    import torch
+    from transformers.integrations import get_available_reporting_integrations
+
+    absent = next((name for name in finetune.REPORTERS[2:] if name not in get_available_reporting_integrations()),
+                  None)
+    if absent:
+        result = _run(*_args(tmp_path, squad_files, backbone_dir, "--report_to", absent))
+        assert result.returncode == 2 and result.stderr.strip() == (
+            f"error: --report_to {absent}: its package is not installed (the Trainer would fail at its first log); "
+            f"install it, or choose from what is: {', '.join(['none', *get_available_reporting_integrations()])}")
+    if not (torch.cuda.is_available() and torch.cuda.is_bf16_supported()):
+        result = _run(*_args(tmp_path, squad_files, backbone_dir, "--bf16"))
+        assert result.returncode == 2 and "error: --bf16 needs a CUDA GPU that supports bf16" in result.stderr
+        assert result.stderr.count("\n") == 1, result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
 def test_tokenizer_without_offsets_is_refused(tmp_path, squad_files, backbone_dir):
     from transformers import ByT5Tokenizer
 
