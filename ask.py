@@ -41,6 +41,7 @@ from qa import (
     check_qa_tokenizer,
     check_window_budget,
     compute_squad_metrics,
+    question_budget,
     read_squad_file,
     squad_v2_summary,
 )
@@ -255,7 +256,21 @@ def show(context: str, answer: dict, width: int = 60) -> str:
     return " ".join((snippet + ("..." if answer["end"] + width < len(context) else "")).split())
 
 
+def warn_of_cut_questions(args: argparse.Namespace, tokenizer, questions: list[str]) -> None:
+    """A question longer than a window leaves room for is cut to its first tokens (as evaluation cuts it): the
+    answer is to that part only, so it is said, with the flags that make room."""
+    budget = question_budget(tokenizer, args.max_seq_length, args.doc_stride)
+    lengths = [len(ids) for ids in tokenizer(questions, add_special_tokens=False, verbose=False)["input_ids"]]
+    if cut := [n for n in lengths if n > budget]:
+        which = "a question of" if len(questions) == 1 else f"{len(cut):,} question(s) of up to"
+        print(f"warning: {which} {max(cut):,} tokens: only the first {budget} fit beside the context in windows of "
+              f"--max_seq_length {args.max_seq_length} sharing --doc_stride {args.doc_stride}, so the answer is to "
+              "that part; a longer --max_seq_length (up to the model's) or a shorter --doc_stride makes room",
+              file=sys.stderr, flush=True)
+
+
 def ask(args: argparse.Namespace, model, tokenizer, context: str) -> None:
+    warn_of_cut_questions(args, tokenizer, args.question)
     answers = answer_questions(model, tokenizer, args.question, [context] * len(args.question),
                                **answer_settings(args))
     for question, answer in zip(args.question, answers, strict=True):
@@ -275,6 +290,7 @@ def ask(args: argparse.Namespace, model, tokenizer, context: str) -> None:
 
 
 def answer_squad_file(args: argparse.Namespace, model, tokenizer, rows: list[dict]) -> None:
+    warn_of_cut_questions(args, tokenizer, [r["question"] for r in rows])
     start, predictions, probabilities = time.perf_counter(), {}, {}
     for begin in range(0, len(rows), CHUNK):
         chunk = rows[begin : begin + CHUNK]

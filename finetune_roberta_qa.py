@@ -208,10 +208,10 @@ def check_numbers(args: argparse.Namespace) -> None:
     positive = ["max_seq_length", "n_best_size", "max_answer_length", "per_device_batch_size",
                 "gradient_accumulation_steps", "logging_steps", "num_train_epochs", "learning_rate"]
     for name in positive:
-        if getattr(args, name) <= 0:
+        if not getattr(args, name) > 0:  # NaN too
             raise UsageError(f"--{name} must be positive, got {getattr(args, name)}")
     for name in ["doc_stride", "weight_decay", "warmup_steps", "eval_steps", "save_steps"]:
-        if getattr(args, name) < 0:
+        if not getattr(args, name) >= 0:
             raise UsageError(f"--{name} must not be negative, got {getattr(args, name)}")
     for name in ["max_train_samples", "max_eval_samples"]:
         if getattr(args, name) is not None and getattr(args, name) < 1:
