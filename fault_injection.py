@@ -4,6 +4,7 @@ Each variable is read once, when this module is imported (before the run starts;
 values), so that no loop of the product reads the environment. Unset, as in normal use, every fault is off.
 
     TRAIN_TEST_SIGNAL_AT_STEP="N:KILL|TERM|INT"  train.py: the process signals itself after update N
+    TRAIN_TEST_SIGNAL_AT_STEP="setup:TERM"       ... or once the run is validated, before its first update
     TRAIN_TEST_SIGNAL_AT_STEP="N:TERM:group"     ... or, from another process, its whole process group, as
                                                  `timeout`, SLURM and `kill -TERM -PGID` do (DataLoader workers
                                                  included); only for a group leader (start_new_session)
@@ -33,11 +34,14 @@ FINAL_MODEL = "final"  # TRAIN_TEST_DISK_FULL_AT_STEP's value for final_model/
 SLOW_TOKENIZING_ENV = "PREPARE_DATA_TEST_SECONDS_PER_BATCH"
 
 
-def _signal_at_step(spec: str | None) -> tuple[int, signal.Signals, bool] | None:
+SETUP = "setup"  # TRAIN_TEST_SIGNAL_AT_STEP's step for "before the first update"
+
+
+def _signal_at_step(spec: str | None) -> tuple[int | str, signal.Signals, bool] | None:
     if not spec:
         return None
     step, name, *target = spec.split(":")
-    return int(step), signal.Signals["SIG" + name], target == ["group"]
+    return step if step == SETUP else int(step), signal.Signals["SIG" + name], target == ["group"]
 
 
 SIGNAL_AT_STEP = _signal_at_step(os.environ.get(SIGNAL_AT_STEP_ENV))
@@ -61,6 +65,12 @@ def with_signal_at_step(requested: Callable[[int], bool]) -> Callable[[int], boo
         return requested(step)
 
     return signal_then_ask
+
+
+def signal_during_setup() -> None:
+    """With TRAIN_TEST_SIGNAL_AT_STEP="setup:SIG", the signal arrives here: validated, before the first update."""
+    if SIGNAL_AT_STEP is not None and SIGNAL_AT_STEP[0] == SETUP:
+        os.kill(os.getpid(), SIGNAL_AT_STEP[1])
 
 
 def signal_my_group_from_outside(signum: signal.Signals) -> None:

@@ -57,7 +57,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -93,6 +92,7 @@ from utils import (
     ArgumentParser,
     HelpFormatter,
     ScriptExit,
+    Stopped,
     UsageError,
     duration,
     elapsed_and_eta,
@@ -102,7 +102,9 @@ from utils import (
     library_versions,
     log,
     looks_local,
+    raise_on_stop_signals,
     run_cli,
+    stop_signal_name,
     wandb_offline_unless_logged_in,
 )
 
@@ -661,29 +663,9 @@ def prepare_loggers(args: argparse.Namespace, run_dir: Path) -> None:
         os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(run_dir.absolute() / "runs"))
 
 
-class Stopped(BaseException):
-    """SIGTERM or SIGHUP (a scheduler, a closed terminal), raised in the main thread as Ctrl-C raises
-    KeyboardInterrupt, and like it no Exception: no library's `except Exception` swallows it."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-def _raise_stopped(signum, frame):
-    raise Stopped(signum)
-
-
-def stop_on_signals() -> None:
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        if signal.getsignal(signum) is signal.SIG_DFL:  # left alone under nohup, where SIGHUP is ignored
-            signal.signal(signum, _raise_stopped)
-
-
 def stopped(stop: BaseException, run_dir: Path, started: bool) -> ScriptExit:
     """A stop by a signal as one line: what is left and the command that starts again (fine-tuning does not resume)."""
-    signum = getattr(stop, "signum", signal.SIGINT)
-    name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+    name, signum = stop_signal_name(stop)
     left = ("fine-tuning does not resume: the same command plus --overwrite starts it again" if started else
             "nothing was written")
     return ScriptExit(f"finetune_roberta_qa: stopped by {name} before the run finished; {left} ({run_dir})",
@@ -693,7 +675,7 @@ def stopped(stop: BaseException, run_dir: Path, started: bool) -> ScriptExit:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     run_dir, notes = check_request(args)  # flags, paths, run folder: nothing loaded, nothing written
-    stop_on_signals()
+    raise_on_stop_signals()
     lock = None
     try:
         local_rows = read_local_files(args)  # JSON layout, duplicate ids

@@ -34,6 +34,7 @@ from accelerate.utils import DistributedType, set_seed
 from transformers import get_scheduler
 
 import checkpoints as ckpt
+import fault_injection
 import init_from
 import model_folder
 import run_folder
@@ -49,12 +50,15 @@ from utils import (
     ArgumentParser,
     HelpFormatter,
     ScriptExit,
+    Stopped,
     UsageError,
     command_with,
     exit_code_for_signal,
     is_main_process,
     library_versions,
+    raise_on_stop_signals,
     run_cli,
+    stop_signal_name,
     wandb_offline_unless_logged_in,
 )
 
@@ -499,27 +503,27 @@ def stop_message(error: NonFiniteLoss, args: argparse.Namespace, run: Path, logg
         lambda changes: command_with(build_parser(), sys.argv[1:], changes))
 
 
+def stopped_before_training(stop: BaseException, args: argparse.Namespace, argv: list[str]) -> ScriptExit:
+    """A signal before the first update (checking a large store, building the model): nothing was trained, so
+    nothing needed saving. The command to start again: with --overwrite the same one (the earlier run may not be
+    removed yet), else with `latest`, which starts afresh in a folder this run began, or continues one it resumed."""
+    name, signum = stop_signal_name(stop)
+    command = command_with(build_parser(), argv, {} if args.overwrite else {"--resume_from_checkpoint": "latest"})
+    return ScriptExit(f"train.py: stopped by {name} before training began, so there was nothing new to save; "
+                      f"start again with: {command}", exit_code_for_signal(signum))
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    plan = validate(args, argv)  # every UsageError comes here, before anything is built or written
-    accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps,
-                              log_with="wandb" if args.log_wandb else None, project_dir=str(plan.run_dir))
-    if accelerator.device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matrix multiplies on tensor cores
-        torch.backends.cudnn.allow_tf32 = True
-    plan.resume = ckpt.agree_on_resume(accelerator, plan.resume)  # the main process's choice, on all
-    if plan.resume is not None and ckpt.read_state(plan.resume).step == args.num_training_steps:
-        accelerator.print(ckpt.complete_run(accelerator, plan.run_dir, plan.resume))  # a re-queued finished run
+    raise_on_stop_signals()  # until train() hands SIGTERM and SIGHUP to StopSignal (a checkpoint, then exit 0)
+    try:
+        prepared = prepare_run(args, argv)
+    except (Stopped, KeyboardInterrupt) as stop:
+        raise stopped_before_training(stop, args, sys.argv[1:] if argv is None else argv) from None
+    if prepared is None:  # a finished run re-queued: prepare_run said so
         return
-    trainee = setup(args, plan, accelerator)
-    logger = MetricsLogger(accelerator, plan.run_dir, args, plan.context_length, plan.config)
-    checkpointer = Checkpointer(trainee, plan.run_dir, plan.tokenizer, logger, args)
-    state = checkpointer.resume(plan.resume)
-    if plan.resume is not None:
-        apply_optimizer_flags(trainee.optimizer, args)
-    state.args = {**plan.arguments, "store_fingerprint": plan.store.fingerprint}
-    start_run(args, plan, trainee, state)
-    logger.start(state)
+    plan, trainee, checkpointer, logger = prepared
+    accelerator = trainee.accelerator
     try:
         if train(args, plan, trainee, checkpointer, logger):
             checkpointer.save_final_model()
@@ -533,6 +537,32 @@ def main(argv: list[str] | None = None) -> None:
         raise ScriptExit("error: stopped by a second Ctrl-C before saving; continue from the last checkpoint with "
                          "--resume_from_checkpoint latest", exit_code_for_signal(signal.SIGINT)) from None
     accelerator.end_training()
+
+
+def prepare_run(args: argparse.Namespace, argv: list[str] | None):
+    """Everything before the first update: (plan, trainee, checkpointer, logger), or None when a re-queued run is
+    already complete."""
+    plan = validate(args, argv)  # every UsageError comes here, before anything is built or written
+    fault_injection.signal_during_setup()
+    accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps,
+                              log_with="wandb" if args.log_wandb else None, project_dir=str(plan.run_dir))
+    if accelerator.device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matrix multiplies on tensor cores
+        torch.backends.cudnn.allow_tf32 = True
+    plan.resume = ckpt.agree_on_resume(accelerator, plan.resume)  # the main process's choice, on all
+    if plan.resume is not None and ckpt.read_state(plan.resume).step == args.num_training_steps:
+        accelerator.print(ckpt.complete_run(accelerator, plan.run_dir, plan.resume))  # a re-queued finished run
+        return None
+    trainee = setup(args, plan, accelerator)
+    logger = MetricsLogger(accelerator, plan.run_dir, args, plan.context_length, plan.config)
+    checkpointer = Checkpointer(trainee, plan.run_dir, plan.tokenizer, logger, args)
+    state = checkpointer.resume(plan.resume)
+    if plan.resume is not None:
+        apply_optimizer_flags(trainee.optimizer, args)
+    state.args = {**plan.arguments, "store_fingerprint": plan.store.fingerprint}
+    start_run(args, plan, trainee, state)
+    logger.start(state)
+    return plan, trainee, checkpointer, logger
 
 
 if __name__ == "__main__":

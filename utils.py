@@ -21,6 +21,7 @@ import importlib.util
 import netrc
 import os
 import shlex
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -54,6 +55,33 @@ class ScriptExit(Exception):
     def __init__(self, message: str, code: int = EXIT_FAILED):
         super().__init__(message)
         self.code = code
+
+
+class Stopped(BaseException):
+    """SIGTERM or SIGHUP (a scheduler, a closed terminal) raised in the main thread, as Ctrl-C raises
+    KeyboardInterrupt, and like it no Exception: no library's `except Exception` swallows it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_stopped(signum, frame):
+    raise Stopped(signum)
+
+
+def raise_on_stop_signals() -> None:
+    """From here on SIGTERM and SIGHUP raise Stopped (SIGHUP is left alone where it is ignored, as under nohup), so
+    that a stop ends in the script's own line, not in silence."""
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) is signal.SIG_DFL:
+            signal.signal(signum, _raise_stopped)
+
+
+def stop_signal_name(stop: BaseException) -> tuple[str, int]:
+    """(its name for a message, its signal number) of a Stopped or a KeyboardInterrupt (Ctrl-C)."""
+    signum = getattr(stop, "signum", signal.SIGINT)
+    return ("Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name), int(signum)
 
 
 class DiskFull(ScriptExit):

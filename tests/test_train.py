@@ -609,6 +609,23 @@ def test_sigterm_to_the_whole_process_group_stops_with_a_checkpoint_and_resumes_
 
 
 @pytest.mark.slow
+def test_a_signal_before_the_first_update_is_one_line_whose_command_runs_as_printed(store, tmp_path, reference):
+    """Checking a large store or building the model takes a while; a SIGTERM then ended the run in silence."""
+    stopped = run_train(store, tmp_path, "run", *RESUMABLE, env={"TRAIN_TEST_SIGNAL_AT_STEP": "setup:TERM"},
+                        check=False)
+    last = stopped.stderr.strip().splitlines()[-1]
+    assert stopped.returncode == 143 and last.startswith(
+        "train.py: stopped by SIGTERM before training began, so there was nothing new to save; start again with: "
+        "python train.py "), stopped.stderr[-2000:]
+    command = shlex.split(last.split("start again with: ")[1])
+    assert command[-2:] == ["--resume_from_checkpoint", "latest"]
+    again = subprocess.run([sys.executable, str(ROOT / "train.py"), *command[2:]], cwd=tmp_path, capture_output=True,
+                           text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert_same_weights(reference / "final_model", tmp_path / "run" / "final_model")
+
+
+@pytest.mark.slow
 def test_damaged_checkpoints_are_named_and_latest_falls_back(store, tmp_path, reference):
     shutil.copytree(reference, tmp_path / "run")
     checkpoints = tmp_path / "run" / "checkpoints"
