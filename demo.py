@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -29,7 +30,7 @@ from transformers.utils import logging as hf_logging
 import qa_run_folder
 import run_folder
 from demo_world import generate_documents
-from utils import user_path
+from utils import Stopped, exit_code_for_signal, raise_on_stop_signals, stop_signal_name, user_path
 
 ROOT = Path(__file__).resolve().parent
 
@@ -98,12 +99,24 @@ def minutes(value: float) -> str:
     return f"{value:.0f} min" if value >= 2 else f"{value:.1f} min"
 
 
-def run(step: str, command: list[str]) -> float:
-    """Run one of the repository's scripts, printing the command first; stop the demo if it fails."""
+def run(step: str, command: list[str], makes: Path | None = None) -> float:
+    """Run one of the repository's scripts, printing the command first; stop the demo if it fails, or if it ends
+    without `makes` (a script stopped by a signal saves its state and exits 0). A Ctrl-C or SIGTERM reaches the
+    script too (they go to the whole process group): the demo waits for it to stop, then says so in one line."""
     header = f"{step} {PROGRESS.next_step()}" if PROGRESS else step
     print(f"\n=== {header}\n$ {shlex.join(['python', *command[1:]])}", flush=True)
     start = time.perf_counter()
-    if subprocess.run(command, cwd=ROOT).returncode != 0:
+    process = subprocess.Popen(command, cwd=ROOT)
+    try:
+        code = process.wait()
+    except (KeyboardInterrupt, Stopped) as stop:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C is the script's: it stops at once
+        process.wait()
+        name, signum = stop_signal_name(stop)
+        print(f"demo: stopped by {name} during '{step}'; the demo does not resume: `make demo` starts it again",
+              file=sys.stderr, flush=True)
+        sys.exit(exit_code_for_signal(signum))
+    if code != 0 or (makes is not None and not makes.exists()):
         sys.exit(f"demo: the step '{step}' failed (see above)")
     return time.perf_counter() - start
 
@@ -121,7 +134,8 @@ def pretrain(args, store: Path) -> float:
         "--path_to_prepped_data", str(store), *MODEL_FLAGS, "--per_gpu_batch_size", "16", "--num_training_steps",
         str(steps), "--num_warmup_steps", str(steps // 20), "--learning_rate", "1e-3", "--evaluation_interval",
         str(steps // 6), "--checkpoint_interval", str(steps // 2), "--logging_steps", str(steps // 12),
-        "--max_eval_batches", "20", "--seed", str(args.seed), "--overwrite"])
+        "--max_eval_batches", "20", "--seed", str(args.seed), "--overwrite"],
+        makes=args.output_dir / "pretrain" / "final_model")
 
 
 def fill_mask(model_dir: Path) -> None:
@@ -184,6 +198,7 @@ def summary(args, timings: dict[str, float]) -> None:
 def main() -> None:
     global PROGRESS
     args = parse_args()
+    raise_on_stop_signals()  # a SIGTERM ends the demo in one line too, once its script has stopped
     PROGRESS = Progress(expected_minutes(args))
     print(f"demo: {len(PROGRESS.expected)} steps, about {minutes(sum(PROGRESS.expected))} on a 2-core CPU (less with "
           "more cores or a GPU)", flush=True)
@@ -199,4 +214,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (KeyboardInterrupt, Stopped) as stop:  # between the scripts (run() handles a stop inside one)
+        name, signum = stop_signal_name(stop)
+        print(f"demo: stopped by {name}; `make demo` starts it again", file=sys.stderr)
+        sys.exit(exit_code_for_signal(signum))

@@ -1,9 +1,12 @@
 """What the README, the Makefile, the notebook and demo.py promise a newcomer, checked against each other and against
 what the commands do: the demo's duration stated one way, `make install` saying what it installs, `make notebook`."""
 
+import os
 import re
 import shutil
+import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -58,3 +61,22 @@ def test_make_install_says_what_it_does_and_make_notebook_installs_jupyterlab():
     assert "pip install jupyterlab" in planned and "jupyter lab notebooks/roberta_walkthrough.ipynb" in planned
     assert (ROOT / "notebooks" / "roberta_walkthrough.ipynb").is_file()
     assert "`make notebook`" in (ROOT / "README.md").read_text()
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_make_demo_is_one_line(tmp_path):
+    """Ctrl-C reaches the demo and the script it runs (one process group): train.py saved a checkpoint and exited 0,
+    and the demo ended in a KeyboardInterrupt traceback (or, had only train.py been stopped, went on without a
+    model)."""
+    process = subprocess.Popen([sys.executable, str(ROOT / "demo.py"), "--output_dir", str(tmp_path / "demo"),
+                                "--pretraining_steps", "3000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    for line in process.stdout:
+        if line.startswith("step "):  # pretraining has begun
+            break
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 130 and "Traceback" not in stderr, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1] == ("demo: stopped by Ctrl-C during 'pretrain a small RoBERTa (masked "
+                                               "language modelling)'; the demo does not resume: `make demo` starts "
+                                               "it again")
