@@ -72,11 +72,10 @@ def checkpoint_config(args: argparse.Namespace, given: set[str], store,
         saved = model_folder.read_config(folder)
         dropout = {field: getattr(args, flag) for flag, field in DROPOUT.items() if flag in given}
         config = RobertaConfig.from_dict(saved, **dropout)
-        weights = model_folder.weight_names(folder)
+        head = [] if resumed else head_problems(folder, saved, model_folder.weight_names(folder))  # resumed: ours
     except ValueError as error:
         raise UsageError(f"--init_from: {error}") from None
-    problems = [*head_problems(folder, saved, weights), *architecture_problems(args, given, config),
-                *vocabulary_padding_problems(args, given, config)]
+    problems = [*head, *architecture_problems(args, given, config), *vocabulary_padding_problems(args, given, config)]
     if store.block_length > config.max_sequence_length:
         problems.append(f"it has position embeddings for {config.max_sequence_length} tokens (max_position_embeddings "
                         f"{config.max_position_embeddings}), fewer than the store's blocks of {store.block_length}")
