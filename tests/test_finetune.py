@@ -289,6 +289,7 @@ def test_bad_input_is_one_clear_error_before_anything_is_written(case, tmp_path,
     assert sorted(p for p in tmp_path.rglob("*")) == before  # nothing written anywhere
 
 
+@pytest.mark.slow
 def test_a_logger_that_is_not_installed_and_bf16_without_a_gpu_are_one_line(tmp_path, squad_files, backbone_dir):
     """Both used to pass the checks, claim the run folder, then end in a traceback from the Trainer."""
     import torch
