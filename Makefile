@@ -7,16 +7,22 @@ PYTHON ?= python3
 # installed torch is left alone.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test test-fast test-min install install-dev lint benchmark
+.PHONY: demo test test-fast test-min install install-dev notebook lint benchmark
 
+# Each install says what it installs before pip starts (downloads take minutes), and pip runs only when something
+# is missing (utils.missing_requirements), so that `make demo` on a ready machine starts at once.
 install:
-	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "$(TORCH_SPEC)"
-	$(PYTHON) -m pip install -q -r requirements.txt
+	@$(PYTHON) -c "import torch" 2>/dev/null || { echo "make install: no torch here; pip install $(TORCH_SPEC) (on Linux x86-64 the CUDA build, several GB: minutes)"; $(PYTHON) -m pip install "$(TORCH_SPEC)"; }
+	@$(call install_missing,requirements.txt)
 
 install-dev: install
-	$(PYTHON) -m pip install -q -r requirements-dev.txt
+	@$(call install_missing,requirements-dev.txt)
 
-## demo: the whole pipeline offline on the built-in demo world (about 7 to 8 minutes on a 2-core CPU)
+define install_missing
+$(PYTHON) -c "import sys, utils; m = utils.missing_requirements('$(1)'); print('make install: $(1): every requirement is installed' if not m else 'make install: pip install -r $(1), for ' + ', '.join(m) + ' (downloads may take minutes)'); sys.exit(bool(m))" || $(PYTHON) -m pip install -r $(1)
+endef
+
+## demo: the whole pipeline offline on the built-in demo world (about 10 minutes on a 2-core CPU)
 demo: install
 	HF_HUB_OFFLINE=1 $(PYTHON) demo.py
 
@@ -41,6 +47,11 @@ test-min:
 	HF_HUB_OFFLINE=1 .venv-min/bin/python -m pytest -q -p no:cacheprovider -m "not slow"
 	HF_HUB_OFFLINE=1 .venv-min/bin/python -m pytest -q -p no:cacheprovider tests/test_scale_out.py \
 		-k "fsdp2_through and cpu_ram_efficient_loading"
+
+## notebook: the walkthrough in JupyterLab (installs JupyterLab first where it is missing)
+notebook: install
+	@$(PYTHON) -c "import jupyterlab" 2>/dev/null || { echo "make notebook: pip install jupyterlab"; $(PYTHON) -m pip install jupyterlab; }
+	$(PYTHON) -m jupyter lab notebooks/roberta_walkthrough.ipynb
 
 ## benchmark: one training step of our model against transformers' (CPU or GPU)
 benchmark: install

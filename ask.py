@@ -41,6 +41,7 @@ from qa import (
     check_qa_tokenizer,
     check_window_budget,
     compute_squad_metrics,
+    question_budget,
     read_squad_file,
     squad_v2_summary,
 )
@@ -197,9 +198,11 @@ def load_model(args: argparse.Namespace):
     name = args.model
     folder = Path(name).expanduser()
     if qa_run_folder.unfinished_run(folder):
-        raise UsageError(f"--model {name} is a finetune_roberta_qa.py run folder that holds no model yet (the run "
-                         f"has not finished): wait for it, or give one of its "
-                         f"{qa_run_folder.TRAINER_CHECKPOINT_FOLDER} folders")
+        saved = qa_run_folder.trainer_checkpoints(folder)
+        raise UsageError(f"--model {name} is a finetune_roberta_qa.py run folder that holds no model yet (the run has "
+                         "not finished, or was stopped): " + (f"give its newest checkpoint, {saved[-1]}, or wait for "
+                         "it to finish" if saved else "it saved no checkpoint (--save_steps 0); wait for it to finish, "
+                         "or run it again"))
     try:
         folder = model_folder.resolve(name, need_weights=True, cache_dir=args.path_to_cache_dir)
         if "qa_outputs.weight" not in model_folder.weight_names(folder):
@@ -209,9 +212,8 @@ def load_model(args: argparse.Namespace):
         config = RobertaConfig.from_pretrained(folder)
         model = RobertaForQuestionAnswering.from_pretrained(folder)
     except ValueError as error:
-        if not Path(name).exists():  # a mistyped local path, or a Hub id
-            missing = f"--model {name} does not exist: there is no folder {Path(name).absolute()}"
-            raise UsageError(missing if looks_local(name) else f"{missing}, and as a Hub id: {error}") from None
+        if not Path(name).expanduser().exists():  # a mistyped local path, or a Hub id (model_folder says which)
+            raise UsageError(f"--model {name} does not exist: {error}") from None
         raise UsageError(f"--model {error}") from None
     tokenizer = load_tokenizer(folder if looks_local(name) else name, flag="--model", cache_dir=args.path_to_cache_dir)
     check_qa_tokenizer(tokenizer, config, name)
@@ -254,7 +256,21 @@ def show(context: str, answer: dict, width: int = 60) -> str:
     return " ".join((snippet + ("..." if answer["end"] + width < len(context) else "")).split())
 
 
+def warn_of_cut_questions(args: argparse.Namespace, tokenizer, questions: list[str]) -> None:
+    """A question longer than a window leaves room for is cut to its first tokens (as evaluation cuts it): the
+    answer is to that part only, so it is said, with the flags that make room."""
+    budget = question_budget(tokenizer, args.max_seq_length, args.doc_stride)
+    lengths = [len(ids) for ids in tokenizer(questions, add_special_tokens=False, verbose=False)["input_ids"]]
+    if cut := [n for n in lengths if n > budget]:
+        which = "a question of" if len(questions) == 1 else f"{len(cut):,} question(s) of up to"
+        print(f"warning: {which} {max(cut):,} tokens: only the first {budget} fit beside the context in windows of "
+              f"--max_seq_length {args.max_seq_length} sharing --doc_stride {args.doc_stride}, so the answer is to "
+              "that part; a longer --max_seq_length (up to the model's) or a shorter --doc_stride makes room",
+              file=sys.stderr, flush=True)
+
+
 def ask(args: argparse.Namespace, model, tokenizer, context: str) -> None:
+    warn_of_cut_questions(args, tokenizer, args.question)
     answers = answer_questions(model, tokenizer, args.question, [context] * len(args.question),
                                **answer_settings(args))
     for question, answer in zip(args.question, answers, strict=True):
@@ -274,6 +290,7 @@ def ask(args: argparse.Namespace, model, tokenizer, context: str) -> None:
 
 
 def answer_squad_file(args: argparse.Namespace, model, tokenizer, rows: list[dict]) -> None:
+    warn_of_cut_questions(args, tokenizer, [r["question"] for r in rows])
     start, predictions, probabilities = time.perf_counter(), {}, {}
     for begin in range(0, len(rows), CHUNK):
         chunk = rows[begin : begin + CHUNK]

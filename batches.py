@@ -13,8 +13,10 @@ masks as an uninterrupted one, and the global RNG is left to dropout alone (its 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import signal
 import socket
 
 import numpy as np
@@ -177,6 +179,33 @@ def _batch_as_is(batch: torch.Tensor) -> torch.Tensor:
     return batch  # PackedBlocks already returns the whole batch as one tensor
 
 
+# What a scheduler, `timeout` or a terminal sends to every process of a job; the main process's to handle.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def _leave_stopping_to_the_main_process(worker_id: int) -> None:
+    """A DataLoader worker ignores the stop signals: `timeout`, SLURM and Ctrl-C signal the whole process group,
+    and a worker killed by one makes the main process's next batch raise instead of saving a checkpoint. The worker
+    still ends with its loader, and with the main process however that ends (torch's watchdog)."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)  # also discards one that arrived while blocked (below)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+@contextlib.contextmanager
+def _stop_signals_held():
+    """Stop signals held back while the loader forks its workers, which inherit the mask and unblock once they
+    ignore them: a signal in between reaches the main process (when this block ends), never a worker."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def train_batches(split, batch_size: int, seed: int, accelerator, epoch: int, samples_in_epoch: int,
                   num_workers: int):
     """Endless (epoch, blocks of the epoch consumed after this batch, input_ids on the device), from a position."""
@@ -191,8 +220,11 @@ def train_batches(split, batch_size: int, seed: int, accelerator, epoch: int, sa
         # instead would shift dropout's random stream between a resumed run and an uninterrupted one.
         loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=_batch_as_is,
                                              num_workers=workers, pin_memory=accelerator.device.type == "cuda",
-                                             generator=torch.Generator())
-        for g, batch in enumerate(loader, start=start):
+                                             generator=torch.Generator(),
+                                             worker_init_fn=_leave_stopping_to_the_main_process if workers else None)
+        with _stop_signals_held():
+            epoch_batches = iter(loader)  # forks the workers
+        for g, batch in enumerate(epoch_batches, start=start):
             yield epoch, (g + 1) * global_batch, batch.to(accelerator.device, non_blocking=True).long()
         epoch, start = epoch + 1, 0
 

@@ -124,6 +124,10 @@ def not_a_checkpoint(path: Path) -> str | None:
     for kind in (STORE, QA_RUN):
         if is_output_of(path, kind):
             return f"it is a {kind.description} ({kind.script}'s), not a checkpoint"
+    if path.name == run_folder.FINAL_MODEL_DIR and run_folder.is_run_folder(path.parent):
+        intact = find_intact_checkpoint(run_folder.checkpoints_dir(path.parent), report=lambda _: None)
+        return ("it is the run's final model, which holds no optimizer state or data position; "
+                + (f"its newest intact checkpoint is {intact}" if intact else "the run has no intact checkpoint"))
     if run_folder.is_run_folder(path):
         return f"it is a {run_folder.PRETRAINING_RUN.description}: pass latest, or one of its {CHECKPOINT_FOLDER} " \
                "folders, not a checkpoint"
@@ -177,6 +181,18 @@ def resolve_resume(requested: str | None, checkpoints: Path) -> Path | None:
     return path
 
 
+def unverified_choice(requested: str | None, checkpoints: Path) -> Path | None:
+    """On a process other than the main one, before the main process's verified choice arrives (agree_on_resume):
+    the checkpoint to read the architecture from, unverified: the one named, or the newest with a config (every
+    checkpoint of a run has the same architecture)."""
+    if requested is None:
+        return None
+    if requested != "latest":
+        return Path(requested)
+    with_config = [path for _, path in step_folders(checkpoints) if (path / model_folder.CONFIG_FILE).is_file()]
+    return with_config[-1] if with_config else None
+
+
 def check_resume(path: Path, arguments: dict, config: dict, store_fingerprint: str | None,
                  num_processes: int = 1, tokenizer=None) -> list[str]:
     """Refuse a checkpoint of another model, seed, store or tokenizer (`arguments`: the run's arguments in effect;
@@ -199,9 +215,9 @@ def check_resume(path: Path, arguments: dict, config: dict, store_fingerprint: s
     if differ:
         raise UsageError(f"checkpoint {path} was trained with {', '.join(differ)}: resume with the flags and store "
                          "it was trained with, or start a new run")
-    if arguments["num_training_steps"] <= state.step:
-        raise UsageError(f"checkpoint {path} is at update {state.step}, not before --num_training_steps "
-                         f"{arguments['num_training_steps']}: raise --num_training_steps to train further")
+    if arguments["num_training_steps"] < state.step:  # at it, the run is complete (complete_run says so)
+        raise UsageError(f"checkpoint {path} is at update {state.step}, past --num_training_steps "
+                         f"{arguments['num_training_steps']}: give --num_training_steps {state.step} or more")
     changes = [f"--{k} {state.args[k]} -> {v}" for k, v in arguments.items()
                if k in state.args and k not in NOT_COMPARED_ON_RESUME and state.args[k] != v]
     saved_processes = len(state.window_loss) or 1  # one running loss sum per process
@@ -428,6 +444,32 @@ def save_final_model(accelerator, wrapped, raw_model, tokenizer, run: Path) -> P
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
     return final
+
+
+def complete_run(accelerator, run: Path, checkpoint: Path) -> str:
+    """A run resumed at its last update is complete: its final_model/ is the last checkpoint's model folder (the
+    same weights, config and tokenizer save_final_model writes). Written here when a stop during the last update
+    or a failed final save left it out (as final_model.tmp/ then renamed); returns the line to print."""
+    final, tmp = run_folder.final_model_dir(run), run_folder.final_model_tmp(run)
+    step = read_state(checkpoint).step
+    if final.is_dir():
+        return (f"the run is complete: update {step} of {step} and its final model {final}; nothing to do (raise "
+                "--num_training_steps to train further)")
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            tmp.mkdir()
+            for name in model_folder.FILES:
+                if (checkpoint / name).is_file():
+                    shutil.copy2(checkpoint / name, tmp / name)
+            fault_injection.check_disk_full(fault_injection.FINAL_MODEL)
+        except WRITE_ERRORS as error:
+            raise abandon(tmp, "the final model", error, size_of(checkpoint), f"Free some space; the trained weights "
+                          f"are in {checkpoint}, a model folder that loads as it is") from None
+        os.replace(tmp, final)
+    accelerator.wait_for_everyone()
+    return (f"the run is complete (update {step} of {step}); its final model was missing and is now written from "
+            f"{checkpoint}: {final}")
 
 
 def rotate(folder: Path, num_keep: int, keep: Path) -> None:

@@ -10,13 +10,15 @@
 6. the pretrained model is continued on text it has never read (`train.py --init_from`, as one continues a published
    model on a domain's text): the encyclopedia of another world, whose held-out loss falls from the model's own.
 
-Every step runs the real command line, printed before it runs, so each can be copied and changed.
+Every step runs the real command line, printed before it runs, so each can be copied and changed. About 10
+minutes on a 2-core CPU (each step's header says which of the six it is and how long the rest should take).
 """
 
 from __future__ import annotations
 
 import argparse
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -28,17 +30,20 @@ from transformers.utils import logging as hf_logging
 import qa_run_folder
 import run_folder
 from demo_world import generate_documents
-from utils import user_path
+from utils import Stopped, exit_code_for_signal, raise_on_stop_signals, stop_signal_name, user_path
 
 ROOT = Path(__file__).resolve().parent
 
-# Sized for about 8 minutes on a 2-core CPU. Small MLMs sit on a plateau (predicting frequent tokens)
+# Sized for about 10 minutes on a 2-core CPU (STEP_MINUTES). Small MLMs sit on a plateau (predicting frequent tokens)
 # for their first ~1,000 updates before they learn to use context; blocks of 64 tokens, batches of 16 and no
 # dropout get past it within a few minutes on a CPU, where longer blocks or bigger batches did not.
 CONTEXT_LENGTH = "64"  # prepare_data.py's blocks; train.py takes them from the store
 MODEL_FLAGS = ["--num_transformer_blocks", "4", "--embedding_dimension", "128", "--num_attention_heads", "4",
                "--mlp_ratio", "4", "--hidden_dropout_p", "0", "--attention_dropout_p", "0"]
 NEW_WORLD_SEED = 1  # the world the demo's model continues on: demo_world's seed 0 is the one it was pretrained on
+# Minutes of each step at the default sizes on an idle 2-core CPU (2026-12-06, the README's measurement): the
+# demo's duration as the README, the Makefile and the notebook state it, and the basis of the time left it prints.
+STEP_MINUTES = {"prepare": 0.2, "pretrain": 7.3, "qa": 0.9, "tokenize another world": 0.1, "continue": 0.6}
 FILL_MASK_SENTENCES = [  # in the style of the demo world's articles
     "Draius Manuthett was a painter from Theiciaia, born in 1617 and <mask> in 1707.",
     "Draius Manuthett died in 1707. His wife was Beimwen Tiaard, whom he <mask> in 1637.",
@@ -47,7 +52,7 @@ FILL_MASK_SENTENCES = [  # in the style of the demo world's articles
 ]
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output_dir", type=lambda value: Path(user_path(value)), default=ROOT / "demo_output",
                    help="where everything is written")
@@ -59,14 +64,59 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--continued_steps", type=int, default=300,
                    help="updates of continued pretraining on another world's text (0: skip that step)")
     p.add_argument("--continued_documents", type=int, default=2000, help="articles of that world to read")
-    return p.parse_args()
+    return p.parse_args(argv)
 
 
-def run(step: str, command: list[str]) -> float:
-    """Run one of the repository's scripts, printing the command first; stop the demo if it fails."""
-    print(f"\n=== {step}\n$ {shlex.join(['python', *command[1:]])}", flush=True)
+class Progress:
+    """Which step of how many, and the time left: the expected minutes of the steps still to come, scaled by how
+    this machine's pace so far compares with theirs."""
+
+    def __init__(self, expected_minutes: list[float]):
+        self.expected, self.done, self.started = expected_minutes, 0, time.perf_counter()
+
+    def next_step(self) -> str:
+        elapsed = (time.perf_counter() - self.started) / 60
+        pace = elapsed / sum(self.expected[:self.done]) if self.done else 1.0
+        self.done += 1
+        return (f"[step {self.done} of {len(self.expected)}; {minutes(elapsed)} so far, about "
+                f"{minutes(pace * sum(self.expected[self.done - 1:]))} left]")
+
+
+def expected_minutes(args) -> list[float]:
+    """STEP_MINUTES scaled to the flags, one entry per run() in the order main() runs them."""
+    qa = STEP_MINUTES["qa"] * args.qa_epochs * args.qa_train_samples / (3.0 * 2000)
+    steps = [STEP_MINUTES["prepare"], STEP_MINUTES["pretrain"] * args.pretraining_steps / 4500, qa, qa]
+    if args.continued_steps:
+        steps += [STEP_MINUTES["tokenize another world"] * args.continued_documents / 2000,
+                  STEP_MINUTES["continue"] * args.continued_steps / 300]
+    return steps
+
+
+PROGRESS: Progress | None = None  # main() sets the plan
+
+
+def minutes(value: float) -> str:
+    return f"{value:.0f} min" if value >= 2 else f"{value:.1f} min"
+
+
+def run(step: str, command: list[str], makes: Path | None = None) -> float:
+    """Run one of the repository's scripts, printing the command first; stop the demo if it fails, or if it ends
+    without `makes` (a script stopped by a signal saves its state and exits 0). A Ctrl-C or SIGTERM reaches the
+    script too (they go to the whole process group): the demo waits for it to stop, then says so in one line."""
+    header = f"{step} {PROGRESS.next_step()}" if PROGRESS else step
+    print(f"\n=== {header}\n$ {shlex.join(['python', *command[1:]])}", flush=True)
     start = time.perf_counter()
-    if subprocess.run(command, cwd=ROOT).returncode != 0:
+    process = subprocess.Popen(command, cwd=ROOT)
+    try:
+        code = process.wait()
+    except (KeyboardInterrupt, Stopped) as stop:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C is the script's: it stops at once
+        process.wait()
+        name, signum = stop_signal_name(stop)
+        print(f"demo: stopped by {name} during '{step}'; the demo does not resume: `make demo` starts it again",
+              file=sys.stderr, flush=True)
+        sys.exit(exit_code_for_signal(signum))
+    if code != 0 or (makes is not None and not makes.exists()):
         sys.exit(f"demo: the step '{step}' failed (see above)")
     return time.perf_counter() - start
 
@@ -84,7 +134,8 @@ def pretrain(args, store: Path) -> float:
         "--path_to_prepped_data", str(store), *MODEL_FLAGS, "--per_gpu_batch_size", "16", "--num_training_steps",
         str(steps), "--num_warmup_steps", str(steps // 20), "--learning_rate", "1e-3", "--evaluation_interval",
         str(steps // 6), "--checkpoint_interval", str(steps // 2), "--logging_steps", str(steps // 12),
-        "--max_eval_batches", "20", "--seed", str(args.seed), "--overwrite"])
+        "--max_eval_batches", "20", "--seed", str(args.seed), "--overwrite"],
+        makes=args.output_dir / "pretrain" / "final_model")
 
 
 def fill_mask(model_dir: Path) -> None:
@@ -145,7 +196,12 @@ def summary(args, timings: dict[str, float]) -> None:
 
 
 def main() -> None:
+    global PROGRESS
     args = parse_args()
+    raise_on_stop_signals()  # a SIGTERM ends the demo in one line too, once its script has stopped
+    PROGRESS = Progress(expected_minutes(args))
+    print(f"demo: {len(PROGRESS.expected)} steps, about {minutes(sum(PROGRESS.expected))} on a 2-core CPU (less with "
+          "more cores or a GPU)", flush=True)
     store = args.output_dir / "data"
     pretrained_dir = run_folder.final_model_dir(args.output_dir / "pretrain")
     timings = {"prepare": prepare(args, store), "pretrain": pretrain(args, store)}
@@ -158,4 +214,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (KeyboardInterrupt, Stopped) as stop:  # between the scripts (run() handles a stop inside one)
+        name, signum = stop_signal_name(stop)
+        print(f"demo: stopped by {name}; `make demo` starts it again", file=sys.stderr)
+        sys.exit(exit_code_for_signal(signum))

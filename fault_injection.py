@@ -4,6 +4,10 @@ Each variable is read once, when this module is imported (before the run starts;
 values), so that no loop of the product reads the environment. Unset, as in normal use, every fault is off.
 
     TRAIN_TEST_SIGNAL_AT_STEP="N:KILL|TERM|INT"  train.py: the process signals itself after update N
+    TRAIN_TEST_SIGNAL_AT_STEP="setup:TERM"       ... or once the run is validated, before its first update
+    TRAIN_TEST_SIGNAL_AT_STEP="N:TERM:group"     ... or, from another process, its whole process group, as
+                                                 `timeout`, SLURM and `kill -TERM -PGID` do (DataLoader workers
+                                                 included); only for a group leader (start_new_session)
     TRAIN_TEST_DISK_FULL_AT_STEP=N|final         train.py: the checkpoint of update N (or final_model/) fails as a
                                                  full disk makes it fail:
     TRAIN_TEST_DISK_FULL_ERROR=OSError|SafetensorError  with ENOSPC (torch, accelerate), or as safetensors 0.8 does
@@ -17,6 +21,8 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import Callable
 
 from safetensors import SafetensorError
@@ -28,11 +34,14 @@ FINAL_MODEL = "final"  # TRAIN_TEST_DISK_FULL_AT_STEP's value for final_model/
 SLOW_TOKENIZING_ENV = "PREPARE_DATA_TEST_SECONDS_PER_BATCH"
 
 
-def _signal_at_step(spec: str | None) -> tuple[int, signal.Signals] | None:
+SETUP = "setup"  # TRAIN_TEST_SIGNAL_AT_STEP's step for "before the first update"
+
+
+def _signal_at_step(spec: str | None) -> tuple[int | str, signal.Signals, bool] | None:
     if not spec:
         return None
-    step, name = spec.split(":")
-    return int(step), signal.Signals["SIG" + name]
+    step, name, *target = spec.split(":")
+    return step if step == SETUP else int(step), signal.Signals["SIG" + name], target == ["group"]
 
 
 SIGNAL_AT_STEP = _signal_at_step(os.environ.get(SIGNAL_AT_STEP_ENV))
@@ -46,14 +55,33 @@ def with_signal_at_step(requested: Callable[[int], bool]) -> Callable[[int], boo
     after update N (so that the stop request is seen exactly where a real signal would be)."""
     if SIGNAL_AT_STEP is None:
         return requested
-    at_step, signum = SIGNAL_AT_STEP
+    at_step, signum, to_group = SIGNAL_AT_STEP
 
     def signal_then_ask(step: int) -> bool:
-        if step == at_step:
+        if step == at_step and to_group:
+            signal_my_group_from_outside(signum)
+        elif step == at_step:
             os.kill(os.getpid(), signum)
         return requested(step)
 
     return signal_then_ask
+
+
+def signal_during_setup() -> None:
+    """With TRAIN_TEST_SIGNAL_AT_STEP="setup:SIG", the signal arrives here: validated, before the first update."""
+    if SIGNAL_AT_STEP is not None and SIGNAL_AT_STEP[0] == SETUP:
+        os.kill(os.getpid(), SIGNAL_AT_STEP[1])
+
+
+def signal_my_group_from_outside(signum: signal.Signals) -> None:
+    """`kill -SIG -PGID` from a process outside the group (as `timeout` or a scheduler sends it: every process of
+    the group gets it, from a sender that is not their parent). Refused unless this process leads its group, so
+    that a test can never signal the test runner's own group."""
+    if os.getpgrp() != os.getpid():
+        raise RuntimeError(f"{SIGNAL_AT_STEP_ENV}=...:group needs the run to lead its process group "
+                           "(start it with start_new_session=True or setsid)")
+    subprocess.run([sys.executable, "-c", f"import os; os.killpg({os.getpgrp()}, {int(signum)})"],
+                   start_new_session=True, check=True)
 
 
 def check_disk_full(where: int | str) -> None:

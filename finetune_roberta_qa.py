@@ -38,7 +38,8 @@ The run folder <working_directory>/<experiment_name>/ receives:
   README.md                 what each file and each metric field means
   checkpoints/              Trainer checkpoints, only with --save_steps above 0
 --overwrite replaces only a folder this script made, and removes only the files above (anything else stays); a
-second run into a folder in use is refused.
+second run into a folder in use is refused. Fine-tuning does not resume: a run stopped by Ctrl-C, SIGTERM or SIGHUP
+says so in one line (exit 130, 143, 129), and the same command plus --overwrite starts it again.
 
 Metrics, 0 to 100: exact_match is the share of questions whose prediction equals one of the gold answers after
 normalisation (lowercase, no punctuation, no articles a/an/the, single spaces); f1 is the token overlap with the
@@ -90,15 +91,20 @@ from tokenization import load_tokenizer, tokenizer_fingerprint
 from utils import (
     ArgumentParser,
     HelpFormatter,
+    ScriptExit,
+    Stopped,
     UsageError,
     duration,
     elapsed_and_eta,
+    exit_code_for_signal,
     first_line,
     is_main_process,
     library_versions,
     log,
     looks_local,
+    raise_on_stop_signals,
     run_cli,
+    stop_signal_name,
     wandb_offline_unless_logged_in,
 )
 
@@ -209,10 +215,10 @@ def check_numbers(args: argparse.Namespace) -> None:
     positive = ["max_seq_length", "n_best_size", "max_answer_length", "per_device_batch_size",
                 "gradient_accumulation_steps", "logging_steps", "num_train_epochs", "learning_rate"]
     for name in positive:
-        if getattr(args, name) <= 0:
+        if not getattr(args, name) > 0:  # NaN too
             raise UsageError(f"--{name} must be positive, got {getattr(args, name)}")
     for name in ["doc_stride", "weight_decay", "warmup_steps", "eval_steps", "save_steps"]:
-        if getattr(args, name) < 0:
+        if not getattr(args, name) >= 0:
             raise UsageError(f"--{name} must not be negative, got {getattr(args, name)}")
     for name in ["max_train_samples", "max_eval_samples"]:
         if getattr(args, name) is not None and getattr(args, name) < 1:
@@ -279,6 +285,10 @@ def check_run_folder(args: argparse.Namespace) -> Path:
               "--train_file": args.train_file, "--validation_file": args.validation_file,
               "--path_to_cache_dir": args.path_to_cache_dir}
     if is_main_process():  # the other processes of a multi-GPU run write nothing, and see the folder mid-creation
+        if not args.overwrite and qa_run_folder.stopped_before_the_end(run_dir):
+            raise UsageError(f"{run_folder_flag(run_dir)} holds a fine-tuning run that stopped before it finished (no "
+                             f"{qa_run_folder.RESULTS_FILE}); fine-tuning does not resume: pass --overwrite to start "
+                             "it again")
         check_output_folder(run_dir, QA_RUN, flag=run_folder_flag(run_dir), overwrite=args.overwrite, inputs=inputs)
     return run_dir
 
@@ -293,6 +303,12 @@ def check_report_to(args: argparse.Namespace) -> list[str]:
     if "none" in names and len(names) > 1:
         raise UsageError("--report_to none cannot be combined with other loggers")
     args.report_to = ",".join(names)
+    from transformers.integrations import get_available_reporting_integrations
+
+    installed = get_available_reporting_integrations()
+    if missing := [name for name in names if name not in ("none", "all", *installed)]:
+        raise UsageError(f"--report_to {missing[0]}: its package is not installed (the Trainer would fail at its "
+                         f"first log); install it, or choose from what is: {', '.join(['none', *installed])}")
     has_wandb = importlib.util.find_spec("wandb") is not None
     if "wandb" in names or "all" in names and has_wandb:
         note = wandb_offline_unless_logged_in()
@@ -306,6 +322,9 @@ def check_request(args: argparse.Namespace) -> tuple[Path, list[str]]:
     check_data_source(args)
     check_backbone(args)
     notes = check_report_to(args)
+    if args.bf16 and not (torch.cuda.is_available() and torch.cuda.is_bf16_supported()):
+        raise UsageError("--bf16 needs a CUDA GPU that supports bf16, and there is none here; leave it out (on a CPU "
+                         "the run is in float32)")
     run_dir = check_run_folder(args)
     return run_dir, notes
 
@@ -649,17 +668,28 @@ def prepare_loggers(args: argparse.Namespace, run_dir: Path) -> None:
         os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(run_dir.absolute() / "runs"))
 
 
+def stopped(stop: BaseException, run_dir: Path, started: bool) -> ScriptExit:
+    """A stop by a signal as one line: what is left and the command that starts again (fine-tuning does not resume)."""
+    name, signum = stop_signal_name(stop)
+    left = ("fine-tuning does not resume: the same command plus --overwrite starts it again" if started else
+            "nothing was written")
+    return ScriptExit(f"finetune_roberta_qa: stopped by {name} before the run finished; {left} ({run_dir})",
+                      exit_code_for_signal(signum))
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     run_dir, notes = check_request(args)  # flags, paths, run folder: nothing loaded, nothing written
-    local_rows = read_local_files(args)  # JSON layout, duplicate ids
-    tokenizer, config, model, provenance = load_backbone(args)  # a bad backbone stops the run here
-    examples = load_examples(args, local_rows)  # a failed download stops it here: still nothing written
-    train, validation, data_record, data_notes = check_examples(examples, args)
-    if args.bf16 is None:
-        args.bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    lock = claim_run_folder(args, run_dir)
+    raise_on_stop_signals()
+    lock = None
     try:
+        local_rows = read_local_files(args)  # JSON layout, duplicate ids
+        tokenizer, config, model, provenance = load_backbone(args)  # a bad backbone stops the run here
+        examples = load_examples(args, local_rows)  # a failed download stops it here: still nothing written
+        train, validation, data_record, data_notes = check_examples(examples, args)
+        if args.bf16 is None:
+            args.bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        lock = claim_run_folder(args, run_dir)
         for note in notes + data_notes:
             log(note)
         if not sys.stderr.isatty():
@@ -683,6 +713,8 @@ def main(argv: list[str] | None = None) -> None:
             results = qa_run_folder.write_results(run_dir, args, trainer, validation, counts, provenance, data_record)
             for line in summary_lines(results, run_dir):
                 log(line)
+    except (Stopped, KeyboardInterrupt) as stop:
+        raise stopped(stop, run_dir, started=lock is not None) from None
     finally:
         if lock is not None:
             lock.release()

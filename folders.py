@@ -306,8 +306,15 @@ def describe_holder(lock_path: Path, live_only: bool = False) -> str:
     if live_only:
         return f"pid {pid}" if pid else ""
     record = _holder_record(lock_path) or {}
-    remote = record.get("host") and record["host"] != socket.gethostname()
-    if remote and not (pid and pid_alive(pid)):  # a filesystem shared by hosts: the holder runs elsewhere
+    here = socket.gethostname()
+    local = _local_lock_holders(lock_path)
+    if pid and local is not None and pid not in local:  # a filesystem shared by hosts: the holder runs elsewhere
+        # (its pid is the other host's, and may be that of an unrelated process here)
+        writer = f" (pid {record.get('pid')} on host {record['host']}, since {record.get('since')})" \
+            if record.get("host") and record["host"] != here else ""
+        return f"a process on another host{writer}; this host cannot see it: check there. The lock goes when it ends"
+    remote = record.get("host") and record["host"] != here
+    if remote and not (pid and pid_alive(pid)):  # the holder runs elsewhere
         return (f"pid {record.get('pid')} on host {record['host']}, since {record.get('since')}; this host cannot see "
                 f"whether it still runs: check there, and delete {lock_path} only if it does not")
     if pid:
@@ -334,6 +341,22 @@ def _locking_pid(lock_path: Path) -> int | None:
     finally:
         os.close(fd)
     return pid if kind != fcntl.F_UNLCK and pid > 0 else None
+
+
+def _local_lock_holders(lock_path: Path) -> set[int] | None:
+    """The pids of processes on this host holding a record lock on the file, from /proc/locks (Linux), which lists
+    no holder on another host of a shared filesystem; None where it cannot be read."""
+    try:
+        inode = lock_path.stat().st_ino
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return None
+    holders = set()
+    for line in lines:  # "1: POSIX  ADVISORY  WRITE 1234 00:2f:5678 0 EOF"; a waiter's line has "->" after the id
+        fields = line.split()
+        if len(fields) >= 6 and fields[1] == "POSIX" and fields[5].rsplit(":", 1)[-1] == str(inode):
+            holders.add(int(fields[4]))
+    return holders
 
 
 def _command_line(pid: int) -> str:

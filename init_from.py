@@ -29,7 +29,7 @@ import shlex
 from pathlib import Path
 
 import model_folder
-from model import RobertaConfig, RobertaForMaskedLM
+from model import MLM_TIED_WEIGHTS, RobertaConfig, RobertaForMaskedLM
 from tokenization import TOKENIZER_FILES, load_tokenizer, tokenizer_fingerprint, tokenizer_identity, tokenizer_mismatch
 from utils import UsageError, is_main_process
 
@@ -56,52 +56,91 @@ def config_arguments(config) -> dict:
             MLP_RATIO: config.intermediate_size / config.hidden_size}
 
 
-def checkpoint_config(args: argparse.Namespace, given: set[str], store) -> tuple[RobertaConfig, Path, dict]:
+def checkpoint_config(args: argparse.Namespace, given: set[str], store,
+                      resumed: Path | None = None) -> tuple[RobertaConfig, Path | None, dict]:
     """(config, local folder, arguments) of --init_from, checked against the flags and the store (a store.Store);
-    one UsageError otherwise. `arguments`: the values of the run's arguments that the checkpoint decides (its
-    architecture, the dropout not given on the command line, --init_from in one spelling); the config's `init_from`
-    is the checkpoint's provenance."""
+    one UsageError listing every problem otherwise. `arguments`: the values of the run's arguments that the
+    checkpoint decides (its architecture, the dropout not given on the command line, --init_from in one spelling);
+    the config's `init_from` is the checkpoint's provenance.
+
+    `resumed`: a checkpoint of this run to continue from. It holds every weight, and the provenance recorded when
+    the run started, so the --init_from folder or Hub cache is not read (it may be gone, or its `main` moved) and the
+    folder returned is None."""
     source = args.init_from
     try:
-        folder = model_folder.resolve(source, need_weights=True)
+        folder = resumed or model_folder.resolve(source, need_weights=True)
         saved = model_folder.read_config(folder)
         dropout = {field: getattr(args, flag) for flag, field in DROPOUT.items() if flag in given}
         config = RobertaConfig.from_dict(saved, **dropout)
-        weights = model_folder.weight_names(folder)
+        head = [] if resumed else head_problems(folder, saved, model_folder.weight_names(folder))  # resumed: ours
     except ValueError as error:
         raise UsageError(f"--init_from: {error}") from None
-    if not any(name.startswith("lm_head.") for name in weights):
-        raise UsageError(f"--init_from {source} has no masked-LM head (no lm_head.* weights): it is not a "
-                         "RobertaForMaskedLM checkpoint, and continued pretraining would start from a random head")
-    check_architecture_flags(args, given, config, source)
+    problems = [*head, *architecture_problems(args, given, config), *vocabulary_padding_problems(args, given, config)]
     if store.block_length > config.max_sequence_length:
-        raise UsageError(f"--init_from {source} has position embeddings for {config.max_sequence_length} tokens "
-                         f"(max_position_embeddings {config.max_position_embeddings}), fewer than --context_length "
-                         f"{store.block_length}, the store's blocks: prepare a store of --context_length "
-                         f"{config.max_sequence_length} or less")
-    check_tokenizer(source, folder, config, store)
-    config.init_from = provenance(source, folder, saved.get("init_from"))
-    local = Path(source).expanduser().is_dir()  # one spelling of a folder, for the resume check
-    return config, folder, {**config_arguments(config), "init_from": str(Path(source).expanduser().resolve())
-                            if local else source}
+        problems.append(f"it has position embeddings for {config.max_sequence_length} tokens (max_position_embeddings "
+                        f"{config.max_position_embeddings}), fewer than the store's blocks of {store.block_length}")
+    advice = "" if resumed else check_tokenizer(source, folder, config, store, problems)
+    if problems:
+        raise UsageError(f"--init_from {source}: {'; '.join(problems)}{advice or ''}")
+    config.init_from = saved.get("init_from") if resumed else provenance(source, folder, saved.get("init_from"))
+    return config, None if resumed else folder, {**config_arguments(config), "init_from": spelling(source, resumed)}
 
 
-def check_architecture_flags(args: argparse.Namespace, given: set[str], config, source: str) -> None:
-    """Refuse architecture flags given on the command line that disagree with the checkpoint (all named at once)."""
+def spelling(source: str, resumed: Path | None = None) -> str:
+    """--init_from in one spelling: a folder as its absolute path, a Hub id as it is; resumed, the spelling the
+    checkpoint recorded when it names the same folder (which may be gone by now)."""
+    path = Path(source).expanduser()
+    recorded = read_state_args(resumed).get("init_from") if resumed else None
+    if recorded and (recorded == source or Path(recorded) == path.resolve()):
+        return recorded
+    return str(path.resolve()) if path.is_dir() else source
+
+
+def read_state_args(checkpoint: Path) -> dict:
+    from checkpoints import read_state  # here: checkpoints imports the training stack
+
+    return read_state(checkpoint).args
+
+
+def head_problems(folder: Path, saved: dict, weights: set[str]) -> list[str]:
+    """An MLM head that this RoBERTa can load as it is: there, and its decoder tied to the word embeddings."""
+    if not any(name.startswith("lm_head.") for name in weights):
+        return ["it has no masked-LM head (no lm_head.* weights): it is not a RobertaForMaskedLM checkpoint, and "
+                "continued pretraining would start from a random head"]
+    decoder, embeddings = next(iter(MLM_TIED_WEIGHTS.items()))
+    if saved.get("tie_word_embeddings", True) is False or not model_folder.same_tensor(folder, decoder, embeddings):
+        return ["its MLM decoder is a matrix of its own, not its word embeddings (transformers' "
+                "tie_word_embeddings=False): this RoBERTa ties them, as every published RoBERTa does, so one of the "
+                "two would be lost; continue from a checkpoint with tied embeddings"]
+    return []
+
+
+def architecture_problems(args: argparse.Namespace, given: set[str], config) -> list[str]:
+    """Architecture flags given on the command line that disagree with the checkpoint."""
     differ = [f"--{flag} {getattr(args, flag)} (the checkpoint's {field} is {getattr(config, field)})"
               for flag, field in ARCHITECTURE.items()
               if flag in given and getattr(args, flag) != getattr(config, field)]
     if MLP_RATIO in given and round(args.mlp_ratio * config.hidden_size) != config.intermediate_size:
         differ.append(f"--mlp_ratio {args.mlp_ratio} (the checkpoint's intermediate_size is {config.intermediate_size}"
                       f" = {config.intermediate_size / config.hidden_size:g} x hidden_size {config.hidden_size})")
-    if differ:
-        raise UsageError(f"--init_from {source} disagrees with {'; '.join(differ)}: the architecture comes from the "
-                         "checkpoint; leave out these flags")
+    return [f"it disagrees with {'; '.join(differ)}: the architecture comes from the checkpoint; leave out these "
+            "flags"] if differ else []
 
 
-def check_tokenizer(source: str, folder: Path, config, store) -> None:
+def vocabulary_padding_problems(args: argparse.Namespace, given: set[str], config) -> list[str]:
+    """--pad_vocab_to_multiple_of cannot reshape a checkpoint's embeddings: given, it must already hold."""
+    multiple = args.pad_vocab_to_multiple_of
+    if "pad_vocab_to_multiple_of" not in given or config.vocab_size % multiple == 0:
+        return []
+    return [f"--pad_vocab_to_multiple_of {multiple} cannot be applied: the vocabulary is the checkpoint's "
+            f"{config.vocab_size:,} rows, not a multiple of {multiple}; leave the flag out"]
+
+
+def check_tokenizer(source: str, folder: Path, config, store, problems: list[str]) -> str:
     """The store's ids must be the checkpoint's tokens, by tokenization's one rule: the fingerprint of the
-    checkpoint's tokenizer (its files, else its tokenizer record), else a vocabulary that fits its embeddings."""
+    checkpoint's tokenizer (its files, else its tokenizer record), else a vocabulary that fits its embeddings.
+    A mismatch is added to `problems`; returns the advice that ends the message: the command of a store that fits
+    (the checkpoint's tokenizer, blocks it has positions for)."""
     tokenizer, recorded = store.tokenizer, model_folder.recorded_tokenizer(folder)
     if not Path(source).expanduser().is_dir() or any((folder / name).is_file() for name in TOKENIZER_FILES):
         # a Hub id's tokenizer files come with the weights'
@@ -109,19 +148,25 @@ def check_tokenizer(source: str, folder: Path, config, store) -> None:
     elif recorded is None and is_main_process():
         print(f"warning: --init_from {source} holds no tokenizer files, so the store's tokenizer can be checked by "
               "its vocabulary size only", flush=True)
-    if mismatch := tokenizer_mismatch(tokenizer, recorded, config):
-        raise UsageError(
+    mismatch = tokenizer_mismatch(tokenizer, recorded, config)
+    if mismatch:
+        problems.append(
             f"the store {store.path} was tokenized with {store.made_with} (vocabulary {len(tokenizer):,}, fingerprint "
-            f"{tokenizer_fingerprint(tokenizer)}), not with the tokenizer of --init_from {source} (this one has "
-            f"{mismatch}; model vocabulary {config.vocab_size:,}): its ids would be read as other tokens. Make a "
-            f"store with the checkpoint's tokenizer: "
-            f"{fitting_prepare_command(store.command, store.path, source, store.block_length)}")
+            f"{tokenizer_fingerprint(tokenizer)}), not with its tokenizer (this one has {mismatch}; model vocabulary "
+            f"{config.vocab_size:,}): its ids would be read as other tokens")
+    too_long = store.block_length > config.max_sequence_length
+    if not (mismatch or too_long):
+        return ""
+    length = min(store.block_length, config.max_sequence_length)
+    return (f". Make a store with the checkpoint's tokenizer{f' and blocks of {length}' if too_long else ''}: "
+            f"{fitting_prepare_command(store.command, store.path, source, length)}")
 
 
 def fitting_prepare_command(command: str, store: str | Path, source: str, context_length: int) -> str:
-    """The store's own prepare_data.py command with the checkpoint's tokenizer, into a new folder."""
+    """The store's own prepare_data.py command with the checkpoint's tokenizer and blocks of `context_length`, into
+    a new folder."""
     drop = {"--hf_model_name": 1, "--train_tokenizer": 1, "--path_to_data_store": 1, "--overwrite": 0,
-            "--no-overwrite": 0}  # flag -> how many values follow it
+            "--no-overwrite": 0, "--context_length": 1}  # flag -> how many values follow it
     words, kept, i = shlex.split(command)[2:], [], 0
     while i < len(words):
         name = words[i].split("=")[0]
@@ -130,11 +175,10 @@ def fitting_prepare_command(command: str, store: str | Path, source: str, contex
         else:
             kept.append(words[i])
             i += 1
-    if not kept:
-        kept = ["<your source flags>", "--context_length", str(context_length)]
     new_store = str(Path(store)).rstrip("/") + "_retokenized"
-    return shlex.join(["python", "prepare_data.py", *kept, "--hf_model_name", source, "--path_to_data_store",
-                       new_store]).replace("'<your source flags>'", "<your source flags>")
+    return shlex.join(["python", "prepare_data.py", *(kept or ["<your source flags>"]), "--context_length",
+                       str(context_length), "--hf_model_name", source, "--path_to_data_store", new_store]
+                      ).replace("'<your source flags>'", "<your source flags>")
 
 
 def provenance(source: str, folder: Path, earlier: dict | None) -> dict:

@@ -101,7 +101,7 @@ class MetricsLogger:
         baseline = " | --init_from's own loss: the baseline to beat" if step == 0 and self.continued else ""
         self.write({"step": step, **metrics}, f"eval {step:>7}/{self.total_steps} | eval_loss "
                    f"{readable(metrics['eval_loss'], 4)} | eval_accuracy {100 * metrics['eval_accuracy']:.2f}% | "
-                   f"eval_perplexity {readable(metrics['eval_perplexity'], 2)}{baseline}")
+                   f"eval_perplexity {perplexity_text(metrics)}{baseline}")
         if self.main:
             plot_training_curves(run_folder.read_metrics(self.run), run_folder.curves_file(self.run))
 
@@ -124,6 +124,12 @@ class MetricsLogger:
             step - last_checkpoint_step, 1)
         self.since_checkpoint.zero_()
         return loss, self.accelerator.gather(self.window.reshape(1)).tolist()
+
+
+def perplexity_text(metrics: dict) -> str:
+    """The perplexity for a log line; past a float's range (recorded as null), e^loss as it is, not a capped value."""
+    perplexity = metrics["eval_perplexity"]
+    return readable(perplexity, 2) if perplexity is not None else f"e^{metrics['eval_loss']:.1f}"
 
 
 @dataclass

@@ -397,9 +397,15 @@ class RobertaPreTrainedModel(nn.Module):
             raise ValueError(f"cannot load {source} into {type(self).__name__}: " + "; ".join(problems)
                              + f". Is it a complete RoBERTa checkpoint whose {model_folder.CONFIG_FILE} matches its "
                              "weights?")
+        if untied := [k for k, tied_to in self._tied_keys().items() if k in state and tied_to in state
+                      and not torch.equal(state[k], state[tied_to])]:
+            raise ValueError(f"cannot load {source} into {type(self).__name__}: its {untied[0]} is a "
+                             f"matrix of its own, not its {self._tied_keys()[untied[0]]} (transformers' "
+                             "tie_word_embeddings=False); this RoBERTa ties them, as every published RoBERTa does, "
+                             "so one of the two would be lost")
         with torch.no_grad():
             for key, tensor in own.items():
-                if key in state:
+                if key in state and key not in self._tied_keys():  # a tied copy is the tensor it is tied to
                     tensor.copy_(state[key])
         if fresh:
             for module in self._fresh_head_modules():
@@ -423,8 +429,9 @@ class RobertaPreTrainedModel(nn.Module):
             renamed["lm_head.bias"] = renamed["lm_head.decoder.bias"]
         return renamed
 
-    def _tied_keys(self) -> set[str]:
-        return set()
+    def _tied_keys(self) -> dict[str, str]:
+        """{key: the key whose tensor it is}: weights that are one tensor under two names."""
+        return {}
 
     def _fresh_head_keys(self, own: dict, state: dict) -> set[str]:
         """Keys of a task head that may start fresh when the checkpoint has none of them (another task's)."""
@@ -523,6 +530,10 @@ def _first_predicted_rows(hidden: torch.Tensor, labels: torch.Tensor, k: int) ->
     return rows, labels.reshape(-1).index_select(0, flat_index)
 
 
+# The MLM decoder is the word embedding matrix (one tensor, two names), as in every published RoBERTa.
+MLM_TIED_WEIGHTS = {"lm_head.decoder.weight": "roberta.embeddings.word_embeddings.weight"}
+
+
 class RobertaForMaskedLM(RobertaPreTrainedModel):
     architecture = "RobertaForMaskedLM"
 
@@ -585,8 +596,8 @@ class RobertaForMaskedLM(RobertaPreTrainedModel):
         parameter a new tensor: without it the decoder becomes a separate, untrained copy."""
         self.lm_head.decoder.weight = self.roberta.embeddings.word_embeddings.weight
 
-    def _tied_keys(self) -> set[str]:
-        return {"lm_head.decoder.weight"}
+    def _tied_keys(self) -> dict[str, str]:
+        return MLM_TIED_WEIGHTS
 
     def _fresh_head_modules(self) -> list[nn.Module]:
         return [self.lm_head]

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import huggingface_hub
 import torch
+from huggingface_hub import constants as hub_constants
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -73,10 +74,12 @@ def check(path: str | os.PathLike, need_weights: bool = True) -> Path:
     inside it are named. Reads no weights: loading them (`read_state_dict`) is what finds a corrupt file."""
     folder = Path(path).expanduser()
     if not folder.is_dir():
-        raise ValueError(f"{path} is not a folder: expected a transformers-format model folder")
+        raise ValueError(f"{path} is a file, not a folder: expected a transformers-format model folder"
+                         if folder.exists() else f"there is no folder {folder.absolute()}")
     if not (folder / CONFIG_FILE).is_file():
         if hint := run_folder.model_folders_in(folder):
-            raise ValueError(f"{path} is a train.py run folder, not a model: pass {hint}")
+            what = "checkpoints folder" if run_folder.step_folders(folder) else "run folder"
+            raise ValueError(f"{path} is a train.py {what}, not a model: pass {hint}")
         raise ValueError(f"{path} holds no {CONFIG_FILE}, so no model: expected a train.py "
                          f"{run_folder.MODEL_FOLDERS} folder, or a transformers-format RoBERTa folder")
     if need_weights and weights_file(folder) is None:
@@ -95,12 +98,18 @@ def resolve(path_or_hub_id: str | os.PathLike, need_weights: bool = True,
     path = Path(path_or_hub_id).expanduser()
     if path.is_dir():
         return check(path, need_weights)
+    if path.exists():
+        raise ValueError(f"{path_or_hub_id} is a file, not a folder: expected a transformers-format folder or a Hub id")
+    missing = f"there is no folder {path.absolute()}"
     if looks_local(path_or_hub_id):
-        raise ValueError(f"{path_or_hub_id} is not a folder: expected a transformers-format folder or a Hub id")
+        raise ValueError(missing)
     hub_id = str(path_or_hub_id)
-    folder = _snapshot(hub_id, [CONFIG_FILE, *([SAFETENSORS_FILE] if need_weights else [])], cache_dir)
-    if need_weights and not (folder / SAFETENSORS_FILE).is_file():  # never both weight files
-        folder = _snapshot(hub_id, [PYTORCH_FILE], cache_dir)
+    try:  # a name that could be either: a mistyped relative path is said to be one too, not only a Hub id
+        folder = _snapshot(hub_id, [CONFIG_FILE, *([SAFETENSORS_FILE] if need_weights else [])], cache_dir)
+        if need_weights and not (folder / SAFETENSORS_FILE).is_file():  # never both weight files
+            folder = _snapshot(hub_id, [PYTORCH_FILE], cache_dir)
+    except ValueError as error:
+        raise ValueError(f"{missing}, and as a Hub id: {error}") from None
     return check(folder, need_weights)
 
 
@@ -109,6 +118,10 @@ def _snapshot(hub_id: str, patterns: list[str], cache_dir: str | os.PathLike | N
     try:
         return Path(huggingface_hub.snapshot_download(hub_id, allow_patterns=patterns, **where))
     except Exception as error:  # offline, unknown id, gated repo, network error: all end the same way for a user
+        if hub_constants.HF_HUB_OFFLINE:  # the cut-off library text would not say so plainly
+            raise ValueError(f"could not get {hub_id!r} from the Hugging Face Hub: HF_HUB_OFFLINE=1 is set and the "
+                             "Hub cache holds no copy of it; download it where the Hub is reachable, or pass a local "
+                             "transformers-format folder") from None
         raise ValueError(
             f"could not get {hub_id!r} from the Hugging Face Hub ({type(error).__name__}: {first_line(error)}); "
             "check the id and the network, or pass a local transformers-format folder"
@@ -142,6 +155,21 @@ def weight_names(path: str | os.PathLike) -> set[str]:
         except Exception:
             pass  # reported with its reason by read_state_dict below
     return set(read_state_dict(folder))
+
+
+def same_tensor(folder: Path, name: str, other: str) -> bool:
+    """Whether two weights of a model folder hold the same values (or either is absent: nothing to disagree), read
+    lazily from safetensors: a weight tied to another is saved once, or as an equal copy."""
+    if (folder / SAFETENSORS_FILE).is_file():
+        try:
+            with safe_open(str(folder / SAFETENSORS_FILE), framework="pt") as weights:
+                names = set(weights.keys())
+                return name not in names or other not in names or torch.equal(weights.get_tensor(name),
+                                                                               weights.get_tensor(other))
+        except Exception:
+            pass  # reported with its reason by read_state_dict below
+    state = read_state_dict(folder)
+    return name not in state or other not in state or torch.equal(state[name], state[other])
 
 
 def recorded_tokenizer(folder: str | os.PathLike) -> dict | None:

@@ -406,6 +406,27 @@ def make_record(args: argparse.Namespace, argv: list[str], corpora: list[Corpus]
             "tokens_per_second": round(tokens / max(total_seconds, 1e-9)), "library_versions": library_versions()}
 
 
+# Fewer held-out tokens than this and train.py's evaluations (15% of them predicted) measure noise: 10,000 tokens
+# give about 1,500 predictions, whose mean loss is uncertain by roughly +-0.1 nats for a small model's spread of
+# per-token losses, about the size of the changes a run's evaluations are read for.
+MIN_TEST_TOKENS = 10_000
+
+
+def held_out_warning(record: dict, test_fraction: float) -> str | None:
+    """A warning when the test split is too small for an evaluation to mean anything, with the fraction that fixes
+    it (with a margin: documents differ in length), or the advice to give more text when even a fifth would not do."""
+    test, total = record["splits"][TEST], sum(s["tokens"] for s in record["splits"].values())
+    if test["tokens"] >= MIN_TEST_TOKENS or not total:
+        return None
+    needed = 1.5 * MIN_TEST_TOKENS / total
+    fix = next((f for f in (0.01, 0.02, 0.05, 0.1, 0.2) if f >= needed and f > test_fraction), None)
+    advice = (f"--test_split_pct {fix} would hold out about {round(fix * total):,} tokens" if fix else
+              f"the corpus ({total:,} tokens) is too small for a held-out evaluation to mean much: give more text")
+    return (f"warning: the test split holds only {test['documents']:,} document(s), {test['tokens']:,} tokens (about "
+            f"{round(0.15 * test['tokens']):,} masked predictions per evaluation): too few for train.py's "
+            f"evaluations to measure more than noise; {advice}")
+
+
 def summary_line(record: dict, store: Path) -> str:
     parts = [f"{name} {s['documents']:,} docs, {s['tokens']:,} tokens, {s['blocks']:,} blocks"
              for name, s in record[RECORD_SPLITS].items()]
@@ -474,6 +495,8 @@ def main(argv: list[str] | None = None) -> dict:
             raise
         lock.release()
     print(summary_line(record, store), flush=True)
+    if warning := held_out_warning(record, args.test_split_pct):
+        log(warning)
     return record
 
 

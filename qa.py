@@ -197,12 +197,18 @@ def _qa_windows(examples, tokenizer, max_length: int, doc_stride: int):
                      padding="max_length")
 
 
+def question_budget(tokenizer, max_length: int, doc_stride: int) -> int:
+    """The most question tokens a window keeps: longer questions are cut to their first this many."""
+    return question_room(max_length, doc_stride, tokenizer.num_special_tokens_to_add(pair=True)) - 1
+
+
 def _fit_questions(questions: list[str], tokenizer, max_length: int, doc_stride: int) -> list[str]:
     """Cut questions so long that no context window would fit beside them (the tokenizer would panic)."""
-    budget = question_room(max_length, doc_stride, tokenizer.num_special_tokens_to_add(pair=True)) - 1
+    budget = question_budget(tokenizer, max_length, doc_stride)
     if budget < 1:
         raise ValueError(f"doc_stride {doc_stride} leaves no room for a question in {max_length} tokens")
-    offsets = tokenizer(questions, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    offsets = tokenizer(questions, add_special_tokens=False, return_offsets_mapping=True,
+                        verbose=False)["offset_mapping"]  # verbose: no "longer than the model" warning
     return [q if len(o) <= budget else q[: o[budget - 1][1]] for q, o in zip(questions, offsets, strict=True)]
 
 

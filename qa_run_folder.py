@@ -65,6 +65,20 @@ def unfinished_run(folder: Path) -> bool:
     return folder.is_dir() and not (folder / CONFIG_FILE).is_file() and (folder / RUN_RECORD).is_file()
 
 
+def trainer_checkpoints(run_dir: Path) -> list[Path]:
+    """The Trainer's checkpoint folders in a run folder, oldest first (none without --save_steps)."""
+    folder = run_dir / CHECKPOINTS_DIR
+    found = [p for p in folder.iterdir() if TRAINER_CHECKPOINT.fullmatch(p.name) and p.is_dir()] \
+        if folder.is_dir() else []
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def stopped_before_the_end(folder: Path) -> bool:
+    """A run folder whose run was stopped (a signal, a crash) before it wrote its results: fine-tuning does not
+    resume, so only --overwrite starts it again."""
+    return (folder / RUN_RECORD).is_file() and not (folder / RESULTS_FILE).is_file()
+
+
 def trainer_output_dir(run_dir: Path, save_steps: int) -> Path:
     """Where the Trainer writes: checkpoints/ with checkpoints, else the run folder itself (no empty folder made)."""
     return run_dir / CHECKPOINTS_DIR if save_steps else run_dir

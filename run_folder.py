@@ -98,10 +98,15 @@ def remove_leftovers(checkpoints: Path) -> list[str]:
 
 
 def model_folders_in(folder: Path) -> str | None:
-    """For a run folder given where a model folder belongs: which model folders it holds (None: not a run folder)."""
-    if (folder / FINAL_MODEL_DIR).is_dir() or (folder / CHECKPOINTS_DIR).is_dir():
-        return f"{folder / FINAL_MODEL_DIR} or one of its {CHECKPOINTS_DIR}/{STEP_PREFIX}N folders"
-    return None
+    """For a run folder (or its checkpoints/) given where a model folder belongs: the model folders it holds, by
+    name, only those that exist (None: neither)."""
+    steps = step_folders(folder) or step_folders(folder / CHECKPOINTS_DIR)
+    final = folder / FINAL_MODEL_DIR if (folder / FINAL_MODEL_DIR).is_dir() else None
+    if not (steps or final or (folder / CHECKPOINTS_DIR).is_dir()):
+        return None
+    newest = f"its newest checkpoint {steps[-1][1]}" if steps else None
+    named = " or ".join(str(p) for p in (final, newest) if p)
+    return named or "nothing yet: the run has saved no model (no final_model/, no checkpoint)"
 
 
 def is_run_folder(folder: Path) -> bool:

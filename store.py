@@ -18,6 +18,7 @@ this module starts nothing and loads no training library: the notebook reads it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -104,7 +105,11 @@ def open_store(path: str | os.PathLike, *, flag: str = "--path_to_prepped_data",
     if not folder.is_dir():
         raise UsageError(f"{flag} {path} does not exist; {hint}")
     if not (folder / STORE_INDEX).is_file():
-        raise UsageError(f"{flag} {path} is not a data store (no {STORE_INDEX}); {hint}")
+        other = any(folder.iterdir()) and ("it holds other files: give the folder prepare_data.py wrote, or write a "
+                                           "store to a new folder (`python prepare_data.py --path_to_data_store "
+                                           "NEW_FOLDER ...`)")
+        raise UsageError(f"{flag} {path} is not a data store (no {STORE_INDEX}); "
+                         f"{run_folder_hint(folder) or other or hint}")
     try:
         data = datasets.load_from_disk(str(folder))
         record = json.loads((folder / STORE_RECORD).read_text()) if (folder / STORE_RECORD).is_file() else {}
@@ -120,6 +125,45 @@ def open_store(path: str | os.PathLike, *, flag: str = "--path_to_prepped_data",
     if len(lengths) > 1:
         raise UsageError(f"{flag} {path} has blocks of different lengths in its splits ({sorted(lengths)}); {hint}")
     return Store(folder, data, record, store_tokenizer(folder, record, tokenizer, tokenizer_flag), lengths.pop())
+
+
+def run_folder_hint(folder: Path) -> str | None:
+    """A pretraining run folder given where its store belongs: the store it was trained on, not a command that
+    would write a store into the run folder."""
+    import run_folder  # here: run_folder's names are its own
+
+    if not run_folder.is_run_folder(folder):
+        return None
+    store = run_folder.read_args(folder).get("args", {}).get("path_to_prepped_data")
+    return f"it is a pretraining run folder (train.py's){f', trained on the store {store}' if store else ''}"
+
+
+def check_contents(store: Store, flag: str = "--path_to_prepped_data") -> None:
+    """Every block of every split read once, against what the record promises: each id a token of the store's
+    tokenizer (below its vocabulary size), each split's hash its recorded fingerprint. One UsageError naming the
+    first damaged block (an id out of range) or split (a changed hash) otherwise, before any training: a damaged id
+    would fail only when its batch is drawn, hours in, or never. Reads the whole store once: 1.4 s of one core per
+    GB measured (about 20 s for a 14 GB store), plus reading it from disk (docs/prepare_data.md)."""
+    import numpy as np
+
+    command = store.command + ("" if "--overwrite" in store.command.split() else " --overwrite")
+    remake = f"make it again: {command}" if store.command else "make it again with prepare_data.py --overwrite"
+    for split in STORE_SPLITS:
+        digest, first = hashlib.blake2b(digest_size=8), 0  # store_writer's fingerprint: the blocks' bytes in order
+        for chunk in store.data[split].data.table.column(STORE_COLUMN).chunks:
+            ids = chunk.flatten().to_numpy(zero_copy_only=False).reshape(len(chunk), store.block_length)
+            if len(ids) and (int(ids.max()) >= store.vocab_size or int(ids.min()) < 0):
+                row = int(np.flatnonzero(((ids >= store.vocab_size) | (ids < 0)).any(axis=1))[0])
+                bad = ids[row][(ids[row] >= store.vocab_size) | (ids[row] < 0)]
+                raise UsageError(f"{flag} {store.path} is damaged: block {first + row:,} of its {split} split holds "
+                                 f"id {int(bad[0]):,}, outside its tokenizer's {store.vocab_size:,} tokens; {remake}")
+            digest.update(np.ascontiguousarray(ids))
+            first += len(chunk)
+        recorded = store.record.get(RECORD_SPLITS, {}).get(split, {}).get(RECORD_FINGERPRINT)
+        if recorded and digest.hexdigest() != recorded:
+            raise UsageError(f"{flag} {store.path} is damaged: its {split} split's blocks do not match the fingerprint "
+                             f"its {STORE_RECORD} records ({recorded}; now {digest.hexdigest()}): a file was changed "
+                             f"since prepare_data.py made it; {remake}")
 
 
 def store_tokenizer(folder: Path, record: dict, fallback: str | None, fallback_flag: str):

@@ -30,10 +30,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from transformers import get_scheduler
 
 import checkpoints as ckpt
+import fault_injection
 import init_from
 import model_folder
 import run_folder
@@ -44,17 +45,20 @@ from folders import FolderLock, check_in_use, check_output_folder
 from metrics import MetricsLogger, NonFiniteLoss
 from model import IGNORE_INDEX, MLM_PROBABILITY, RobertaConfig, RobertaForMaskedLM, compile_regions
 from run_folder import PRETRAINING_RUN
-from store import Store, open_store
+from store import Store, check_contents, open_store
 from utils import (
     ArgumentParser,
     HelpFormatter,
     ScriptExit,
+    Stopped,
     UsageError,
     command_with,
     exit_code_for_signal,
     is_main_process,
     library_versions,
+    raise_on_stop_signals,
     run_cli,
+    stop_signal_name,
     wandb_offline_unless_logged_in,
 )
 
@@ -68,6 +72,8 @@ EXAMPLES = """examples:
 SCHEDULERS = ["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
               "inverse_sqrt"]
 # RobertaConfig's checks, told in the flags' names (init_from.FLAG_FIELDS: which flag sets which field)
+MAX_EXP = math.log(sys.float_info.max)  # e^709.78: a loss beyond has no perplexity as a float (recorded as null)
+MAX_VOCAB_MULTIPLE = 1024  # --pad_vocab_to_multiple_of: beyond this, padding only adds rows no token uses
 CONFIG_FLAGS = {**{field: f"--{flag}" for flag, field in init_from.FLAG_FIELDS.items()},
                 "intermediate_size": "--mlp_ratio x --embedding_dimension"}
 
@@ -128,8 +134,10 @@ def add_model_flags(g) -> None:
     g.add_argument("--initializer_range", type=float, default=0.02, help="std of the initial weights")
     g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
                    help="torch.compile each layer and the MLM loss (a minute of compilation, then faster GPU steps)")
-    g.add_argument("--pad_vocab_to_multiple_of", type=int, default=1, help="round the embedding/decoder rows up to "
-                   "a multiple of this (64: faster matmuls; the checkpoint then differs from transformers' shape)")
+    g.add_argument("--pad_vocab_to_multiple_of", type=int, default=1,
+                   help="round the embedding/decoder rows up to a multiple of this, at most 1024 (64: faster "
+                        "matmuls; the checkpoint then differs from transformers' shape; with --init_from the "
+                        "checkpoint's vocabulary must already be one)")
     g.add_argument("--fsdp_reduce_dtype", choices=["fp32", "bf16"], default="fp32",
                    help="dtype of FSDP's gradient reduction under bf16 mixed precision")
 
@@ -164,6 +172,9 @@ def check_arguments(args: argparse.Namespace) -> None:
         "learning_rate", "adam_epsilon", "initializer_range", "mlp_ratio"] if not getattr(args, n) > 0]
     problems += [f"--{n} must not be negative, got {getattr(args, n)}" for n in [
         "weight_decay", "max_grad_norm", "num_workers", "seed", "num_warmup_steps"] if getattr(args, n) < 0]
+    if args.pad_vocab_to_multiple_of > MAX_VOCAB_MULTIPLE:
+        problems.append(f"--pad_vocab_to_multiple_of must be at most {MAX_VOCAB_MULTIPLE} (64 or 128 is what matrix "
+                        f"units want; more only adds unused rows), got {args.pad_vocab_to_multiple_of}")
     if not 0 < args.masking_probability < 1:
         problems.append(f"--masking_probability must be in (0, 1), got {args.masking_probability}")
     if args.num_warmup_steps > args.num_training_steps:
@@ -231,9 +242,13 @@ def checked_plan(args: argparse.Namespace, run_dir: Path, argv: list[str] | None
                                 "--hf_model_name": args.hf_model_name, "--init_from": args.init_from})
     store = checked_store(args)
     arguments = {**vars(args), "context_length": store.block_length}
-    if args.init_from:  # the architecture and weights of a published model: checked in init_from.py
+    # The main process alone chooses and verifies the checkpoint; main() hands its choice to the others.
+    checkpoints = run_folder.checkpoints_dir(run_dir)
+    resume = ckpt.resolve_resume(args.resume_from_checkpoint, checkpoints) if is_main_process() else None
+    if args.init_from:  # a published model's architecture and weights (a resumed run's: its checkpoint's)
+        resumed = resume if is_main_process() else ckpt.unverified_choice(args.resume_from_checkpoint, checkpoints)
         config, init_folder, decided = init_from.checkpoint_config(args, init_from.given_flags(build_parser(), argv),
-                                                                   store)
+                                                                   store, resumed)
         arguments.update(decided)
     else:
         config, init_folder = model_config(args, store.tokenizer, store.block_length), None
@@ -243,9 +258,6 @@ def checked_plan(args: argparse.Namespace, run_dir: Path, argv: list[str] | None
                          f"{args.per_gpu_batch_size * world_size} (--per_gpu_batch_size x {world_size} processes)")
     if args.log_wandb and (note := wandb_offline_unless_logged_in()) and is_main_process():
         print(note, flush=True)
-    # The main process alone chooses and verifies the checkpoint; main() hands its choice to the others.
-    resume = ckpt.resolve_resume(args.resume_from_checkpoint, run_folder.checkpoints_dir(run_dir)) \
-        if is_main_process() else None
     changes = ckpt.check_resume(resume, arguments, config.to_dict(), store.fingerprint, world_size,
                                 store.tokenizer) if resume else []
     return Plan(run_dir, store, config, arguments, resume, changes, [], init_folder)
@@ -263,6 +275,8 @@ def checked_store(args: argparse.Namespace) -> Store:
                          f"of {args.context_length}")
     if store.tokenizer.mask_token_id is None or store.tokenizer.pad_token_id is None:
         raise UsageError("the store's tokenizer has no <mask> or <pad> token; masked LM needs both")
+    if is_main_process():  # every id read once, by one process: a damaged block is named before any training
+        check_contents(store)
     return store
 
 
@@ -364,7 +378,7 @@ def evaluate(model: torch.nn.Module, batches: list, accelerator, predictions_per
     loss_sum, correct, count = accelerator.reduce(totals, reduction="sum").tolist()
     loss = loss_sum / max(count, 1)
     return {"eval_loss": loss, "eval_accuracy": correct / max(count, 1),
-            "eval_perplexity": math.exp(min(loss, 700.0)), "eval_tokens": int(count)}
+            "eval_perplexity": math.exp(loss) if loss < MAX_EXP else None, "eval_tokens": int(count)}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -416,7 +430,9 @@ def train(args, plan: Plan, trainee: Trainee, checkpointer: Checkpointer, logger
             logger.log_eval(state.step, evaluate(model, test_batches, accelerator, k))
         stopping = stop.requested(state.step)
         checkpointer.save_when_due(state, last, stopping)
-        if stopping:
+        if stopping and last:  # nothing is left to continue: the run completes with its final model
+            accelerator.print(f"{stop.name} during the last update: saved it; writing the final model")
+        elif stopping:
             accelerator.print(f"{stop.name}: saved a checkpoint at step {state.step}; continue with "
                               "--resume_from_checkpoint latest")
             return False
@@ -473,6 +489,8 @@ def record_plan(args: argparse.Namespace, plan: Plan, trainee: Trainee, state) -
         not_used["wandb_project"] = "no --log_wandb"
     if args.init_from:
         not_used["initializer_range"] = "the weights came from --init_from"
+    if acc.distributed_type != DistributedType.FSDP or acc.mixed_precision == "no":
+        not_used["fsdp_reduce_dtype"] = "only FSDP with mixed precision reduces gradients in another dtype"
     run_folder.write_args(plan.run_dir, {"args": plan.arguments, "not_used": not_used, "summary": summary,
                                          "global_batch_size": global_batch, "model_config": c.to_dict(),
                                          "versions": library_versions(), "resumes": resumes})
@@ -485,24 +503,27 @@ def stop_message(error: NonFiniteLoss, args: argparse.Namespace, run: Path, logg
         lambda changes: command_with(build_parser(), sys.argv[1:], changes))
 
 
+def stopped_before_training(stop: BaseException, args: argparse.Namespace, argv: list[str]) -> ScriptExit:
+    """A signal before the first update (checking a large store, building the model): nothing was trained, so
+    nothing needed saving. The command to start again: with --overwrite the same one (the earlier run may not be
+    removed yet), else with `latest`, which starts afresh in a folder this run began, or continues one it resumed."""
+    name, signum = stop_signal_name(stop)
+    command = command_with(build_parser(), argv, {} if args.overwrite else {"--resume_from_checkpoint": "latest"})
+    return ScriptExit(f"train.py: stopped by {name} before training began, so there was nothing new to save; "
+                      f"start again with: {command}", exit_code_for_signal(signum))
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    plan = validate(args, argv)  # every UsageError comes here, before anything is built or written
-    accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps,
-                              log_with="wandb" if args.log_wandb else None, project_dir=str(plan.run_dir))
-    if accelerator.device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matrix multiplies on tensor cores
-        torch.backends.cudnn.allow_tf32 = True
-    plan.resume = ckpt.agree_on_resume(accelerator, plan.resume)  # the main process's choice, on all
-    trainee = setup(args, plan, accelerator)
-    logger = MetricsLogger(accelerator, plan.run_dir, args, plan.context_length, plan.config)
-    checkpointer = Checkpointer(trainee, plan.run_dir, plan.tokenizer, logger, args)
-    state = checkpointer.resume(plan.resume)
-    if plan.resume is not None:
-        apply_optimizer_flags(trainee.optimizer, args)
-    state.args = {**plan.arguments, "store_fingerprint": plan.store.fingerprint}
-    start_run(args, plan, trainee, state)
-    logger.start(state)
+    raise_on_stop_signals()  # until train() hands SIGTERM and SIGHUP to StopSignal (a checkpoint, then exit 0)
+    try:
+        prepared = prepare_run(args, argv)
+    except (Stopped, KeyboardInterrupt) as stop:
+        raise stopped_before_training(stop, args, sys.argv[1:] if argv is None else argv) from None
+    if prepared is None:  # a finished run re-queued: prepare_run said so
+        return
+    plan, trainee, checkpointer, logger = prepared
+    accelerator = trainee.accelerator
     try:
         if train(args, plan, trainee, checkpointer, logger):
             checkpointer.save_final_model()
@@ -516,6 +537,32 @@ def main(argv: list[str] | None = None) -> None:
         raise ScriptExit("error: stopped by a second Ctrl-C before saving; continue from the last checkpoint with "
                          "--resume_from_checkpoint latest", exit_code_for_signal(signal.SIGINT)) from None
     accelerator.end_training()
+
+
+def prepare_run(args: argparse.Namespace, argv: list[str] | None):
+    """Everything before the first update: (plan, trainee, checkpointer, logger), or None when a re-queued run is
+    already complete."""
+    plan = validate(args, argv)  # every UsageError comes here, before anything is built or written
+    fault_injection.signal_during_setup()
+    accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps,
+                              log_with="wandb" if args.log_wandb else None, project_dir=str(plan.run_dir))
+    if accelerator.device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matrix multiplies on tensor cores
+        torch.backends.cudnn.allow_tf32 = True
+    plan.resume = ckpt.agree_on_resume(accelerator, plan.resume)  # the main process's choice, on all
+    if plan.resume is not None and ckpt.read_state(plan.resume).step == args.num_training_steps:
+        accelerator.print(ckpt.complete_run(accelerator, plan.run_dir, plan.resume))  # a re-queued finished run
+        return None
+    trainee = setup(args, plan, accelerator)
+    logger = MetricsLogger(accelerator, plan.run_dir, args, plan.context_length, plan.config)
+    checkpointer = Checkpointer(trainee, plan.run_dir, plan.tokenizer, logger, args)
+    state = checkpointer.resume(plan.resume)
+    if plan.resume is not None:
+        apply_optimizer_flags(trainee.optimizer, args)
+    state.args = {**plan.arguments, "store_fingerprint": plan.store.fingerprint}
+    start_run(args, plan, trainee, state)
+    logger.start(state)
+    return plan, trainee, checkpointer, logger
 
 
 if __name__ == "__main__":

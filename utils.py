@@ -21,6 +21,7 @@ import importlib.util
 import netrc
 import os
 import shlex
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -54,6 +55,33 @@ class ScriptExit(Exception):
     def __init__(self, message: str, code: int = EXIT_FAILED):
         super().__init__(message)
         self.code = code
+
+
+class Stopped(BaseException):
+    """SIGTERM or SIGHUP (a scheduler, a closed terminal) raised in the main thread, as Ctrl-C raises
+    KeyboardInterrupt, and like it no Exception: no library's `except Exception` swallows it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_stopped(signum, frame):
+    raise Stopped(signum)
+
+
+def raise_on_stop_signals() -> None:
+    """From here on SIGTERM and SIGHUP raise Stopped (SIGHUP is left alone where it is ignored, as under nohup), so
+    that a stop ends in the script's own line, not in silence."""
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) is signal.SIG_DFL:
+            signal.signal(signum, _raise_stopped)
+
+
+def stop_signal_name(stop: BaseException) -> tuple[str, int]:
+    """(its name for a message, its signal number) of a Stopped or a KeyboardInterrupt (Ctrl-C)."""
+    signum = getattr(stop, "signum", signal.SIGINT)
+    return ("Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name), int(signum)
 
 
 class DiskFull(ScriptExit):
@@ -187,6 +215,29 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+def missing_requirements(path: str | Path) -> list[str]:
+    """The lines of a requirements file (and of the files it includes with -r) that the installed packages do not
+    satisfy: what `make install` reports before it runs pip, and why it stays quiet when nothing is missing."""
+    try:
+        from packaging.requirements import Requirement
+    except ImportError:
+        return ["packaging (to read the requirements)"]
+    missing = []
+    for line in Path(path).read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line.startswith("-r"):
+            missing += missing_requirements(Path(path).parent / line[2:].strip())
+        elif line:
+            requirement = Requirement(line)
+            try:
+                version = importlib.metadata.version(requirement.name)
+            except importlib.metadata.PackageNotFoundError:
+                version = None
+            if version is None or not requirement.specifier.contains(version, prereleases=True):
+                missing.append(f"{line} (installed: {version or 'none'})")
+    return missing
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Weights & Biases
 # ----------------------------------------------------------------------------------------------------------------
@@ -228,7 +279,7 @@ def wandb_offline_unless_logged_in() -> str | None:
 
 def readable(x: float, digits: int = 2) -> str:
     """A number for a log line: fixed-point while it is of sane size, scientific beyond (a perplexity of e^700
-    prints as 1.014e+304, not as 305 digits)."""
+    prints as 1.014e+304, not as 305 digits; one past a float's range as e^loss: metrics.perplexity_text)."""
     return f"{x:.{digits}f}" if abs(x) < 1e6 else f"{x:.3e}"
 
 

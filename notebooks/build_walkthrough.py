@@ -56,8 +56,8 @@ the CPU, in a few minutes.
 It runs offline: the text is the built-in demo world (`demo_world.py`, encyclopedia articles about a fictional
 country), or any text file you point it at.
 
-**Running it locally**, from a clone with the packages of `requirements.txt` and Jupyter (`pip install jupyterlab`):
-`jupyter lab notebooks/roberta_walkthrough.ipynb`, then Run → Run All Cells (close it without saving, or
+**Running it locally**, from a clone: `make notebook` installs what is missing (the packages of `requirements.txt`
+and JupyterLab) and opens this notebook in JupyterLab; then Run → Run All Cells (close it without saving, or
 `git checkout notebooks/roberta_walkthrough.ipynb` afterwards, to keep the committed outputs). To run it top to
 bottom without opening it, and without touching the committed file: `jupyter nbconvert --to notebook --execute
 notebooks/roberta_walkthrough.ipynb --output-dir /tmp` (the executed copy is `/tmp/roberta_walkthrough.ipynb`).
@@ -106,8 +106,8 @@ import shlex
 from pathlib import Path
 
 {CLONE_SETTINGS}# What the notebook imports, module -> pip specification (numpy, pyarrow: qa.py's SQuAD post-processing)
-# Colab has them all, perhaps with a transformers older than 5. The training scripts also need datasets, accelerate,
-# evaluate and wandb (requirements.txt); this notebook does not, and installing them could clash with Colab's.
+# Colab has them all, perhaps with a transformers older than 5. The training scripts also need datasets, accelerate
+# and wandb (requirements.txt); this notebook does not, and installing them could clash with Colab's.
 REQUIREMENTS = {{"torch": "torch", "transformers": "transformers>=5", "tokenizers": "tokenizers", "numpy": "numpy",
                 "pyarrow": "pyarrow", "matplotlib": "matplotlib"}}
 
@@ -951,7 +951,7 @@ md("""
 * `finetune_roberta_qa.py`: section 8 at scale, with transformers' Trainer: SQuAD 1.1 or 2.0 (or the demo world's
   questions), from a `train.py` checkpoint, published weights or random initialisation, scored by exact match and
   F1 (roberta-base: about 86 / 92 on SQuAD 1.1).
-* `make demo` runs all three on the demo world, offline, in about 7 to 8 minutes on a 2-core CPU, with a
+* `make demo` runs all three on the demo world, offline, in about 10 minutes on a 2-core CPU, with a
   longer pretraining and fine-tuning than here; the README has the commands for a real roberta-base run.
 """)
 

@@ -62,6 +62,19 @@ def test_one_question_prints_the_answer_its_score_and_where_it_is(run_dir, capsy
     assert re.search(r"^score: +-?\d+\.\d\d \(start \+ end logit\); no-answer probability 0\.\d{3}$", out, re.M)
 
 
+def test_a_question_longer_than_a_window_allows_is_answered_with_a_warning(run_dir, capsys):
+    """It was cut to its first tokens silently: the answer was to a part of the question the user never saw."""
+    long_question = "Who lived " + "north of the river and " * 20 + "in the city?"
+    ask.main(["--model", str(run_dir), "--question", long_question, "--context", CONTEXT])
+    captured = capsys.readouterr()
+    assert re.fullmatch(r"warning: a question of \d+ tokens: only the first 31 fit beside the context in windows of "
+                        r"--max_seq_length 48 sharing --doc_stride 12, so the answer is to that part; a longer "
+                        r"--max_seq_length \(up to the model's\) or a shorter --doc_stride makes room\n", captured.err)
+    assert "answer:" in captured.out
+    ask.main(["--model", str(run_dir), "--question", "Who lived north?", "--context", CONTEXT])
+    assert capsys.readouterr().err == ""  # a question that fits: no warning
+
+
 def test_json_answers_several_questions_with_the_runs_window_settings(run_dir, tmp_path, capsys):
     (tmp_path / "paragraph.txt").write_text(CONTEXT, encoding="utf-8")
     ask.main(["--model", str(run_dir), "--question", "Who lived north?", "--question", "What was built?",
@@ -147,9 +160,10 @@ def _bad_cases(tmp_path, run_dir, squad_file, tiny_tokenizer):
         "backbone without qa head": (["--model", str(backbone), "--question", "Who?", "--context", CONTEXT],
                                      "has no question-answering head"),
         "pretraining run folder": (["--model", str(backbone.parent), "--question", "Who?", "--context", CONTEXT],
-                                   "is a train.py run folder"),
+                                   f"is a train.py run folder, not a model: pass {backbone}"),
+        # It named checkpoints/checkpoint-N folders that a run with --save_steps 0 never makes.
         "unfinished run": (["--model", str(unfinished), "--question", "Who?", "--context", CONTEXT],
-                           "holds no model yet"),
+                           "or was stopped): it saved no checkpoint (--save_steps 0)"),
         "stride not below length": ([*one, "--doc_stride", "48"], "--doc_stride 48 must be below --max_seq_length 48"),
         "longer than the model": ([*one, "--max_seq_length", "100"], "longer than the model allows (64 tokens)"),
         "no gpu": ([*one, "--device", "cuda"], "no CUDA GPU"),

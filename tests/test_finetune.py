@@ -4,6 +4,7 @@ real command line), end-to-end fine-tuning runs marked slow."""
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -288,6 +289,26 @@ def test_bad_input_is_one_clear_error_before_anything_is_written(case, tmp_path,
     assert sorted(p for p in tmp_path.rglob("*")) == before  # nothing written anywhere
 
 
+@pytest.mark.slow
+def test_a_logger_that_is_not_installed_and_bf16_without_a_gpu_are_one_line(tmp_path, squad_files, backbone_dir):
+    """Both used to pass the checks, claim the run folder, then end in a traceback from the Trainer."""
+    import torch
+    from transformers.integrations import get_available_reporting_integrations
+
+    absent = next((name for name in finetune.REPORTERS[2:] if name not in get_available_reporting_integrations()),
+                  None)
+    if absent:
+        result = _run(*_args(tmp_path, squad_files, backbone_dir, "--report_to", absent))
+        assert result.returncode == 2 and result.stderr.strip() == (
+            f"error: --report_to {absent}: its package is not installed (the Trainer would fail at its first log); "
+            f"install it, or choose from what is: {', '.join(['none', *get_available_reporting_integrations()])}")
+    if not (torch.cuda.is_available() and torch.cuda.is_bf16_supported()):
+        result = _run(*_args(tmp_path, squad_files, backbone_dir, "--bf16"))
+        assert result.returncode == 2 and "error: --bf16 needs a CUDA GPU that supports bf16" in result.stderr
+        assert result.stderr.count("\n") == 1, result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
 def test_tokenizer_without_offsets_is_refused(tmp_path, squad_files, backbone_dir):
     from transformers import ByT5Tokenizer
 
@@ -358,6 +379,30 @@ def test_a_second_run_into_a_folder_in_use_is_refused_and_touches_nothing(tmp_pa
     finally:
         holder.kill()
         holder.wait()
+
+
+@pytest.mark.slow
+def test_a_signal_stops_fine_tuning_in_one_line_and_overwrite_starts_it_again(tmp_path, squad_files, backbone_dir):
+    """SIGTERM (a scheduler) mid-training used to end silently with exit 143; the next run then called the folder
+    an earlier run's. Fine-tuning does not resume: both now say so, and --overwrite starts again."""
+    args = _args(tmp_path, squad_files, backbone_dir, "--num_train_epochs", "200", "--logging_steps", "1",
+                 "--per_device_batch_size", "3", "--eval_steps", "0")
+    process = subprocess.Popen([sys.executable, SCRIPT, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    for line in process.stdout:
+        if line.startswith("step "):  # training has begun
+            break
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    run_dir = tmp_path / "runs" / "qa"
+    assert process.returncode == 143 and stderr.strip().splitlines()[-1] == (
+        "finetune_roberta_qa: stopped by SIGTERM before the run finished; fine-tuning does not resume: the same "
+        f"command plus --overwrite starts it again ({run_dir})"), stderr[-2000:]
+    again = _run(*args)
+    assert again.returncode == 2 and "holds a fine-tuning run that stopped before it finished (no eval_results.json)" \
+        in again.stderr and "pass --overwrite to start it again" in again.stderr
+    restarted = _run(*args[:args.index("--num_train_epochs")], "--num_train_epochs", "1", "--overwrite")
+    assert restarted.returncode == 0 and (run_dir / "eval_results.json").is_file(), restarted.stderr[-2000:]
 
 
 def test_run_folder_may_not_be_the_working_directory_itself(tmp_path, monkeypatch, squad_files, backbone_dir):

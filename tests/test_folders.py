@@ -208,3 +208,25 @@ def test_a_lock_recorded_by_another_host_says_what_to_do_there(tmp_path):
     said = describe_holder(tmp_path / LOCK_FILE)
     assert said.startswith("pid 1 on host node-17.cluster, since 2026-12-01 10:00:00")
     assert "cannot see whether it still runs: check there" in said and str(tmp_path / LOCK_FILE) in said
+
+
+def test_a_lock_held_from_another_host_is_not_pinned_on_a_process_of_this_one(tmp_path, monkeypatch):
+    """On NFS the lock's pid (F_GETLK) is the other host's and may match an unrelated process here; the lock
+    file's record may be an earlier writer's (a store made here, now read from another node). /proc/locks lists
+    only this host's holders, so a holder missing there is said to be elsewhere."""
+    from folders import LOCK_FILE, describe_holder
+
+    holder = hold_lock_in_another_process(tmp_path, shared=True)  # a reader: it writes no record
+    try:
+        here = describe_holder(tmp_path / LOCK_FILE)
+        assert here.startswith(f"pid {holder.pid} on {socket.gethostname()}"), here  # seen in /proc/locks: local
+        (tmp_path / LOCK_FILE).write_text(json.dumps({"pid": 99, "host": "node-3", "since": "2026-12-01 10:00:00"}))
+        monkeypatch.setattr(folders, "_local_lock_holders", lambda path: set())  # as if it were held on node-8
+        said = describe_holder(tmp_path / LOCK_FILE)
+        assert said == ("a process on another host (pid 99 on host node-3, since 2026-12-01 10:00:00); this host "
+                        "cannot see it: check there. The lock goes when it ends"), said
+        with pytest.raises(UsageError, match="in use by another run \\(a process on another host"):
+            FolderLock(tmp_path, flag="f").acquire()
+    finally:
+        holder.kill()
+        holder.wait()

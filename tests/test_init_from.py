@@ -158,7 +158,8 @@ def test_a_checkpoint_shorter_than_the_blocks_a_headless_one_and_a_missing_one_a
                        "--path_to_data_store", str(tmp_path / "store24")])
     argv = ["--path_to_prepped_data", str(tmp_path / "store24"), "--working_directory", str(tmp_path / "runs"),
             "--context_length", "24", "--per_gpu_batch_size", "3", "--init_from", str(published)]
-    with pytest.raises(UsageError, match="has position embeddings for 18 tokens .*fewer than --context_length 24"):
+    with pytest.raises(UsageError, match="has position embeddings for 18 tokens .*fewer than the store's blocks of "
+                                         "24. Make a store with the checkpoint's tokenizer and blocks of 18: "):
         train.validate(train.parse_args(argv), argv)
     encoder = tmp_path / "encoder_only"
     transformers.RobertaModel(transformers.RobertaConfig.from_pretrained(published)).save_pretrained(encoder)
@@ -166,8 +167,73 @@ def test_a_checkpoint_shorter_than_the_blocks_a_headless_one_and_a_missing_one_a
     with pytest.raises(UsageError, match="has no masked-LM head"):
         train.validate(train.parse_args(argv), argv)
     argv[-1] = str(tmp_path / "nowhere")
-    with pytest.raises(UsageError, match="--init_from: .*nowhere is not a folder"):
+    with pytest.raises(UsageError, match=f"--init_from: there is no folder {tmp_path / 'nowhere'}$"):
         train.validate(train.parse_args(argv), argv)
+    # A missing relative folder whose name could be a Hub id is said to be missing as a folder too.
+    argv[-1] = "tiny-roberta-copy"
+    with pytest.raises(UsageError, match=f"--init_from: there is no folder {Path.cwd() / 'tiny-roberta-copy'}, and "
+                                         "as a Hub id: could not get 'tiny-roberta-copy' from the Hugging Face Hub"):
+        train.validate(train.parse_args(argv), argv)
+
+
+def test_every_problem_of_an_init_from_is_listed_at_once_with_a_store_command_that_fits(published, tmp_path):
+    """The context length was refused first, the tokenizer on the next try, the flags on the one after."""
+    (tmp_path / "corpus.txt").write_text(sentences(280, offset=9000) + "\n")
+    prepare_data.main(["--text_files", str(tmp_path / "corpus.txt"), "--train_tokenizer", "300", "--context_length",
+                       "24", "--test_split_pct", "0.1", "--num_workers", "1", "--path_to_data_store",
+                       str(tmp_path / "other")])
+    argv = ["--path_to_prepped_data", str(tmp_path / "other"), "--working_directory", str(tmp_path / "runs"),
+            "--per_gpu_batch_size", "3", "--init_from", str(published), "--num_transformer_blocks", "4",
+            "--pad_vocab_to_multiple_of", "64"]
+    with pytest.raises(UsageError) as error:
+        train.validate(train.parse_args(argv), argv)
+    message = str(error.value)
+    for problem in ["it disagrees with --num_transformer_blocks 4 (the checkpoint's num_hidden_layers is 2)",
+                    "--pad_vocab_to_multiple_of 64 cannot be applied: the vocabulary is the checkpoint's 362 rows",
+                    "has position embeddings for 18 tokens", "was tokenized with a tokenizer trained on its text"]:
+        assert problem in message, message
+    fitting = message.split("Make a store with the checkpoint's tokenizer and blocks of 18: ")[1]
+    prepare_data.main(fitting.split()[2:])
+    argv[1], argv[-4:] = str(tmp_path / "other_retokenized"), []
+    train.validate(train.parse_args(argv), argv)  # the store the advice makes, and no contrary flags: accepted
+
+
+def test_an_untied_mlm_head_is_refused_in_one_line_and_a_tied_copy_loads_as_transformers_does(store, published,
+                                                                                              tmp_path):
+    """transformers' tie_word_embeddings=False: loading it used to put the decoder matrix in place of the input
+    embeddings (logits off by up to 37.6). This RoBERTa ties them, so such a checkpoint is refused."""
+    import transformers
+
+    from model import RobertaForMaskedLM
+
+    config = transformers.RobertaConfig.from_pretrained(published, tie_word_embeddings=False)
+    torch.manual_seed(5)
+    transformers.RobertaForMaskedLM(config).save_pretrained(tmp_path / "untied")
+    shutil.copy(published / "tokenizer.json", tmp_path / "untied")
+    shutil.copy(published / "tokenizer_config.json", tmp_path / "untied")
+    result = run_train(store, tmp_path, "run", "--init_from", str(tmp_path / "untied"), *RESUMABLE,
+                       check=False)
+    assert result.returncode == 2 and result.stderr.strip() == (
+        f"error: --init_from {tmp_path / 'untied'}: its MLM decoder is a matrix of its own, not its word embeddings "
+        "(transformers' tie_word_embeddings=False): this RoBERTa ties them, as every published RoBERTa does, so one "
+        "of the two would be lost; continue from a checkpoint with tied embeddings"), result.stderr
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ValueError, match="its lm_head.decoder.weight is a matrix of its own"):
+        RobertaForMaskedLM.from_pretrained(tmp_path / "untied")
+    # A tied checkpoint that also saved the decoder (an equal copy) loads, with the file's embeddings as the decoder.
+    weights = load_file(published / "model.safetensors")
+    shutil.copytree(published, tmp_path / "copy")
+    from safetensors.torch import save_file
+
+    save_file({**weights, "lm_head.decoder.weight": weights["roberta.embeddings.word_embeddings.weight"].clone()},
+              tmp_path / "copy" / "model.safetensors")
+    ours = RobertaForMaskedLM.from_pretrained(tmp_path / "copy")
+    assert torch.equal(ours.lm_head.decoder.weight, weights["roberta.embeddings.word_embeddings.weight"])
+
+
+def test_absurd_vocabulary_padding_is_refused(store, tmp_path):
+    with pytest.raises(UsageError, match="--pad_vocab_to_multiple_of must be at most 1024 .*got 1000000"):
+        validate(store, tmp_path, "--pad_vocab_to_multiple_of", "1000000")
 
 
 def test_a_hub_id_is_read_from_the_hub_cache_with_its_revision(store, published, hub_cache, tmp_path, monkeypatch):
@@ -252,6 +318,35 @@ def test_sigkill_then_resume_equals_uninterrupted(store, published, continued, t
     refused = run_train(store, tmp_path, "run", *RESUMABLE, "--num_training_steps", "20",
                         "--resume_from_checkpoint", "latest", check=False)
     assert refused.returncode == 2 and f"--init_from {published.resolve()} (now None)" in refused.stderr
+
+
+@pytest.mark.slow
+def test_a_resume_needs_only_its_checkpoint_and_keeps_the_provenance_it_started_with(store, published, continued,
+                                                                                      tmp_path):
+    """The --init_from folder replaced by other weights (as a Hub `main` that moved), or gone (a cleared cache):
+    the checkpoint holds every weight; the provenance stays the one recorded when the run started."""
+    reference, _ = continued
+    source = tmp_path / "model"
+    shutil.copytree(published, source)
+    run_train(store, tmp_path, "changed", "--init_from", str(source), *RESUMABLE,
+              env={"TRAIN_TEST_SIGNAL_AT_STEP": "5:TERM"})
+    shutil.copytree(tmp_path / "changed", tmp_path / "gone")
+    started = json.loads((tmp_path / "changed" / "args.json").read_text())["model_config"]["init_from"]
+    weights = load_file(source / "model.safetensors")
+    from safetensors.torch import save_file
+
+    save_file({k: v + 1 for k, v in weights.items()}, source / "model.safetensors")  # the folder changed
+    run_train(store, tmp_path, "changed", "--init_from", str(source), *RESUMABLE, "--resume_from_checkpoint",
+              "latest")
+    shutil.rmtree(source)  # the folder is gone
+    run_train(store, tmp_path, "gone", "--init_from", str(source), *RESUMABLE, "--resume_from_checkpoint", "latest")
+    for run in (tmp_path / "changed", tmp_path / "gone"):
+        a, b = load_file(reference / "final_model" / "model.safetensors"), load_file(
+            run / "final_model" / "model.safetensors")
+        assert all(torch.equal(a[k], b[k]) for k in a), run
+        assert json.loads((run / "final_model" / "config.json").read_text())["init_from"] == started
+        assert json.loads((run / "args.json").read_text())["model_config"]["init_from"] == started
+        assert started["sha256"][:16] in (run / "README.md").read_text()
 
 
 @pytest.mark.slow

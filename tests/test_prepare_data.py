@@ -9,6 +9,7 @@ never reached: its functions (datasets.load_dataset, huggingface_hub.HfApi) are 
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -787,6 +788,24 @@ def test_dataset_name_through_the_command_line(tmp_path, tiny_tokenizer_dir, tin
 
 
 @pytest.mark.slow
+def test_a_held_out_split_too_small_to_measure_is_warned_with_the_flag_that_fixes_it(tmp_path, tiny_tokenizer_dir):
+    """The default 0.5% of a few hundred documents holds out a handful: every evaluation of it would be noise."""
+    (tmp_path / "mine.txt").write_text("\n\n".join(generate_documents(0, 600)) + "\n")
+    args = ["--text_files", tmp_path / "mine.txt", "--hf_model_name", tiny_tokenizer_dir, "--context_length", 64,
+            "--num_workers", 1]
+    small = run_prepare(*args, "--path_to_data_store", tmp_path / "small")
+    assert small.returncode == 0, small.stderr[-2000:]
+    test = record_of(tmp_path / "small")["splits"]["test"]
+    assert test["documents"] == 3 and test["tokens"] < prepare_data.MIN_TEST_TOKENS
+    warning = re.search(r"prepare_data: warning: the test split holds only 3 document\(s\), ([\d,]+) tokens .*too few "
+                        r".*; (--test_split_pct [\d.]+) would hold out about [\d,]+ tokens\n", small.stdout)
+    assert warning and int(warning[1].replace(",", "")) == test["tokens"], small.stdout
+    fixed = run_prepare(*args, *warning[2].split(), "--path_to_data_store", tmp_path / "fixed")
+    assert fixed.returncode == 0 and "warning" not in fixed.stdout, fixed.stdout + fixed.stderr[-2000:]
+    assert record_of(tmp_path / "fixed")["splits"]["test"]["tokens"] >= prepare_data.MIN_TEST_TOKENS
+
+
+@pytest.mark.slow
 def test_mixed_formats_in_a_folder_and_wikitext_without_headings_are_refused(tmp_path, tiny_tokenizer_dir):
     """datasets reads one format of a folder and drops the others; --group_rows wikitext on text without headings
     would make the whole corpus one document: both refused in one line, through the command line."""
@@ -822,14 +841,16 @@ def dead(pid: int) -> bool:
         return True
 
 
-def start_slow_prepare(store: Path, tiny_tokenizer_dir: Path) -> subprocess.Popen:
+def start_slow_prepare(store: Path, tiny_tokenizer_dir: Path, own_group: bool = False) -> subprocess.Popen:
     """A prepare whose tokenising tasks each take 30 s longer (a testing hook), returned at its first progress line:
-    still tokenising when a second command has started (seconds on a busy machine). The tests signal or kill it."""
+    still tokenising when a second command has started (seconds on a busy machine). The tests signal or kill it.
+    `own_group`: in a process group of its own, as a job under a scheduler."""
     command = [sys.executable, str(ROOT / "prepare_data.py"), "--dataset", "demo", "--max_documents", "400",
                "--hf_model_name", str(tiny_tokenizer_dir), "--context_length", "29", "--num_workers", "2",
                "--path_to_data_store", str(store)]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, fault_injection.SLOW_TOKENIZING_ENV: "30"})
+                               env={**os.environ, fault_injection.SLOW_TOKENIZING_ENV: "30"},
+                               start_new_session=own_group)
     for line in process.stdout:
         if "tokenizing with 2 worker(s)" in line:
             break
@@ -840,12 +861,18 @@ def start_slow_prepare(store: Path, tiny_tokenizer_dir: Path) -> subprocess.Pope
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["Ctrl-C", "SIGTERM"])
-def test_an_interrupted_run_cleans_up_and_exits_with_one_line(tmp_path, tiny_tokenizer_dir, signum):
-    process = start_slow_prepare(tmp_path / "store", tiny_tokenizer_dir)
+@pytest.mark.parametrize("signum, to_group", [(signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGTERM, True)],
+                         ids=["Ctrl-C", "SIGTERM", "SIGTERM to the process group"])
+def test_an_interrupted_run_cleans_up_and_exits_with_one_line(tmp_path, tiny_tokenizer_dir, signum, to_group):
+    """A signal to the main process, or to every process of the job as `timeout` and schedulers send it (the
+    tokenising workers die of it; the main process stops as it would alone)."""
+    process = start_slow_prepare(tmp_path / "store", tiny_tokenizer_dir, own_group=to_group)
     workers = workers_of(process.pid)
     assert len(workers) >= 2 and any(p.name.startswith(".store.tmp-") for p in tmp_path.iterdir())
-    process.send_signal(signum)
+    if to_group:
+        os.killpg(process.pid, signum)
+    else:
+        process.send_signal(signum)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 128 + signum
     assert stderr.strip().splitlines()[-1] == (f"prepare_data: interrupted ({signal.Signals(signum).name}): the work "

@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import build_store, sentences
@@ -48,11 +49,12 @@ def store(tmp_path_factory, tiny_tokenizer_dir):
     return build_store(tmp_path_factory.mktemp("store"), tiny_tokenizer_dir, CONTEXT)
 
 
-def run_train(store, workdir, name, *extra, env=None, launcher=None, check=True):
+def run_train(store, workdir, name, *extra, env=None, launcher=None, check=True, own_group=False):
+    """train.py through its command line; `own_group`: in a process group of its own, as a job under a scheduler."""
     command = [*(launcher or [sys.executable]), str(ROOT / "train.py"), "--path_to_prepped_data", str(store),
                "--working_directory", str(workdir), "--experiment_name", name, *TINY, *extra]
     result = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+                            env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, start_new_session=own_group)
     if check:
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return result
@@ -178,6 +180,21 @@ def test_checkpoint_verification_reports_damage_and_falls_back(tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == ["step_12", "step_16", "step_8"]
 
 
+def test_a_run_folder_given_for_a_model_names_the_model_folders_it_holds(tmp_path):
+    """It named final_model/ also for a run stopped before writing one."""
+    import model_folder
+
+    (tmp_path / "run" / "checkpoints" / "step_4").mkdir(parents=True)
+    (tmp_path / "run" / "args.json").write_text("{}")
+    for given, what in [(tmp_path / "run", "run folder"), (tmp_path / "run" / "checkpoints", "checkpoints folder")]:
+        with pytest.raises(ValueError, match=f"^{given} is a train.py {what}, not a model: pass its newest checkpoint "
+                                             f"{tmp_path / 'run' / 'checkpoints' / 'step_4'}$"):
+            model_folder.check(given)
+    (tmp_path / "run" / "final_model").mkdir()
+    with pytest.raises(ValueError, match=f"pass {tmp_path / 'run' / 'final_model'} or its newest checkpoint"):
+        model_folder.check(tmp_path / "run")
+
+
 def test_resume_from_what_is_not_a_checkpoint_says_what_it_is(tmp_path):
     def problem(path):
         with pytest.raises(UsageError) as caught:
@@ -192,6 +209,9 @@ def test_resume_from_what_is_not_a_checkpoint_says_what_it_is(tmp_path):
         assert problem(tmp_path / name).startswith(what)
     (tmp_path / "run" / "checkpoints" / "step_3").mkdir(parents=True)
     assert problem(tmp_path / "run" / "checkpoints").startswith("it is a checkpoints folder, not one checkpoint")
+    (tmp_path / "run" / "final_model").mkdir()  # the run's model, given for its checkpoint: no step_N is intact
+    assert problem(tmp_path / "run" / "final_model") == ("it is the run's final model, which holds no optimizer "
+                                                         "state or data position; the run has no intact checkpoint")
     (tmp_path / "weights.bin").write_bytes(b"x")
     assert problem(tmp_path / "weights.bin").startswith("it is a file; a checkpoint is a checkpoints/step_N folder")
     (tmp_path / "step_5").mkdir()
@@ -211,6 +231,7 @@ def test_resume_refuses_another_model_seed_or_store_and_lists_what_changed(tmp_p
         return ckpt.check_resume(tmp_path, now, {**config, **config_changes}, fingerprint)
 
     assert check() == []
+    assert check("--num_training_steps", "40") == ["--num_training_steps 100000 -> 40"]  # at its end: complete
     assert check("--learning_rate", "5e-4", "--per_gpu_batch_size", "16") == [
         "--per_gpu_batch_size 32 -> 16", "--learning_rate 0.001 -> 0.0005",
         "global batch size 32 -> 16 (processes 1 -> 1)"]
@@ -223,7 +244,7 @@ def test_resume_refuses_another_model_seed_or_store_and_lists_what_changed(tmp_p
             (["--embedding_dimension", "384"], "abc", {}, "--embedding_dimension 768 \\(now 384\\)"),
             ([], "xyz", {}, "another store's content"),
             ([], "abc", {"vocab_size": 500}, "vocab_size 400 \\(now 500\\)"),
-            (["--num_training_steps", "40"], "abc", {}, "is at update 40, not before --num_training_steps 40")]:
+            (["--num_training_steps", "30"], "abc", {}, "is at update 40, past --num_training_steps 30")]:
         with pytest.raises(UsageError, match=message):
             check(*argv, fingerprint=fingerprint, **config_changes)
 
@@ -280,6 +301,14 @@ def test_bad_paths(store, tmp_path):
     check("does not exist", "--path_to_prepped_data", str(tmp_path / "missing"))
     (tmp_path / "not_a_store").mkdir()
     check("is not a data store", "--path_to_prepped_data", str(tmp_path / "not_a_store"))
+    # A folder of other files, or a run folder, is never offered as the place to write a store.
+    (tmp_path / "not_a_store" / "notes.txt").write_text("mine")
+    check("it holds other files: give the folder prepare_data.py wrote, or write a store to a new folder",
+          "--path_to_prepped_data", str(tmp_path / "not_a_store"))
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "args.json").write_text(json.dumps({"args": {"path_to_prepped_data": "data/wiki"}}))
+    check("it is a pretraining run folder \\(train.py's\\), trained on the store data/wiki$", "--path_to_prepped_data",
+          str(tmp_path / "run"))
     (tmp_path / "a_file").write_text("")
     check("the run folder .*a_file/x cannot be made: .*a_file is a file", "--working_directory",
           str(tmp_path / "a_file"), "--experiment_name", "x")
@@ -413,6 +442,40 @@ def test_a_store_read_with_another_tokenizer_is_refused(store, tmp_path, tiny_to
              str(tmp_path / "right_tokenizer"))
 
 
+def damage(store: Path, split: str, block: int, position: int, new_id: int) -> None:
+    """One id of a store's block changed in its arrow shard, as a bad disk or a stray write would."""
+    from store import open_store
+
+    ids = np.asarray(open_store(store).data[split][block]["input_ids"], dtype=np.uint16)
+    for shard in sorted((store / split).glob("*.arrow")):
+        data = bytearray(shard.read_bytes())
+        at = data.find(ids.tobytes())
+        if at >= 0:
+            data[at + 2 * position:at + 2 * position + 2] = np.uint16(new_id).tobytes()
+            shard.write_bytes(bytes(data))
+            return
+    raise AssertionError("block not found")
+
+
+def test_a_damaged_store_is_named_in_one_line_before_any_training(store, tmp_path):
+    """An id beyond the vocabulary used to fail with IndexError only when its batch was drawn (or never, in a short
+    run); an id changed within it, never."""
+    shutil.copytree(store, tmp_path / "beyond")
+    shutil.copytree(store, tmp_path / "changed")
+    damage(tmp_path / "beyond", "train", 7, 3, 60_000)
+    damage(tmp_path / "changed", "test", 2, 5, 9)
+    (tmp_path / "runs").mkdir()
+    refused = run_train(tmp_path / "beyond", tmp_path / "runs", "run", check=False)
+    assert refused.returncode == 2 and re.fullmatch(
+        f"error: --path_to_prepped_data {tmp_path / 'beyond'} is damaged: block 7 of its train split holds id 60,000, "
+        "outside its tokenizer's 362 tokens; make it again: python prepare_data.py .* --overwrite\n",
+        refused.stderr), refused.stderr
+    with pytest.raises(UsageError, match=f"--path_to_prepped_data {tmp_path / 'changed'} is damaged: its test split's "
+                                         "blocks do not match the fingerprint its prepare_data.json records"):
+        validate(tmp_path / "changed", tmp_path / "runs", "--experiment_name", "changed")
+    assert not (tmp_path / "runs" / "run").exists()
+
+
 def test_bad_input_exits_2_with_one_line(store, tmp_path):
     result = run_train(tmp_path / "missing_store", tmp_path, "x", check=False)
     assert result.returncode == 2
@@ -446,6 +509,7 @@ def test_cli_run_learns_and_writes_its_folder(store, tmp_path, tiny_tokenizer):
     assert (run / "curves.png").read_bytes()[:4] == b"\x89PNG"
     record = json.loads((run / "args.json").read_text())
     assert record["global_batch_size"] == 3 and "hf_model_name" in record["not_used"]  # the store's tokenizer won
+    assert "fsdp_reduce_dtype" in record["not_used"]  # one process, no FSDP: the flag had no effect
     assert "metrics.jsonl" in (run / "README.md").read_text()
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_30", "step_60"]
     assert ckpt.read_state(run / "checkpoints" / "step_60").loss == pytest.approx(
@@ -530,6 +594,38 @@ def test_sigterm_and_ctrl_c_save_a_checkpoint_and_exit_cleanly(store, tmp_path, 
 
 
 @pytest.mark.slow
+def test_sigterm_to_the_whole_process_group_stops_with_a_checkpoint_and_resumes_exactly(store, tmp_path, reference):
+    """`timeout`, SLURM and `kill -TERM -PGID` signal every process of the job, the DataLoader worker too: the run
+    stops as on a signal to the main process alone (a worker killed by it used to make the next batch raise)."""
+    if batches.loader_workers(1, 1) < 1:
+        pytest.skip("a single core: the run would start no DataLoader worker to signal")
+    stopped = run_train(store, tmp_path, "run", *RESUMABLE, "--num_workers", "1", own_group=True,
+                        env={"TRAIN_TEST_SIGNAL_AT_STEP": "5:TERM:group"}, check=False)
+    assert stopped.returncode == 0 and "Traceback" not in stopped.stderr, stopped.stderr[-3000:]
+    assert "SIGTERM: saved a checkpoint at step 5; continue with --resume_from_checkpoint latest" in stopped.stdout
+    run_train(store, tmp_path, "run", *RESUMABLE, "--num_workers", "1", "--resume_from_checkpoint", "latest")
+    assert_same_weights(reference / "final_model", tmp_path / "run" / "final_model")
+    assert without_timing(metrics(tmp_path / "run")) == without_timing(metrics(reference))
+
+
+@pytest.mark.slow
+def test_a_signal_before_the_first_update_is_one_line_whose_command_runs_as_printed(store, tmp_path, reference):
+    """Checking a large store or building the model takes a while; a SIGTERM then ended the run in silence."""
+    stopped = run_train(store, tmp_path, "run", *RESUMABLE, env={"TRAIN_TEST_SIGNAL_AT_STEP": "setup:TERM"},
+                        check=False)
+    last = stopped.stderr.strip().splitlines()[-1]
+    assert stopped.returncode == 143 and last.startswith(
+        "train.py: stopped by SIGTERM before training began, so there was nothing new to save; start again with: "
+        "python train.py "), stopped.stderr[-2000:]
+    command = shlex.split(last.split("start again with: ")[1])
+    assert command[-2:] == ["--resume_from_checkpoint", "latest"]
+    again = subprocess.run([sys.executable, str(ROOT / "train.py"), *command[2:]], cwd=tmp_path, capture_output=True,
+                           text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert_same_weights(reference / "final_model", tmp_path / "run" / "final_model")
+
+
+@pytest.mark.slow
 def test_damaged_checkpoints_are_named_and_latest_falls_back(store, tmp_path, reference):
     shutil.copytree(reference, tmp_path / "run")
     checkpoints = tmp_path / "run" / "checkpoints"
@@ -561,6 +657,36 @@ def test_a_full_disk_leaves_no_partial_checkpoint_and_the_run_resumes(store, tmp
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step_4"]
     run_train(store, tmp_path, "run", *RESUMABLE, "--resume_from_checkpoint", "latest")
     assert_same_weights(reference / "final_model", tmp_path / "run" / "final_model")
+
+
+@pytest.mark.slow
+def test_a_stop_during_the_last_update_or_a_failed_final_save_still_completes_the_run(store, tmp_path, reference):
+    """A SIGTERM during the last update used to save a checkpoint, exit 0 and write no final_model/, and the
+    advice it printed (--resume_from_checkpoint latest) was then refused: a scheduler saw success and no model."""
+    stopped = run_train(store, tmp_path, "stopped", *RESUMABLE, "--num_workers", "1",
+                        env={"TRAIN_TEST_SIGNAL_AT_STEP": "12:TERM"})
+    assert "SIGTERM during the last update: saved it; writing the final model" in stopped.stdout
+    assert_same_weights(reference / "final_model", tmp_path / "stopped" / "final_model")
+
+    failed = run_train(store, tmp_path, "failed", *RESUMABLE, env={"TRAIN_TEST_DISK_FULL_AT_STEP": "final"},
+                       check=False)
+    assert failed.returncode == 1 and not (tmp_path / "failed" / "final_model").exists(), failed.stderr[-2000:]
+    completed = run_train(store, tmp_path, "failed", *RESUMABLE, "--resume_from_checkpoint", "latest")
+    checkpoint = tmp_path / "failed" / "checkpoints" / "step_12"
+    assert completed.stdout.strip().splitlines()[-1] == (
+        f"the run is complete (update 12 of 12); its final model was missing and is now written from {checkpoint}: "
+        f"{tmp_path / 'failed' / 'final_model'}")
+    assert_same_weights(reference / "final_model", tmp_path / "failed" / "final_model")
+    assert not (tmp_path / "failed" / "final_model.tmp").exists()
+
+    # A finished run re-queued with `latest` (a preemptible job's command) says so, exits 0 and changes nothing.
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "failed").rglob("*")}
+    again = run_train(store, tmp_path, "failed", *RESUMABLE, "--resume_from_checkpoint", "latest")
+    assert again.stdout.strip().splitlines()[-1] == (
+        f"the run is complete: update 12 of 12 and its final model {tmp_path / 'failed' / 'final_model'}; nothing to "
+        "do (raise --num_training_steps to train further)")
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "failed").rglob("*") if p.name != ".lock"} == \
+        {p: t for p, t in before.items() if p.name != ".lock"}
 
 
 @pytest.mark.slow
@@ -636,7 +762,12 @@ def test_a_diverging_loss_is_warned_with_its_step_and_large_numbers_print_readab
     assert len(warnings) == 1 and "at step " in warnings[0] and "since step 1" in warnings[0], result.stdout
     logged = [r for r in metrics(tmp_path / "boom") if "warning" in r]
     assert len(logged) == 1 and logged[0]["warning"] == warnings[0].removeprefix("warning: ")
-    assert "eval_perplexity 1.014e+304" in result.stdout and not re.search(r"\d{20}", result.stdout)
+    # The evaluation loss is past e^709 (a float's end): its perplexity is said as e^loss and recorded as null,
+    # not capped at e^700 and printed as 1.014e+304, a number it is not.
+    overflowed = [r for r in metrics(tmp_path / "boom") if r.get("eval_loss", 0) > train.MAX_EXP]
+    assert overflowed and all(r["eval_perplexity"] is None for r in overflowed), metrics(tmp_path / "boom")
+    assert f"eval_perplexity e^{overflowed[0]['eval_loss']:.1f}" in result.stdout
+    assert "e+304" not in result.stdout and not re.search(r"\d{20}", result.stdout)
 
 
 @pytest.mark.slow
