@@ -270,15 +270,16 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
 def compute_metrics(metrics: Sequence[str], predictions: np.ndarray, labels: np.ndarray,
                     num_labels: int) -> dict[str, float]:
     """The named metrics of predicted classes (or numbers, for regression) against the labels, as fractions (as
-    transformers' run_glue.py reports them); with several, `combined_score` is their mean, as run_glue.py adds."""
+    transformers' run_glue.py reports them); for the GLUE tasks with two metrics `combined_score` is their mean, as
+    run_glue.py adds it."""
     compute = {"accuracy": lambda: accuracy(predictions, labels), "f1": lambda: f1(predictions, labels),
                "macro_f1": lambda: macro_f1(predictions, labels, num_labels),
                "matthews_correlation": lambda: matthews_correlation(predictions, labels),
                "pearson": lambda: pearson(predictions, labels), "spearmanr": lambda: spearman(predictions, labels),
                "mse": lambda: float(np.mean((np.asarray(predictions, float) - labels) ** 2))}
     scores = {name: compute[name]() for name in metrics}
-    if len(scores) > 1:
-        scores["combined_score"] = float(np.mean([v for k, v in scores.items() if k != "mse"]))
+    if tuple(metrics) in (("accuracy", "f1"), ("pearson", "spearmanr")):  # GLUE's MRPC, QQP and STS-B
+        scores["combined_score"] = float(np.mean(list(scores.values())))
     return scores
 
 
@@ -309,7 +310,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def encode(tokenizer, texts: Sequence[str], pairs: Sequence[str] | None, max_length: int) -> tuple[dict, int]:
     """(the tokenizer's encodings truncated to `max_length` tokens, how many inputs were longer): a pair loses
     tokens from its longer side first, as transformers truncates ("longest_first")."""
-    full = tokenizer(list(texts), list(pairs) if pairs is not None else None, truncation=False)
+    full = tokenizer(list(texts), list(pairs) if pairs is not None else None, truncation=False, verbose=False)
     truncated = sum(len(ids) > max_length for ids in full["input_ids"])
     if not truncated:
         return full, 0

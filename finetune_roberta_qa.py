@@ -581,10 +581,12 @@ def make_trainer(args, model, tokenizer, train_features, eval_examples, eval_fea
     return trainer
 
 
-def log_callbacks():
-    """(a callback that logs each Trainer log as one line, a progress bar that prints no logs): the Trainer's own
-    printers show dictionaries of quoted numbers."""
+def log_callbacks(line=None):
+    """(a callback that logs each Trainer log as one line, made by `line` (default `log_line`), a progress bar that
+    prints no logs): the Trainer's own printers show dictionaries of quoted numbers."""
     from transformers import ProgressCallback, TrainerCallback
+
+    line = line or log_line
 
     class LogLines(TrainerCallback):
         def on_train_begin(self, args, state, control, **kwargs):
@@ -592,8 +594,8 @@ def log_callbacks():
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if state.is_world_process_zero and logs:
-                log(log_line(state.global_step, state.max_steps, logs, time.perf_counter() - self.started,
-                             state.global_step - self.start_step))
+                log(line(state.global_step, state.max_steps, logs, time.perf_counter() - self.started,
+                         state.global_step - self.start_step))
 
     class BarOnly(ProgressCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):

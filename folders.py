@@ -1,11 +1,13 @@
-"""The folders the scripts write, and the rules that keep a user's files safe. Used by all three scripts.
+"""The folders the scripts write, and the rules that keep a user's files safe. Used by every script.
 
 Each script writes one kind of output folder: prepare_data.py a data store, train.py a pretraining run folder,
-finetune_roberta_qa.py a question-answering run folder. Three promises hold for every one of them:
+finetune_roberta_qa.py a question-answering run folder, finetune_roberta_classification.py a classification run
+folder. Three promises hold for every one of them:
 
 * `--overwrite` replaces only a folder the script can recognise as its own output, by the record it wrote
-  there (`prepare_data.json`, `args.json`/`metrics.jsonl`, `finetune_args.json`), and then removes only the
-  entries the script itself makes: anything else in the folder (a log the user redirected there, notes) stays.
+  there (`prepare_data.json`, `args.json`/`metrics.jsonl`, `finetune_args.json`, `classification_args.json`),
+  and then removes only the entries the script itself makes: anything else in the folder (a log the user
+  redirected there, notes) stays.
   Without --overwrite, a folder holding only files the script never makes is written beside them.
   It never replaces the current directory, a parent of it, the home folder, a git repository, a folder that
   is or holds an input of the same run, or a folder another run is using.
@@ -62,6 +64,12 @@ QA_RUN = OutputKind(
           "vocab.json", "merges.txt", "training_args.bin", "README.md", "runs", "wandb", LOCK_FILE,
           "tokenizer_record.json", "finetune_args.json.tmp", "eval_results.json.tmp", "predictions.json.tmp",
           "predictions_detail.json.tmp"))
+CLASSIFICATION_RUN = OutputKind(
+    "classification run folder", "finetune_roberta_classification.py", records=("classification_args.json",),
+    made=("classification_args.json", "eval_results.json", "predictions.jsonl", "checkpoints", "config.json",
+          "model.safetensors", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
+          "merges.txt", "training_args.bin", "README.md", "runs", "wandb", LOCK_FILE, "tokenizer_record.json",
+          "classification_args.json.tmp", "eval_results.json.tmp", "predictions.jsonl.tmp"))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -113,12 +121,12 @@ def refuse_replacing_outputs(path: str | os.PathLike, flag: str, model: str | os
     target = Path(path).absolute().resolve()
     if model is not None and Path(model).is_dir():
         folder = Path(model).resolve()
-        protected = set(QA_RUN.made) | {"trainer_state.json", "generation_config.json"}
+        protected = set(QA_RUN.made) | set(CLASSIFICATION_RUN.made) | {"trainer_state.json", "generation_config.json"}
         if target.is_relative_to(folder) and (target.name in protected or target.suffix in MODEL_FILE_SUFFIXES):
             raise UsageError(f"{flag} {path} is a file of the model folder it reads ({folder}): writing there would "
                              "damage the model; choose another file name")
     for folder in target.parents:
-        for kind in (QA_RUN, PRETRAINING_RUN, STORE):
+        for kind in (QA_RUN, CLASSIFICATION_RUN, PRETRAINING_RUN, STORE):
             if is_output_of(folder, kind) and target.relative_to(folder).parts[0] in kind.made:
                 raise UsageError(f"{flag} {path} would replace {kind.script}'s own output in {folder} (the "
                                  f"{kind.description}); choose another file name, e.g. "

@@ -32,7 +32,8 @@ def test_classification_metrics_equal_scikit_learn(seed):
     metrics = pytest.importorskip("sklearn.metrics")
     for k in (2, 3, 5):
         predictions, labels = _classes(seed, k=k, agree=0.3 + 0.15 * seed)
-        assert cls.accuracy(predictions, labels) == pytest.approx(metrics.accuracy_score(labels, predictions), abs=1e-12)
+        assert cls.accuracy(predictions, labels) == pytest.approx(metrics.accuracy_score(labels, predictions),
+                                                                  abs=1e-12)
         assert cls.matthews_correlation(predictions, labels) == pytest.approx(
             metrics.matthews_corrcoef(labels, predictions), abs=1e-12)
         assert cls.macro_f1(predictions, labels, k) == pytest.approx(
@@ -66,7 +67,7 @@ def test_compute_metrics_names_and_combines_as_run_glue():
     predictions, labels = np.array([1, 0, 1, 1]), np.array([1, 0, 0, 1])
     scores = cls.compute_metrics(cls.GLUE_TASKS["mrpc"].metrics, predictions, labels, 2)
     assert scores == {"accuracy": 0.75, "f1": 0.8, "combined_score": pytest.approx(0.775)}
-    assert list(cls.compute_metrics(("accuracy",), predictions, labels, 2)) == ["accuracy"]
+    assert list(cls.compute_metrics(("accuracy", "macro_f1"), predictions, labels, 2)) == ["accuracy", "macro_f1"]
 
 
 # ---- labels ---------------------------------------------------------------------------------------------------------

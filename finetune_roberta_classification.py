@@ -1,0 +1,888 @@
+"""Fine-tune RoBERTa for sentence or sentence-pair classification (GLUE, or your own labelled text) and score it
+with each task's official metrics.
+
+The model is this repository's `model.RobertaForSequenceClassification`: a RoBERTa encoder and transformers'
+sentence head on the `<s>` token (dense, tanh, dropout, projection to one logit per class, or to one number for a
+regression task). The head always starts fresh, drawn from --seed; --pretrained_backbone says where the encoder
+comes from, as in finetune_roberta_qa.py:
+
+  pretrained_huggingface  (the default) the weights, architecture and tokenizer of --huggingface_model_name: a Hub
+                          id (by default FacebookAI/roberta-base, a ~500 MB download) or a local transformers-format
+                          folder
+  pretrained              your own pretraining: a train.py final_model/ or checkpoints/step_N/ folder given as
+                          --path_to_pretrained_backbone (weights, architecture and the tokenizer saved beside them)
+  random                  RoBERTa's random initialisation; only the architecture (config.json) and the tokenizer
+                          come from --path_to_pretrained_backbone when given, else from --huggingface_model_name.
+                          The baseline that shows what pretraining is worth
+
+Data, one of:
+  --task_name             a GLUE task (cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, wnli) from the Hub's
+                          nyu-mll/glue at a pinned commit (--dataset_revision to choose another); MNLI is scored on
+                          its matched and mismatched validation sets. With --train_file/--validation_file, the task's
+                          columns, labels and metrics apply to those files instead (GLUE's data kept locally)
+  --train_file, --validation_file   CSV or JSON lines (.csv, .json, .jsonl) files
+  --dataset_name          anything datasets.load_dataset reads (a Hub id, pinned to the commit it resolves to, or a
+                          local folder), with --dataset_config_name, --train_split and --validation_split
+Your own data has a label column (--label_column, default `label`) and its text in `sentence`, or in `sentence1`
+and `sentence2` for pairs (as transformers' run_glue.py reads them; other names with --text_column and
+--text_pair_column). Labels are classes when they are text or whole numbers (ordered as run_glue.py orders them),
+a regression target when they are numbers with fractions; --problem_type insists on one. A pair is read as
+RoBERTa reads two segments, `<s> first </s></s> second </s>`; inputs longer than --max_seq_length tokens are
+truncated from their longer side, and the run says how many were.
+
+Defaults: the paper's fine-tuning recipe (Table 10): AdamW with beta2 0.98 and epsilon 1e-6, weight decay 0.1, a
+linear warmup over the first 6% of the updates then a linear decay, 10 epochs, dropout 0.1; the learning rate and
+batch size fairseq's RoBERTa GLUE commands use for each task (1e-5 or 2e-5, 16 or 32), else 2e-5 and 16. The
+evaluation runs after every epoch (the paper reports the best epoch; `best` in eval_results.json).
+
+The run folder <working_directory>/<experiment_name>/ receives:
+  config.json, model.safetensors, tokenizer files   the fine-tuned model in transformers' format, with the class
+                            names (id2label); classify.py, transformers' AutoModelForSequenceClassification and
+                            pipeline("text-classification") load the folder as it is
+  eval_results.json         the scores as the Trainer names them (eval_accuracy, eval_f1, ...; MNLI's mismatched
+                            ones end in _mm), where the weights, the architecture and the tokenizer came from, the
+                            labels, what the data checks found, and the scores at every evaluation ("history")
+  predictions.jsonl         one line per evaluation example: its text, gold label, prediction and probability
+  classification_args.json  the resolved arguments, the library versions and the flags that were not used
+  README.md                 what each file and each metric field means
+  checkpoints/              Trainer checkpoints, only with --save_steps above 0
+--overwrite replaces only a folder this script made, and removes only the files above (anything else stays); a
+second run into a folder in use is refused.
+
+Metrics, as fractions (as run_glue.py reports them; GLUE tables print them x 100): accuracy; F1 of the positive
+class (MRPC, QQP); Matthews correlation (CoLA); Pearson and Spearman correlation (STS-B); combined_score, the mean
+of a task's metrics where it has several. Your own classes: accuracy and macro_f1; your own regression: pearson,
+spearmanr and mse.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import classification as cls
+from finetune_roberta_qa import (
+    BACKBONES,
+    backbone_source,
+    check_backbone,
+    check_report_to,
+    log_callbacks,
+    prepare_loggers,
+    run_folder_flag,
+)
+from folders import CLASSIFICATION_RUN, FolderLock, check_output_folder, remove_own_outputs, write_json
+from qa import check_qa_tokenizer
+from tokenization import load_tokenizer, record_tokenizer, tokenizer_fingerprint, tokenizer_swapped
+from utils import (
+    ArgumentParser,
+    HelpFormatter,
+    UsageError,
+    duration,
+    first_line,
+    is_main_process,
+    library_versions,
+    log,
+    looks_local,
+    run_cli,
+)
+
+RUN_RECORD = "classification_args.json"
+DATA_SUFFIXES = {".csv": "csv", ".json": "json", ".jsonl": "json"}
+EPILOG = """examples:
+  # roberta-base on RTE with the paper's recipe: downloads roberta-base (~500 MB) and RTE (~1 MB); use a GPU
+  python finetune_roberta_classification.py --task_name rte --experiment_name rte_roberta_base
+  # your pretraining against random initialisation, on labelled pairs in JSON lines files (the demo writes some)
+  python finetune_roberta_classification.py --train_file train.jsonl --validation_file dev.jsonl \\
+      --pretrained_backbone pretrained --path_to_pretrained_backbone runs/my_pretraining/final_model \\
+      --experiment_name my_classifier
+  # then label new text
+  python classify.py --model runs/my_classifier --text "A sentence to label."
+"""
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(description=__doc__, epilog=EPILOG, formatter_class=HelpFormatter)
+    run = p.add_argument_group("run")
+    run.add_argument("--experiment_name", default="roberta_classification", help="name of the run folder")
+    run.add_argument("--working_directory", default="runs", help="parent folder of the run folder")
+    run.add_argument("--path_to_cache_dir", default=None,
+                     help="folder for every download (the dataset, the Hub model and tokenizer) and the dataset "
+                          "caches; unset: the Hugging Face caches (~/.cache/huggingface)")
+    run.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False,
+                     help="replace the outputs of an earlier run in the run folder (only a folder this script "
+                          "made; files it did not make are kept)")
+    run.add_argument("--seed", type=int, default=42, help="seed of the head's initialisation, shuffling and dropout")
+    run.add_argument("--report_to", default="none",
+                     help="Trainer loggers, comma-separated: none, all, wandb, tensorboard, mlflow, ... (wandb "
+                          "without a login logs offline into the run folder)")
+
+    model = p.add_argument_group("backbone")
+    model.add_argument("--pretrained_backbone", choices=BACKBONES, default="pretrained_huggingface",
+                       help="where the encoder comes from (see above)")
+    model.add_argument("--huggingface_model_name", default="FacebookAI/roberta-base",
+                       help="Hub id or local transformers-format folder: the backbone of pretrained_huggingface; "
+                            "the architecture and tokenizer of random when --path_to_pretrained_backbone is not given")
+    model.add_argument("--path_to_pretrained_backbone", default=None,
+                       help="a train.py final_model/ or checkpoints/step_N/ folder (model and tokenizer), for "
+                            "pretrained and random")
+    model.add_argument("--implementation", choices=("ours", "transformers"), default="ours",
+                       help="whose RobertaForSequenceClassification is fine-tuned: model.py's, or transformers' "
+                            "(the same numbers, within float rounding: a parity check)")
+
+    data = p.add_argument_group("data")
+    data.add_argument("--task_name", default=None, help="a GLUE task: " + ", ".join(cls.GLUE_TASKS))
+    data.add_argument("--train_file", default=None, help="CSV or JSON lines file to train on")
+    data.add_argument("--validation_file", default=None, help="CSV or JSON lines file to evaluate on")
+    data.add_argument("--dataset_name", default=None, metavar="NAME_OR_PATH",
+                      help="a datasets.load_dataset name: a Hub id or a local folder of data files")
+    data.add_argument("--dataset_config_name", default=None, help="the configuration of --dataset_name")
+    data.add_argument("--dataset_revision", default=None,
+                      help="branch, tag or commit of a Hub dataset; unset: main, or for --task_name the pinned "
+                           f"nyu-mll/glue commit {cls.GLUE_REVISION[:10]}")
+    data.add_argument("--train_split", default="train", help="split of --dataset_name to train on")
+    data.add_argument("--validation_split", default="validation", help="split of --dataset_name to evaluate on")
+    data.add_argument("--text_column", default=None,
+                      help="column of the (first) text; unset: sentence, or sentence1 where there is no sentence")
+    data.add_argument("--text_pair_column", default=None,
+                      help="column of the second text of a pair; unset: sentence2 when the text is sentence1")
+    data.add_argument("--label_column", default="label", help="column of the labels")
+    data.add_argument("--problem_type", choices=("classification", "regression"), default=None,
+                      help="classes or a number per example; unset: from the labels (or the GLUE task)")
+    data.add_argument("--max_seq_length", type=int, default=None,
+                      help="tokens per input, both texts and the special tokens; longer ones are truncated; unset: "
+                           "the longest the backbone allows (512 for roberta-base)")
+    data.add_argument("--max_train_samples", type=int, default=None,
+                      help="train on this many examples, drawn at random; unset: all")
+    data.add_argument("--max_eval_samples", type=int, default=None,
+                      help="evaluate on the first this many examples of each validation set; unset: all")
+
+    train = p.add_argument_group("training (unset: the paper's recipe, see above)")
+    train.add_argument("--num_train_epochs", type=float, default=cls.RECIPE["num_train_epochs"],
+                       help="passes over the training examples")
+    train.add_argument("--per_device_batch_size", type=int, default=None,
+                       help="examples per device per micro-step; unset: the GLUE task's (16 or 32), else 16")
+    train.add_argument("--gradient_accumulation_steps", type=int, default=1,
+                       help="micro-steps per optimizer step (batch = per-device x accumulation x devices)")
+    train.add_argument("--learning_rate", type=float, default=None,
+                       help="peak learning rate of AdamW; unset: the GLUE task's (1e-5 or 2e-5), else 2e-5")
+    train.add_argument("--weight_decay", type=float, default=cls.RECIPE["weight_decay"], help="AdamW weight decay")
+    train.add_argument("--warmup_steps", type=float, default=cls.RECIPE["warmup_ratio"],
+                       help="linear warmup: a number of steps, or a fraction of all steps when below 1")
+    train.add_argument("--logging_steps", type=int, default=50, help="log the training loss every N steps")
+    train.add_argument("--eval_steps", type=int, default=None,
+                       help="evaluate every N steps (0: only at the end); unset: after every epoch")
+    train.add_argument("--save_steps", type=int, default=1000,
+                       help="Trainer checkpoint every N steps, the last 2 kept (0: no checkpoints/ folder)")
+    train.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                       help="bf16 autocast; unset: on where the GPU supports it")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Checking the request (nothing loaded, nothing written)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def check_numbers(args: argparse.Namespace) -> None:
+    positive = ["per_device_batch_size", "gradient_accumulation_steps", "logging_steps", "num_train_epochs",
+                "learning_rate", "max_seq_length"]
+    for name in positive:
+        if getattr(args, name) is not None and getattr(args, name) <= 0:
+            raise UsageError(f"--{name} must be positive, got {getattr(args, name)}")
+    for name in ["weight_decay", "warmup_steps", "eval_steps", "save_steps"]:
+        if getattr(args, name) is not None and getattr(args, name) < 0:
+            raise UsageError(f"--{name} must not be negative, got {getattr(args, name)}")
+    for name in ["max_train_samples", "max_eval_samples"]:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise UsageError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if args.warmup_steps >= 1 and args.warmup_steps != int(args.warmup_steps):
+        raise UsageError(f"--warmup_steps {args.warmup_steps}: give a whole number of steps or a fraction below 1")
+    if args.max_seq_length is not None and args.max_seq_length < 8:
+        raise UsageError(f"--max_seq_length {args.max_seq_length} leaves no room for text (at least 8 tokens)")
+
+
+def check_data_source(args: argparse.Namespace) -> None:
+    """One source of data, its flags consistent, local files present and of a readable kind; fills args.task."""
+    files = [f for f in (args.train_file, args.validation_file) if f]
+    if len(files) == 1:
+        missing = "--validation_file" if args.train_file else "--train_file"
+        raise UsageError(f"{missing} is missing: local data needs both --train_file and --validation_file")
+    if files and args.dataset_name:
+        raise UsageError("--dataset_name and --train_file/--validation_file both given; choose one")
+    if args.task_name and args.dataset_name:
+        raise UsageError("--task_name and --dataset_name both given: --task_name reads GLUE from nyu-mll/glue")
+    if not (files or args.dataset_name or args.task_name):
+        raise UsageError("no data: give --task_name (a GLUE task), --train_file and --validation_file, or "
+                         "--dataset_name")
+    args.task = cls.glue_task(args.task_name) if args.task_name else None
+    if args.task and args.problem_type and (args.problem_type == "regression") != args.task.regression:
+        kind = "a regression" if args.task.regression else "a classification"
+        raise UsageError(f"--problem_type {args.problem_type}, but {args.task.title} is {kind} task")
+    hub_only = [flag for flag in ("dataset_config_name", "dataset_revision") if getattr(args, flag)]
+    if hub_only and (files or not (args.dataset_name or args.task_name)):
+        raise UsageError(f"--{hub_only[0]} applies to --dataset_name or --task_name (from the Hub) only")
+    for flag, path in (("--train_file", args.train_file), ("--validation_file", args.validation_file)):
+        if path:
+            check_data_file(flag, Path(path).expanduser())
+    if args.path_to_cache_dir and Path(args.path_to_cache_dir).expanduser().exists() \
+            and not Path(args.path_to_cache_dir).expanduser().is_dir():
+        raise UsageError(f"--path_to_cache_dir {args.path_to_cache_dir} is a file, not a folder")
+
+
+def check_data_file(flag: str, path: Path) -> None:
+    if not path.exists():
+        raise UsageError(f"{flag} {path} does not exist")
+    if not path.is_file():
+        raise UsageError(f"{flag} {path} is a folder, not a file (a folder of data files is a --dataset_name)")
+    if path.suffix.lower() not in DATA_SUFFIXES:
+        raise UsageError(f"{flag} {path}: expected a .csv, .json or .jsonl file (JSON lines: one example a line)")
+
+
+def check_run_folder(args: argparse.Namespace) -> Path:
+    """The run folder may receive this run (see folders.check_output_folder). Changes nothing."""
+    if not args.experiment_name.strip():
+        raise UsageError("--experiment_name is empty; give the run folder a name")
+    run_dir = Path(args.working_directory).expanduser() / args.experiment_name
+    for parent in [run_dir, *run_dir.parents]:
+        if parent.exists() and not parent.is_dir():
+            raise UsageError(f"{run_folder_flag(run_dir)} cannot be made: {parent} is a file")
+    local_name = args.dataset_name if args.dataset_name and looks_local(args.dataset_name) else None
+    inputs = {"--path_to_pretrained_backbone": args.path_to_pretrained_backbone,
+              "--huggingface_model_name": args.huggingface_model_name if looks_local(args.huggingface_model_name)
+              else None, "--train_file": args.train_file, "--validation_file": args.validation_file,
+              "--dataset_name": local_name, "--path_to_cache_dir": args.path_to_cache_dir}
+    if is_main_process():
+        check_output_folder(run_dir, CLASSIFICATION_RUN, flag=run_folder_flag(run_dir), overwrite=args.overwrite,
+                            inputs=inputs)
+    return run_dir
+
+
+def check_request(args: argparse.Namespace) -> tuple[Path, list[str]]:
+    """Every check that needs no model and no dataset: the run folder and the notes to print."""
+    check_numbers(args)
+    check_data_source(args)
+    check_backbone(args)
+    notes = check_report_to(args)
+    return check_run_folder(args), notes
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Data: GLUE, a Hub or local dataset, or local files; checked
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def hub_snapshot(repo: str, revision: str, patterns: list[str], cache_dir: str | None, flag: str) -> Path:
+    """The files of a Hub dataset at `revision` (its commit's folder, so that the sha is the folder's name),
+    downloaded into `cache_dir` or found there; one UsageError when neither works."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    where = {"cache_dir": str(Path(cache_dir).expanduser())} if cache_dir else {}
+    try:
+        return Path(huggingface_hub.snapshot_download(repo, repo_type="dataset", revision=revision,
+                                                      allow_patterns=patterns, **where))
+    except Exception as error:  # offline, unknown id or revision, network: each ends the same way for a user
+        offline = " and the Hub is offline (HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else ""
+        raise UsageError(f"{flag}: could not get {repo} at {revision} from the Hugging Face Hub{offline} "
+                         f"({type(error).__name__}: {first_line(error, 160)}); connect once to download it, or "
+                         "give local files with --train_file/--validation_file") from None
+
+
+def load_glue(args: argparse.Namespace):
+    """The task's train and validation splits from nyu-mll/glue at the pinned revision (parquet files)."""
+    from datasets import load_dataset
+
+    config = next(k for k, v in cls.GLUE_TASKS.items() if v is args.task)
+    revision = args.dataset_revision or cls.GLUE_REVISION
+    folder = hub_snapshot(cls.GLUE_REPO, revision, [f"{config}/*"], args.path_to_cache_dir,
+                          f"--task_name {args.task_name}")
+    splits = ["train", *(split for _, split in args.task.validation)]
+    files = {split: sorted(str(p) for p in (folder / config).glob(f"{split}-*.parquet")) for split in splits}
+    if missing := [split for split, found in files.items() if not found]:
+        raise UsageError(f"--task_name {args.task_name}: {cls.GLUE_REPO} at {revision} has no {config}/{missing[0]} "
+                         "parquet files")
+    args.data_revision = folder.name
+    return load_dataset("parquet", data_files=files, **cache_kwargs(args))
+
+
+def cache_kwargs(args: argparse.Namespace) -> dict:
+    return {"cache_dir": str(Path(args.path_to_cache_dir).expanduser() / "datasets")} if args.path_to_cache_dir \
+        else {}
+
+
+def load_named_dataset(args: argparse.Namespace):
+    """--dataset_name: a local folder, or a Hub dataset pinned to the commit its revision resolves to."""
+    from datasets import load_dataset
+
+    name, splits = args.dataset_name, {"train": args.train_split, "validation": args.validation_split}
+    path = Path(name).expanduser()
+    if not path.exists():
+        if looks_local(name):
+            raise UsageError(f"--dataset_name {name} does not exist (a local folder, or a Hub id owner/name)")
+        path = hub_snapshot(name, args.dataset_revision or "main", ["*.md", "*.parquet", "*.csv", "*.json",
+                                                                    "*.jsonl", "**/*"], args.path_to_cache_dir,
+                            f"--dataset_name {name}")
+        args.data_revision = path.name
+    try:
+        parts = {key: load_dataset(str(path), args.dataset_config_name, split=split, **cache_kwargs(args))
+                 for key, split in splits.items()}
+    except Exception as error:  # a missing split or config, unreadable files: one line with the reason
+        raise UsageError(f"--dataset_name {name}: datasets could not load its {' and '.join(splits.values())} "
+                         f"splits ({type(error).__name__}: {first_line(error, 200)})") from None
+    from datasets import DatasetDict
+
+    return DatasetDict(parts)
+
+
+def load_local_files(args: argparse.Namespace):
+    from datasets import DatasetDict, load_dataset
+
+    parts = {}
+    for key, path in (("train", args.train_file), ("validation", args.validation_file)):
+        builder = DATA_SUFFIXES[Path(path).suffix.lower()]
+        try:
+            parts[key] = load_dataset(builder, data_files=str(Path(path).expanduser()), split="train",
+                                      **cache_kwargs(args))
+        except Exception as error:  # malformed CSV or JSON: say which file and why
+            raise UsageError(f"--{key}_file {path} could not be read as {builder} ({type(error).__name__}: "
+                             f"{first_line(error, 200)})") from None
+    return DatasetDict(parts)
+
+
+def load_examples(args: argparse.Namespace):
+    """{split name: Dataset} with `train` and each validation split (MNLI: validation_matched and _mismatched)."""
+    args.data_revision = None
+    if args.train_file:
+        examples = load_local_files(args)
+    elif args.task and not args.dataset_name:
+        examples = load_glue(args)
+    else:
+        examples = load_named_dataset(args)
+    if args.task and args.train_file and len(args.task.validation) > 1:
+        examples = {"train": examples["train"], args.task.validation[0][1]: examples["validation"]}
+    return dict(examples)
+
+
+def validation_splits(args: argparse.Namespace, examples: dict) -> list[tuple[str, str]]:
+    """(metric suffix, split name) of each set scored: MNLI from the Hub has two."""
+    names = [split for split in examples if split != "train"]
+    if args.task:
+        return [(suffix, split) for suffix, split in args.task.validation if split in names]
+    return [("", names[0])]
+
+
+def data_source(args: argparse.Namespace) -> str:
+    if args.train_file:
+        return f"--train_file {args.train_file}, --validation_file {args.validation_file}"
+    if args.dataset_name:
+        return f"{args.dataset_name}" + (f" ({args.dataset_config_name})" if args.dataset_config_name else "")
+    return f"{cls.GLUE_REPO} {args.task_name}"
+
+
+def text_columns(args: argparse.Namespace, columns: list[str], where: str) -> tuple[str, str | None]:
+    """The text column and the pair's second column (None for single sentences), each present in the split."""
+    if args.task and not args.text_column:
+        first, second = (*args.task.columns, None)[:2]
+    elif args.text_column:
+        first, second = args.text_column, args.text_pair_column
+    elif "sentence" in columns:
+        first, second = "sentence", args.text_pair_column
+    elif "sentence1" in columns:
+        first, second = "sentence1", args.text_pair_column or ("sentence2" if "sentence2" in columns else None)
+    else:
+        raise UsageError(f"{where} has no text column sentence or sentence1 (its columns: {', '.join(columns)}); "
+                         "name it with --text_column (and --text_pair_column for pairs)")
+    for flag, column in (("--text_column", first), ("--text_pair_column", second)):
+        if column is not None and column not in columns:
+            raise UsageError(f"{where} has no column {column!r} ({flag}; its columns: {', '.join(columns)})")
+    return first, second
+
+
+def check_examples(examples: dict, args: argparse.Namespace) -> tuple[dict, cls.LabelSpace, dict, list[str]]:
+    """({split: {"texts", "pairs", "labels" (targets)}}, the label space, the data record, notes): a missing
+    column, an empty split, a label the training split never has, or labels of the wrong kind are UsageErrors."""
+    where = {split: split_name(args, split) for split in examples}
+    rows, notes = {}, []
+    for split, data in examples.items():
+        if len(data) == 0:
+            raise UsageError(f"{where[split]} is empty: there is nothing to {'train' if split == 'train' else 'score'}")
+        if args.label_column not in data.column_names:
+            raise UsageError(f"{where[split]} has no label column {args.label_column!r} (its columns: "
+                             f"{', '.join(data.column_names)}); name it with --label_column")
+        first, second = text_columns(args, data.column_names, where[split])
+        rows[split] = {"texts": data[first], "pairs": data[second] if second else None,
+                       "labels": data[args.label_column], "columns": (first, second)}
+    if args.task:
+        for split in rows:
+            rows[split]["labels"] = cls.task_label_names(args.task, rows[split]["labels"])
+        space = cls.task_label_space(args.task, rows["train"]["labels"], where["train"])
+    else:
+        space = cls.infer_label_space(rows["train"]["labels"], args.problem_type, where["train"])
+    for split in rows:
+        rows[split]["targets"] = space.encode(rows[split]["labels"], where[split])
+    if args.train_file and Path(args.train_file).resolve() == Path(args.validation_file).resolve():
+        notes.append("warning: --train_file and --validation_file are the same file: the scores will measure "
+                     "memorisation, not classification of unseen text")
+    record = {"source": data_source(args), "revision": args.data_revision, "text_columns": rows["train"]["columns"],
+              "label_column": args.label_column, **{f"{split}_examples": len(data) for split, data in rows.items()}}
+    return rows, space, record, notes
+
+
+def split_name(args: argparse.Namespace, split: str) -> str:
+    if args.train_file:
+        return f"--{'train' if split == 'train' else 'validation'}_file " \
+               f"{args.train_file if split == 'train' else args.validation_file}"
+    return f"{data_source(args)} {split}"
+
+
+def select_samples(rows: dict, args: argparse.Namespace) -> dict:
+    """A seeded random subset of the training examples, the first ones of each evaluation set."""
+    import random
+
+    out = {}
+    for split, data in rows.items():
+        n = len(data["targets"])
+        if split == "train" and args.max_train_samples is not None and args.max_train_samples < n:
+            keep = sorted(random.Random(args.seed).sample(range(n), args.max_train_samples))
+        elif split != "train" and args.max_eval_samples is not None and args.max_eval_samples < n:
+            keep = range(args.max_eval_samples)
+        else:
+            out[split] = data
+            continue
+        out[split] = {k: [v[i] for i in keep] if isinstance(v, list) else v for k, v in data.items()}
+    return out
+
+
+def featurize(rows: dict, tokenizer, max_length: int) -> tuple[dict, list[str]]:
+    """{split: a Dataset of input_ids, attention_mask and label}, and a note counting the truncated inputs."""
+    from datasets import Dataset
+
+    features, truncated = {}, {}
+    for split, data in rows.items():
+        encodings, truncated[split] = cls.encode(tokenizer, data["texts"], data["pairs"], max_length)
+        features[split] = Dataset.from_dict({"input_ids": encodings["input_ids"],
+                                             "attention_mask": encodings["attention_mask"], "label": data["targets"]})
+    notes = []
+    if any(truncated.values()):
+        counts = ", ".join(f"{n:,} of {len(rows[split]['targets']):,} {split}" for split, n in truncated.items() if n)
+        notes.append(f"note: {counts} inputs are longer than --max_seq_length {max_length} tokens and are truncated "
+                     "(a pair loses tokens from its longer text)")
+    return features, notes
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Backbone and model (all checked before the run folder exists)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def backbone_flag(args: argparse.Namespace) -> str:
+    return "--path_to_pretrained_backbone" if backbone_source(args) == args.path_to_pretrained_backbone \
+        else "--huggingface_model_name"
+
+
+def load_backbone(args: argparse.Namespace):
+    """(tokenizer, config, folder, provenance): the tokenizer (checked to be the backbone's) and the architecture;
+    the weights are read once the labels are known (`build_model`). Fills in --max_seq_length when unset."""
+    from model import RobertaConfig, resolve_checkpoint
+
+    source, flag = backbone_source(args), backbone_flag(args)
+    tokenizer = load_tokenizer(source, flag=flag, cache_dir=args.path_to_cache_dir)
+    try:
+        folder = resolve_checkpoint(source, need_weights=args.pretrained_backbone != "random",
+                                    cache_dir=args.path_to_cache_dir)
+        config = RobertaConfig.from_pretrained(folder)
+    except ValueError as error:
+        raise UsageError(f"{flag}: {error}") from None
+    longest = config.max_sequence_length
+    if args.max_seq_length is None:
+        args.max_seq_length = min(longest, 512)
+    elif args.max_seq_length > longest:
+        raise UsageError(f"--max_seq_length {args.max_seq_length} is longer than {source} allows ({longest} tokens)")
+    check_qa_tokenizer(tokenizer, config, source)
+    swapped = args.pretrained_backbone != "random" and tokenizer_swapped(folder, tokenizer)
+    if swapped:
+        log(f"WARNING: {swapped}; put back the tokenizer files train.py saved beside the weights")
+    where = source if looks_local(source) else f"{source} (Hugging Face Hub, files in {folder})"
+    weights = f"random initialisation (RoBERTa's, --seed {args.seed})" if args.pretrained_backbone == "random" \
+        else where
+    provenance = {"pretrained_backbone": args.pretrained_backbone, "weights": weights, "architecture": where,
+                  "tokenizer": where, "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
+                  "classification_head": f"new, drawn from --seed {args.seed}", "implementation": args.implementation,
+                  **({"tokenizer_warning": swapped} if swapped else {})}
+    return tokenizer, config, folder, provenance
+
+
+def label_config(space: cls.LabelSpace, label_column: str) -> dict:
+    """The config fields of the head: the class names (one output named after the label column for regression) and
+    the problem type, so that the saved folder tells transformers' pipeline how to read its outputs."""
+    id2label = space.id2label() or {0: label_column}
+    return {"id2label": id2label, "label2id": {name: i for i, name in id2label.items()},
+            "problem_type": "regression" if space.regression else "single_label_classification"}
+
+
+def build_model(args: argparse.Namespace, config, folder: Path, space: cls.LabelSpace):
+    """The model to fine-tune: the backbone's encoder (or RoBERTa's random one) and a new head, in our
+    implementation or transformers'; a damaged or mis-shaped checkpoint is a UsageError."""
+    from transformers import set_seed
+
+    labels = label_config(space, args.label_column)
+    set_seed(args.seed)  # the encoder's initialisation, for random
+    try:
+        if args.implementation == "transformers":
+            model = transformers_model(args, folder, labels)
+        else:
+            from model import RobertaConfig, RobertaForSequenceClassification
+
+            model = RobertaForSequenceClassification(RobertaConfig.from_dict(config.to_dict(), **labels)) \
+                if args.pretrained_backbone == "random" else \
+                RobertaForSequenceClassification.from_pretrained(folder, new_head=True, **labels)
+    except ValueError as error:  # truncated or corrupt weights, wrong shapes, missing tensors
+        raise UsageError(f"{backbone_flag(args)}: {str(error).replace(str(folder), backbone_source(args))}") from None
+    init_head(model, args.seed)
+    return model
+
+
+def transformers_model(args: argparse.Namespace, folder: Path, labels: dict):
+    """transformers' RobertaForSequenceClassification from the same folder (--implementation transformers)."""
+    import transformers
+    from transformers.utils import logging as hf_logging
+
+    hf_config = transformers.AutoConfig.from_pretrained(folder, **labels)
+    if args.pretrained_backbone == "random":
+        return transformers.RobertaForSequenceClassification(hf_config)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "newly initialized: classifier..." is the point here
+    try:
+        return transformers.RobertaForSequenceClassification.from_pretrained(
+            folder, config=hf_config, ignore_mismatched_sizes=True, attn_implementation="sdpa")
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+def init_head(model, seed: int) -> None:
+    """RoBERTa's initialisation of the head (normal weights, zero biases) from a generator of its own seeded with
+    `seed`: the same head whichever implementation, and whatever drew random numbers before."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    std = model.config.initializer_range
+    with torch.no_grad():
+        for layer in (model.classifier.dense, model.classifier.out_proj):
+            layer.weight.copy_(torch.randn(layer.weight.shape, generator=generator) * std)
+            layer.bias.zero_()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The run folder: one run at a time, and only our own files replaced
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def resolve_recipe(args: argparse.Namespace) -> None:
+    """The learning rate and batch size left unset: the GLUE task's (fairseq's choice), else the recipe's."""
+    if args.learning_rate is None:
+        args.learning_rate = args.task.learning_rate if args.task else cls.RECIPE["learning_rate"]
+    if args.per_device_batch_size is None:
+        args.per_device_batch_size = args.task.batch_size if args.task else cls.RECIPE["batch_size"]
+
+
+def recorded_args(args: argparse.Namespace) -> dict:
+    """The arguments as used, for classification_args.json; flags whose value played no part go under `not_used`."""
+    record, not_used = {k: v for k, v in vars(args).items() if k != "task"}, {}
+
+    def unused(name: str, why: str) -> None:
+        value = record.pop(name)
+        if value is not None:
+            not_used[name] = f"{value} ({why})"
+
+    if backbone_source(args) == args.path_to_pretrained_backbone:
+        unused("huggingface_model_name", "the backbone came from --path_to_pretrained_backbone")
+    else:
+        unused("path_to_pretrained_backbone", "not given")
+    if not args.dataset_name:
+        for name in ("train_split", "validation_split"):
+            unused(name, "only --dataset_name uses it")
+    return {**record, "not_used": not_used, "versions": library_versions()}
+
+
+def claim_run_folder(args: argparse.Namespace, run_dir: Path) -> FolderLock | None:
+    """Lock the run folder for this run (main process), check it again under the lock, clear our own earlier
+    outputs with --overwrite (saying what is kept), and record the arguments. Returns the lock to release."""
+    if not is_main_process():
+        return None
+    flag = run_folder_flag(run_dir)
+    try:
+        lock = FolderLock(run_dir, flag=flag).acquire()
+    except OSError as error:  # read-only or full disk, no permission: before anything else was written
+        raise UsageError(f"{flag} cannot be created ({error.strerror or error})") from None
+    try:
+        check_output_folder(run_dir, CLASSIFICATION_RUN, flag=flag, overwrite=args.overwrite)
+        kept = remove_own_outputs(run_dir, CLASSIFICATION_RUN) if args.overwrite else []
+        if kept:
+            log(f"--overwrite: removed the earlier run's outputs; kept what this script did not make: "
+                f"{', '.join(kept)}")
+        write_json(run_dir / RUN_RECORD, recorded_args(args))
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Trainer that scores every validation set with the task's metrics
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def make_trainer(args, model, tokenizer, features: dict, rows: dict, space: cls.LabelSpace, run_dir: Path):
+    """A Trainer whose evaluation scores each validation set (MNLI: both) with the official metrics; the scores of
+    the second set end in its suffix (`eval_accuracy_mm`), as in transformers' run_glue.py."""
+    import numpy as np
+    from transformers import DataCollatorWithPadding, PrinterCallback, ProgressCallback, Trainer
+
+    splits = validation_splits(args, features)
+    metrics = cls.metrics_for(args.task, space)
+    gold = {split: np.asarray(rows[split]["targets"]) for _, split in splits}
+
+    class ClassificationTrainer(Trainer):
+        last_scores: dict[str, float] = {}
+        last_logits: dict[str, np.ndarray] = {}
+        last_eval_step = -1
+
+        def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+            start, scores = time.perf_counter(), {}
+            for suffix, split in splits:
+                output = self.predict(features[split], ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+                predicted = cls.predictions_from_logits(output.predictions, space)
+                values = cls.compute_metrics(metrics, predicted, gold[split], space.num_labels)
+                scores |= {f"{metric_key_prefix}_{k}{suffix}": v for k, v in values.items()}
+                scores[f"{metric_key_prefix}_loss{suffix}"] = output.metrics.get(f"{metric_key_prefix}_loss")
+                self.last_logits[split] = output.predictions
+            scores[f"{metric_key_prefix}_runtime"] = round(time.perf_counter() - start, 4)
+            self.log(dict(scores))  # a copy: log() adds the epoch to the dict it is given
+            self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, scores)
+            self.last_scores, self.last_eval_step = scores, self.state.global_step
+            return scores
+
+        def _save(self, output_dir=None, state_dict=None):
+            # config.json + model.safetensors that transformers and our from_pretrained both read, and the tokenizer
+            if self.args.should_save:
+                self.accelerator.unwrap_model(self.model).save_pretrained(output_dir or self.args.output_dir)
+                tokenizer.save_pretrained(output_dir or self.args.output_dir)
+                record_tokenizer(output_dir or self.args.output_dir, tokenizer)  # for classify.py to check
+
+    # No processing_class: the Trainer would "align" the config's special tokens through transformers' config API,
+    # which our dataclass config does not have; the collator pads each batch to its longest input.
+    trainer = ClassificationTrainer(model=model, args=training_arguments(args, run_dir),
+                                    train_dataset=features["train"], eval_dataset=features[splits[0][1]],
+                                    data_collator=DataCollatorWithPadding(tokenizer))
+    log_lines, bar_only = log_callbacks(log_line)
+    if trainer.pop_callback(ProgressCallback):
+        trainer.add_callback(bar_only)
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(log_lines)
+    return trainer
+
+
+def log_line(step: int, max_steps: int, logs: dict, elapsed: float, steps_done: int) -> str:
+    """One readable line for a Trainer log; evaluations show each metric x 100, as GLUE tables print them."""
+    from finetune_roberta_qa import log_line as qa_log_line
+
+    if "eval_runtime" not in logs or "eval_f1" in logs and "eval_exact_match" in logs:
+        return qa_log_line(step, max_steps, logs, elapsed, steps_done)
+    loss = f" | loss {logs['eval_loss']:.4f}" if logs.get("eval_loss") is not None else ""
+    shown = shown_scores({k: v for k, v in logs.items() if k.startswith("eval_")}).replace(", ", " | ")
+    return f"eval {step}/{max_steps} | {shown}{loss} | {duration(logs['eval_runtime'])}"
+
+
+def training_arguments(args: argparse.Namespace, run_dir: Path):
+    import torch
+    from transformers import TrainingArguments
+
+    eval_strategy = "epoch" if args.eval_steps is None else "steps" if args.eval_steps else "no"
+    return TrainingArguments(
+        output_dir=str(run_dir / "checkpoints" if args.save_steps else run_dir), run_name=args.experiment_name,
+        num_train_epochs=args.num_train_epochs, per_device_train_batch_size=args.per_device_batch_size,
+        per_device_eval_batch_size=args.per_device_batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps, learning_rate=args.learning_rate,
+        weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, lr_scheduler_type="linear",
+        adam_beta2=cls.RECIPE["adam_beta2"], adam_epsilon=cls.RECIPE["adam_epsilon"],
+        logging_steps=args.logging_steps, eval_strategy=eval_strategy, eval_steps=args.eval_steps or None,
+        save_strategy="steps" if args.save_steps else "no", save_steps=args.save_steps or 500, save_total_limit=2,
+        seed=args.seed, bf16=args.bf16, report_to=args.report_to.split(","), label_names=["labels"],
+        disable_tqdm=not sys.stderr.isatty(), dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Results
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def write_predictions(path: Path, args, trainer, rows: dict, space: cls.LabelSpace) -> None:
+    """predictions.jsonl: per evaluation example its texts, gold label, prediction and probability, written
+    atomically (a reader never sees half a file)."""
+    import json
+
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as out:
+        for _, split in validation_splits(args, rows):
+            logits, data = trainer.last_logits[split], rows[split]
+            first, second = data["columns"]
+            probabilities = None if space.regression else cls.softmax(logits)
+            for i, target in enumerate(data["targets"]):
+                row = {"split": split, "index": i, first: data["texts"][i],
+                       **({second: data["pairs"][i]} if second else {}), "label": space.decode(target)}
+                if space.regression:
+                    row["prediction"] = float(logits[i].reshape(-1)[0])
+                else:
+                    best = int(probabilities[i].argmax())
+                    row |= {"prediction": space.decode(best), "probability": round(float(probabilities[i][best]), 4)}
+                out.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def write_results(run_dir: Path, args, trainer, rows: dict, space: cls.LabelSpace, counts: dict, provenance: dict,
+                  data: dict) -> dict:
+    scores = trainer.last_scores
+    history = [{k: v for k, v in entry.items() if k in ("step", "epoch") or k.startswith("eval_")
+                and k != "eval_runtime"} for entry in trainer.state.log_history if "eval_runtime" in entry]
+    main_metric = f"eval_{cls.metrics_for(args.task, space)[0]}"
+    best = max(history, key=lambda entry: entry.get(main_metric) or float("-inf")) if history else {}
+    results = {**scores, "scores": scores, **counts, "global_step": trainer.state.global_step,
+               "main_metric": main_metric,
+               "best": best, "labels": list(space.names) if space.names else None,
+               "problem_type": "regression" if space.regression else "single_label_classification",
+               **({"published_dev": {"roberta-base": args.task.published_base,
+                                     "roberta-large": args.task.published_large}} if args.task else {}),
+               "backbone": provenance, "data": data, "history": history}
+    write_json(run_dir / "eval_results.json", results)
+    write_predictions(run_dir / "predictions.jsonl", args, trainer, rows, space)
+    (run_dir / "README.md").write_text(run_readme(args, results))
+    return results
+
+
+def shown_scores(scores: dict) -> str:
+    """`accuracy 81.20, accuracy_mm 80.10`: an evaluation's metrics x 100, as GLUE tables print them (the mean
+    squared error and the loss as they are)."""
+    return ", ".join(f"{k.removeprefix('eval_')} {v if 'mse' in k else 100 * v:.2f}" for k, v in scores.items()
+                     if k.startswith("eval_") and v is not None and not k.startswith(("eval_loss", "eval_runtime")))
+
+
+def run_readme(args: argparse.Namespace, results: dict) -> str:
+    """The run folder's README.md: what each file and each number is."""
+    shown = shown_scores(results["scores"])
+    task = f"GLUE {args.task.title}" if args.task else results["data"]["source"]
+    kind = "regression" if results["labels"] is None else "classification"
+    lines = [
+        f"# {args.experiment_name}: RoBERTa fine-tuned for {kind}",
+        "",
+        f"Made by `finetune_roberta_classification.py` from the {args.pretrained_backbone} backbone "
+        f"(weights: {results['backbone']['weights']}), on {task}. Scores x 100: {shown}.",
+        "",
+        "| file | what it is |",
+        "| --- | --- |",
+        "| `config.json`, `model.safetensors`, tokenizer files | the fine-tuned model in transformers' format, with "
+        "its class names (`id2label`): `python classify.py --model <this folder> --text ...`, transformers' "
+        "`AutoModelForSequenceClassification.from_pretrained` or `pipeline(\"text-classification\")` |",
+        "| `eval_results.json` | the scores as fractions, named as the Trainer names them (below); the main metric "
+        "(`main_metric`) and the evaluation where it was best (`best`: the paper reports the best epoch); the class "
+        "names (`labels`); where the weights, the architecture and the tokenizer came from (`backbone`); the data "
+        "(`data`); the scores at each evaluation (`history`); for GLUE the published dev scores (x 100) |",
+        "| `predictions.jsonl` | one line per evaluation example: its text(s), `label` (gold), `prediction` and its "
+        "`probability` (for regression the predicted number) |",
+        "| `classification_args.json` | the arguments of the run, the flags that played no part (`not_used`), and "
+        "the library versions |",
+        "| `checkpoints/` | Trainer checkpoints (with `--save_steps` above 0) |",
+        "| `.lock` | held by the run writing here: a second run into this folder is refused while it lives |",
+        "",
+        "- `eval_accuracy`: the share of examples whose predicted class is the gold one.",
+        "- `eval_f1`: F1 of the positive class (MRPC: equivalent, QQP: duplicate); `eval_macro_f1`: the mean over "
+        "classes of each class's F1.",
+        "- `eval_matthews_correlation`: Matthews correlation of predicted and gold classes (CoLA), -1 to 1, 0 for "
+        "chance.",
+        "- `eval_pearson`, `eval_spearmanr`: Pearson and Spearman correlation of predicted and gold numbers (STS-B); "
+        "`eval_mse`: their mean squared difference.",
+        "- `eval_combined_score`: the mean of the task's metrics where it has several (as run_glue.py reports it).",
+        "- a suffix `_mm`: the same on MNLI's mismatched validation set (the plain name is the matched one).",
+        "- `eval_loss`: the mean cross-entropy (regression: squared error) on the evaluation set.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def summary_lines(args, results: dict, run_dir: Path) -> list[str]:
+    lines = [f"final (x 100): {shown_scores(results['scores'])} ({results['eval_examples']:,} evaluation examples) "
+             f"-> {run_dir}"]
+    if args.task:
+        lines.insert(0, f"published {args.task.title} dev scores (x 100, median of five runs): roberta-base "
+                        f"{args.task.published_base} (fairseq's RoBERTa README), roberta-large "
+                        f"{args.task.published_large} (the paper's Table 5)")
+    return lines
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Main
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def prepare(args: argparse.Namespace):
+    """Everything that can fail on bad input, before anything is written: the request, the backbone, the data and
+    its labels, the inputs, the model. Returns (run folder, tokenizer, model, rows, features, space, records)."""
+    run_dir, notes = check_request(args)
+    resolve_recipe(args)
+    tokenizer, config, folder, provenance = load_backbone(args)
+    import datasets
+
+    if not sys.stderr.isatty():
+        datasets.disable_progress_bars()
+    examples = load_examples(args)
+    rows, space, data_record, data_notes = check_examples(examples, args)
+    rows = select_samples(rows, args)
+    features, truncation_notes = featurize(rows, tokenizer, args.max_seq_length)
+    model = build_model(args, config, folder, space)
+    return run_dir, tokenizer, model, rows, features, space, provenance, data_record, \
+        notes + data_notes + truncation_notes
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    run_dir, tokenizer, model, rows, features, space, provenance, data_record, notes = prepare(args)
+    if args.bf16 is None:
+        import torch
+
+        args.bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    lock = claim_run_folder(args, run_dir)
+    try:
+        for note in notes:
+            log(note)
+        evaluated = sum(len(rows[split]["targets"]) for split in rows if split != "train")
+        kind = "regression" if space.regression else f"{space.num_labels} classes ({', '.join(space.names)})"
+        log(f"{args.pretrained_backbone} backbone, weights: {provenance['weights']}; {model.num_parameters():,} "
+            f"parameters ({args.implementation}); {kind}; {len(rows['train']['targets']):,} training and "
+            f"{evaluated:,} evaluation examples")
+        prepare_loggers(args, run_dir)
+        trainer = make_trainer(args, model, tokenizer, features, rows, space, run_dir)
+        train_output = trainer.train()
+        trainer.save_model(str(run_dir))
+        if trainer.last_eval_step != trainer.state.global_step:  # else the last scheduled evaluation was at the end
+            trainer.evaluate()
+        counts = {"eval_examples": evaluated, "train_examples": len(rows["train"]["targets"]),
+                  "train_loss": train_output.training_loss,
+                  "train_runtime_s": train_output.metrics.get("train_runtime")}
+        if is_main_process():
+            results = write_results(run_dir, args, trainer, rows, space, counts, provenance, data_record)
+            for line in summary_lines(args, results, run_dir):
+                log(line)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    run_cli(main)
