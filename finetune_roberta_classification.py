@@ -58,6 +58,7 @@ spearmanr and mse.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 import time
@@ -347,6 +348,9 @@ def load_local_files(args: argparse.Namespace):
     parts = {}
     for key, path in (("train", args.train_file), ("validation", args.validation_file)):
         builder = DATA_SUFFIXES[Path(path).suffix.lower()]
+        if not has_rows(Path(path).expanduser(), header=builder == "csv"):
+            raise UsageError(f"--{key}_file {path} is empty: there is nothing to "
+                             f"{'train on' if key == 'train' else 'score'}")
         try:
             parts[key] = load_dataset(builder, data_files=str(Path(path).expanduser()), split="train",
                                       **cache_kwargs(args))
@@ -354,6 +358,13 @@ def load_local_files(args: argparse.Namespace):
             raise UsageError(f"--{key}_file {path} could not be read as {builder} ({type(error).__name__}: "
                              f"{first_line(error, 200)})") from None
     return DatasetDict(parts)
+
+
+def has_rows(path: Path, header: bool) -> bool:
+    """Whether a data file has a row beyond its header (read only as far as that row)."""
+    with open(path, "rb") as f:
+        lines = (line for line in f if line.strip())
+        return next(itertools.islice(lines, int(header), None), None) is not None
 
 
 def load_examples(args: argparse.Namespace):
@@ -412,7 +423,8 @@ def check_examples(examples: dict, args: argparse.Namespace) -> tuple[dict, cls.
     rows, notes = {}, []
     for split, data in examples.items():
         if len(data) == 0:
-            raise UsageError(f"{where[split]} is empty: there is nothing to {'train' if split == 'train' else 'score'}")
+            raise UsageError(f"{where[split]} is empty: there is nothing to "
+                             f"{'train on' if split == 'train' else 'score'}")
         if args.label_column not in data.column_names:
             raise UsageError(f"{where[split]} has no label column {args.label_column!r} (its columns: "
                              f"{', '.join(data.column_names)}); name it with --label_column")
