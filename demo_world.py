@@ -872,9 +872,11 @@ def _kind_of(fact: str) -> str:
 def _entity_pairs(entity: object, rng: random.Random, pools: dict[str, list[str]], id_prefix: str) -> list[dict]:
     """Two pairs about two facts of `entity` (the first drawn gets the true statement), or none when its article
     states fewer than two of them."""
-    statements = STATEMENTS[type(entity)]
-    passages = [(fact, passage, paragraph) for paragraph in render_article(entity, rng)
-                for fact, passage in _passages(paragraph, statements)]
+    statements, passages = STATEMENTS[type(entity)], {}
+    for paragraph in render_article(entity, rng):
+        for fact, passage in _passages(paragraph, statements):
+            passages.setdefault(fact, (fact, passage, paragraph))  # a fact stated twice: its first passage
+    passages = list(passages.values())
     if len(passages) < 2:
         return []
     pairs = []

@@ -147,3 +147,44 @@ def test_squad_is_deterministic_and_train_and_validation_are_disjoint(squad_sets
         generate_squad(split="dev")
     with pytest.raises(ValueError, match="num_articles"):
         generate_squad(num_articles=10**6)
+
+
+def test_entailment_pairs_are_balanced_true_or_false_to_the_world_and_about_held_out_entities():
+    pairs = {split: demo_world.generate_entailment(seed=0, split=split) for split in ("train", "validation")}
+    assert [len(pairs["train"]), len(pairs["validation"])] == [3000, 1000]
+    assert pairs["validation"] == demo_world.generate_entailment(seed=0, split="validation")  # deterministic
+    truths = {"birth_year": lambda p: str(p.birth_year), "death_year": lambda p: str(p.death_year),
+              "birthplace": lambda p: p.birthplace.name, "deathplace": lambda p: p.deathplace.name,
+              "occupation": lambda p: p.occupation}
+    checked = Counter()
+    for split, rows in pairs.items():
+        assert Counter(r["label"] for r in rows) == {"entailment": len(rows) // 2, "not_entailment": len(rows) // 2}
+        assert len({r["id"] for r in rows}) == len(rows)
+        entities = demo_world._qa_entities(0, split)  # the QA split's entities: validation ones are held out
+        for row in rows:
+            _, index, fact = row["id"].split("-")
+            entity = entities[int(index)]
+            assert entity.name in row["sentence2"] and len(row["sentence1"]) <= demo_world.PASSAGE_CHARACTERS
+            if isinstance(entity, demo_world.Person) and fact in truths:
+                template = demo_world.STATEMENTS[demo_world.Person][fact]
+                true_statement = template.format(name=entity.name, **{fact: truths[fact](entity)},
+                                                 a_occ="an" if entity.occupation[0] in "aeiou" else "a")
+                assert (row["sentence2"] == true_statement) == (row["label"] == "entailment"), row
+                if row["label"] == "entailment":
+                    assert truths[fact](entity) in row["sentence1"], row  # the passage states it
+                checked[row["label"]] += 1
+    assert min(checked.values()) > 200
+
+
+def test_entailment_pairs_come_from_a_stream_of_their_own():
+    """Generating the pairs changes nothing the demo already printed: the corpus, the QA set, the global RNG."""
+    state = random.getstate()
+    documents, squad = generate_documents(seed=0, num_documents=50), generate_squad(seed=0, num_articles=20)
+    demo_world.generate_entailment(seed=0, split="train", num_pairs=500)
+    assert generate_documents(seed=0, num_documents=50) == documents
+    assert generate_squad(seed=0, num_articles=20) == squad
+    assert random.getstate() == state
+    with pytest.raises(ValueError, match="split"):
+        demo_world.generate_entailment(split="test")
+    with pytest.raises(ValueError, match="num_pairs"):
+        demo_world.generate_entailment(num_pairs=0)
