@@ -443,7 +443,8 @@ def check_examples(examples: dict, args: argparse.Namespace) -> tuple[dict, cls.
         notes.append("warning: --train_file and --validation_file are the same file: the scores will measure "
                      "memorisation, not classification of unseen text")
     record = {"source": data_source(args), "revision": args.data_revision, "text_columns": rows["train"]["columns"],
-              "label_column": args.label_column, **{f"{split}_examples": len(data) for split, data in rows.items()}}
+              "label_column": args.label_column,
+              **{f"{split}_examples": len(data["targets"]) for split, data in rows.items()}}
     return rows, space, record, notes
 
 

@@ -408,3 +408,32 @@ def test_classify_refuses_a_backbone_without_a_head_and_uses_the_runs_length(cla
     classify.main(["--model", str(classifier_dir), "--text", "the king", "--text", "the queen"])
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2 and lines[0].split(" (")[0] in ("absent", "present") and lines[1].endswith("'the queen'")
+
+
+def test_dataset_name_reads_a_local_folder_or_a_hub_dataset_at_the_commit_it_resolves_to(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    folder = tmp_path / "my_data"
+    folder.mkdir()
+    rows = _pairs(12, 4)
+    for split, part in (("train", rows[:8]), ("validation", rows[8:])):
+        (folder / f"{split}.csv").write_text("sentence1,sentence2,label\n" + "".join(
+            f"{r['sentence1']},{r['sentence2']},{r['label']}\n" for r in part))
+    args = finetune.parse_args(["--dataset_name", str(folder)])
+    finetune.check_data_source(args)
+    examples = finetune.load_examples(args)
+    data, space, record, _ = finetune.check_examples(examples, args)
+    assert space.names == ("absent", "present") and record["train_examples"] == 8 and record["revision"] is None
+    assert data["validation"]["pairs"] == [r["sentence2"] for r in rows[8:]]
+
+    def snapshot_download(repo_id, repo_type=None, revision=None, allow_patterns=None, cache_dir=None, **kwargs):
+        assert (repo_id, repo_type, revision) == ("someone/pairs", "dataset", "main")
+        target = tmp_path / "cache" / "snapshots" / "0123abcd"  # the commit main resolved to
+        shutil.copytree(folder, target)
+        return str(target)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    args = finetune.parse_args(["--dataset_name", "someone/pairs"])
+    finetune.check_data_source(args)
+    *_, record, _ = finetune.check_examples(finetune.load_examples(args), args)
+    assert record["revision"] == "0123abcd" and record["source"] == "someone/pairs"
