@@ -15,7 +15,7 @@ standard {question id: answer} predictions file ("" = no answer) that the offici
 the file has gold answers, the official scores are printed as well: exact match and F1, and for SQuAD 2.0 the
 HasAns/NoAns breakdown and the best no-answer threshold.
 
-transformers 5 removed pipeline("question-answering"); this script and utils.answer_questions replace it.
+transformers 5 removed pipeline("question-answering"); this script and qa.answer_questions replace it.
 """
 
 from __future__ import annotations
@@ -28,7 +28,11 @@ import sys
 import time
 from pathlib import Path
 
-from folders import check_writable, refuse_replacing_outputs, write_json
+import model_folder
+import qa_run_folder
+from classification_run_folder import CLASSIFICATION_RUN
+from folders import check_output_file, write_json
+from model import RobertaForQuestionAnswering
 from qa import (
     QA_DEFAULTS,
     answer_questions,
@@ -39,10 +43,11 @@ from qa import (
     read_squad_file,
     squad_v2_summary,
 )
-from tokenization import load_tokenizer, tokenizer_swapped
-from utils import ArgumentParser, HelpFormatter, UsageError, looks_local, run_cli
+from qa_run_folder import QA_RUN
+from run_folder import PRETRAINING_RUN
+from store import STORE
+from utils import ArgumentParser, DiskFull, HelpFormatter, UsageError, looks_local, out_of_space, pick_device, run_cli
 
-RUN_RECORD = "finetune_args.json"
 CHUNK = 256  # questions answered between two progress lines of --squad_file
 EPILOG = """examples:
   python ask.py --model runs/squad2 --question "Who founded the city?" --context "The city was founded in ..."
@@ -54,8 +59,8 @@ EPILOG = """examples:
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(description=__doc__, epilog=EPILOG, formatter_class=HelpFormatter)
     p.add_argument("--model", required=True,
-                   help="a finetune_roberta_qa.py run folder (or its checkpoints/checkpoint-N), or a transformers "
-                        "RoBERTa question-answering folder or Hub id")
+                   help=f"a finetune_roberta_qa.py run folder (or its {qa_run_folder.TRAINER_CHECKPOINT_FOLDER}), "
+                        "or a transformers RoBERTa question-answering folder or Hub id")
     ask = p.add_argument_group("one context")
     ask.add_argument("--question", action="append", default=None,
                      help="a question about the context (repeat the flag for several)")
@@ -68,7 +73,8 @@ def build_parser() -> ArgumentParser:
     squad.add_argument("--squad_file", default=None, help="SQuAD-format JSON (v1.1 or v2.0): answer every question")
     squad.add_argument("--output", default=None, help="where --squad_file's {question id: answer} JSON goes")
     squad.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
-    answers = p.add_argument_group("answers (unset: as in the run's finetune_args.json, else finetune_roberta_qa.py's "
+    answers = p.add_argument_group(f"answers (unset: as in the run's {qa_run_folder.RUN_RECORD}, else "
+                                   "finetune_roberta_qa.py's "
                                    "defaults " + ", ".join(map(str, QA_DEFAULTS.values())) + ")")
     answers.add_argument("--allow_no_answer", action=argparse.BooleanOptionalAction, default=None,
                          help="allow 'no answer'; unset: as the model was fine-tuned")
@@ -123,17 +129,11 @@ def read_context(args: argparse.Namespace) -> str:
 def check_output(args: argparse.Namespace) -> None:
     if not args.output:
         raise UsageError("--squad_file needs --output, the predictions file to write")
-    output = Path(args.output).expanduser()
-    if output.is_dir():
-        raise UsageError(f"--output {args.output} is a folder; give a file name, e.g. {output / 'predictions.json'}")
-    if output.exists() and output.resolve() == Path(args.squad_file).expanduser().resolve():
-        raise UsageError(f"--output {args.output} is the --squad_file itself; writing there would destroy it")
-    refuse_replacing_outputs(output, "--output", args.model if looks_local(args.model) else None)
-    if output.exists() and not args.overwrite:
-        raise UsageError(f"--output {args.output} exists; pass --overwrite to replace it, or choose another name")
-    if not output.parent.is_dir():
-        raise UsageError(f"--output {args.output}: the folder {output.parent} does not exist")
-    check_writable(output, "--output")  # before the first question, not after the last
+    check_output_file(args.output, "--output", source=args.squad_file, source_flag="--squad_file",
+                      overwrite=args.overwrite, kinds=(QA_RUN, CLASSIFICATION_RUN, PRETRAINING_RUN, STORE),
+                      model=args.model if looks_local(args.model) else None,
+                      model_files=(*QA_RUN.made, *model_folder.FILES, qa_run_folder.TRAINER_STATE),
+                      example_name=qa_run_folder.PREDICTIONS_FILE)
 
 
 def check_request(args: argparse.Namespace) -> None:
@@ -168,17 +168,6 @@ def check_request(args: argparse.Namespace) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def run_record(folder: Path) -> dict:
-    """finetune_args.json of the run that made `folder` (the run folder, or a checkpoint inside it), else {}."""
-    for candidate in (folder, folder.parent.parent):
-        if (candidate / RUN_RECORD).is_file():
-            try:
-                return json.loads((candidate / RUN_RECORD).read_text())
-            except (OSError, json.JSONDecodeError):
-                return {}
-    return {}
-
-
 def resolve_settings(args: argparse.Namespace, record: dict, config) -> None:
     """Window and answer settings: the flag, else the run's, else finetune_roberta_qa.py's default."""
     for name, default in QA_DEFAULTS.items():
@@ -193,49 +182,14 @@ def resolve_settings(args: argparse.Namespace, record: dict, config) -> None:
 
 
 def load_model(args: argparse.Namespace):
-    """(model on its device, tokenizer, run record); every way --model can be wrong is a UsageError."""
-    from model import RobertaConfig, RobertaForQuestionAnswering, checkpoint_weight_names, resolve_checkpoint
-
-    name = args.model
-    folder = Path(name).expanduser()
-    if folder.is_dir() and not (folder / "config.json").is_file() and (folder / RUN_RECORD).is_file():
-        raise UsageError(f"--model {name} is a finetune_roberta_qa.py run folder that holds no model yet (the run "
-                         "has not finished): wait for it, or give one of its checkpoints/checkpoint-N folders")
-    try:
-        folder = resolve_checkpoint(name, need_weights=True, cache_dir=args.path_to_cache_dir)
-        if "qa_outputs.weight" not in checkpoint_weight_names(folder):
-            raise UsageError(f"--model {name} has no question-answering head (qa_outputs): it is a pretrained "
-                             "backbone, not a fine-tuned model; fine-tune it first with finetune_roberta_qa.py "
-                             f"--pretrained_backbone pretrained --path_to_pretrained_backbone {name}")
-        config = RobertaConfig.from_pretrained(folder)
-        model = RobertaForQuestionAnswering.from_pretrained(folder)
-    except ValueError as error:
-        if not Path(name).exists():  # a mistyped local path, or a Hub id
-            missing = f"--model {name} does not exist: there is no folder {Path(name).absolute()}"
-            raise UsageError(missing if looks_local(name) else f"{missing}, and as a Hub id: {error}") from None
-        raise UsageError(f"--model {error}") from None
-    tokenizer = load_tokenizer(folder if looks_local(name) else name, flag="--model", cache_dir=args.path_to_cache_dir)
-    check_qa_tokenizer(tokenizer, config, name)
-    if swapped := tokenizer_swapped(folder, tokenizer):
-        print(f"warning: {swapped}; the answers will be wrong: put back the tokenizer files saved with the model",
-              file=sys.stderr, flush=True)
-    record = run_record(folder)
-    resolve_settings(args, record, config)
+    """(model on its device, tokenizer); every way --model can be wrong is a UsageError."""
+    model, folder, tokenizer = model_folder.load_fine_tuned(
+        args.model, RobertaForQuestionAnswering, "qa_outputs.weight", head="question-answering head (qa_outputs)",
+        script="finetune_roberta_qa.py", unfinished=qa_run_folder.unfinished_run(Path(args.model).expanduser()),
+        checkpoint_folders=qa_run_folder.TRAINER_CHECKPOINT_FOLDER, cache_dir=args.path_to_cache_dir)
+    check_qa_tokenizer(tokenizer, model.config, args.model)  # a fast one, for the offsets
+    resolve_settings(args, qa_run_folder.run_record(folder), model.config)
     return model.to(pick_device(args.device)), tokenizer
-
-
-def pick_device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"--device {name} is not a device: auto, cpu, cuda, cuda:1, mps...") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name}: no CUDA GPU is available here; use --device cpu")
-    return device
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -290,8 +244,9 @@ def answer_squad_file(args: argparse.Namespace, model, tokenizer, rows: list[dic
     try:
         write_json(args.output, predictions)
     except OSError as error:  # checked writable before the first question; the disk may have filled since
-        raise UsageError(f"--output {args.output} could not be written ({error.strerror or error}); the "
-                         f"{len(predictions):,} answers are lost: free space and run again") from None
+        lost = f"--output {args.output} could not be written ({error.strerror or error}); the " \
+               f"{len(predictions):,} answers are lost: free space and run again"
+        raise (DiskFull(lost) if out_of_space(error) else UsageError(lost)) from None
     seconds = time.perf_counter() - start
     print(f"answered {len(rows):,} questions of {args.squad_file} in {seconds:.1f} s -> {args.output}")
     references = {r["id"]: r["answers"]["text"] for r in rows}

@@ -20,6 +20,7 @@ import socket
 import numpy as np
 import torch
 
+from model import IGNORE_INDEX, MLM_PROBABILITY
 from store import STORE_COLUMN
 
 SHUFFLE, MASK, EVAL = 1, 2, 3  # tags that keep the derived random streams apart
@@ -46,7 +47,7 @@ def _masking_tables(tokenizer, device):
     return _MASKING_TABLES[key]
 
 
-def max_predictions_per_seq(context_length: int, mlm_probability: float = 0.15) -> int:
+def max_predictions_per_seq(context_length: int, mlm_probability: float = MLM_PROBABILITY) -> int:
     """The most positions `mask_tokens` can choose in one row of `context_length` tokens: floor(p * n) + 1 for
     n = context_length, at most n.
 
@@ -61,7 +62,7 @@ def max_predictions_per_seq(context_length: int, mlm_probability: float = 0.15) 
     return min(math.floor(mlm_probability * context_length) + 1, context_length)
 
 
-def mask_tokens(input_ids, tokenizer, mlm_probability: float = 0.15, generator=None):
+def mask_tokens(input_ids, tokenizer, mlm_probability: float = MLM_PROBABILITY, generator=None):
     """RoBERTa's dynamic masking, drawn as fairseq draws it: returns `(inputs, labels)`, `input_ids` untouched.
 
     Each row (the last dimension is the sequence) with n maskable tokens (every token that is not special:
@@ -70,7 +71,7 @@ def mask_tokens(input_ids, tokenizer, mlm_probability: float = 0.15, generator=N
     `mask_tokens_dataset.py` (the paper's code); transformers' collator flips a coin per token instead, which gives
     the same mean but a count that varies from row to row. A chosen token becomes `<mask>` 80% of the time, a
     random non-special token 10%, and stays as it is 10% (a coin per chosen token). `labels` holds the original id
-    at chosen positions and -100 elsewhere.
+    at chosen positions and IGNORE_INDEX (-100) elsewhere.
 
     Runs on the tensor's device with no host synchronisation and no data-dependent shape (random scores, special
     tokens ranked last, the `count` first of each row chosen), so it can sit inside a compiled step. `generator`
@@ -92,7 +93,7 @@ def mask_tokens(input_ids, tokenizer, mlm_probability: float = 0.15, generator=N
     by_score = scores.argsort(dim=1)  # (B, T): positions, lowest score first
     first_ranks = torch.arange(T, device=ids.device) < count  # (B, T): rank r is chosen when r < count
     chosen = torch.zeros_like(maskable).scatter(1, by_score, first_ranks)  # (B, T)
-    labels = torch.where(chosen, ids, torch.full_like(ids, -100))
+    labels = torch.where(chosen, ids, torch.full_like(ids, IGNORE_INDEX))
 
     action = torch.rand((B, T), **draw)  # < 0.8: <mask>; 0.8..0.9: random token; >= 0.9: unchanged
     random_ids = ordinary_ids[torch.randint(len(ordinary_ids), (B, T), **draw)].to(ids.dtype)
@@ -200,10 +201,8 @@ def eval_batches(split, tokenizer, batch_size: int, mlm_probability: float, seed
                  process_index: int, max_batches: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """This process's evaluation batches (inputs, labels) as int32, masked once with a fixed seed.
 
-    The evaluated blocks are padded to whole global batches with rows that predict nothing (labels all -100),
+    The evaluated blocks are padded to whole global batches with rows that predict nothing (labels all IGNORE_INDEX),
     so every process runs the same number of forward passes and no block counts twice."""
-    from model import IGNORE_INDEX
-
     global_batch = batch_size * num_processes
     n = len(split) if max_batches is None else min(len(split), max_batches * global_batch)
     ids = PackedBlocks(split).__getitems__(list(range(n))).long()

@@ -1,44 +1,60 @@
-"""train.py's checkpoints: written atomically, verified before use, rotated only once the new one is complete.
+"""train.py's checkpointer: resume end to end, and saving. Checkpoints are written atomically, verified before
+use, rotated only once the new one is complete.
 
-    checkpoints/step_N/
-        config.json, model.safetensors, tokenizer files   a transformers-format model folder: finetune_roberta_qa.py,
-                                                          transformers and AutoTokenizer load a checkpoint as it is
-        tokenizer_record.json  the tokenizer's fingerprint, so that a swapped tokenizer is caught (also in
-                               final_model/)
+    checkpoints/step_N/   (the names of the run folder are run_folder.py's)
+        config.json, model.safetensors, tokenizer files, tokenizer_record.json
+                               a model folder (model_folder.py): finetune_roberta_qa.py, transformers and AutoTokenizer
+                               load a checkpoint as it is; the record names the tokenizer, so that a swapped one is
+                               caught
         accelerate_state/      optimizer, grad scaler and every process's RNG states (`accelerator.save_state`);
                                the weights are not repeated there, except under FSDP/DeepSpeed, whose sharded
                                state accelerate keeps
         trainer_state.json     step, data position, the loss when saved, each process's running log sum, the
-                               arguments in effect
+                               arguments in effect (and the store's fingerprint)
         manifest.json          size and checksum of every other file; written last: a folder without it is not
                                a checkpoint
 
-A checkpoint is written to `checkpoints/tmp-step_N/` and renamed to `step_N/` once its manifest is written, so a
-crash or a kill while saving leaves at most a `tmp-` folder (cleaned at the next start) and never a step_N that
-looks complete. Old checkpoints are deleted only after that rename, keeping the newest `num_keep` (at least 2).
-Resuming verifies the manifest first: a damaged checkpoint is reported by name and `latest` falls back to the
-newest intact one. A full disk ends the save with one line naming the path and the space a checkpoint needs,
-and leaves no partial checkpoint behind.
+Resume, in order: `resolve_resume` and `check_resume` (main process, in train.py's validation, before anything is
+built: `latest` chosen and verified, the flags, the store and its tokenizer compared with the checkpoint's);
+`agree_on_resume` (every process takes the main process's choice; a DeepSpeed layout must match); then
+`Checkpointer.resume` (weights, optimizer, RNG states, data position; metrics.jsonl trimmed to the checkpoint).
+
+Saving: `Checkpointer.save_when_due` writes `checkpoints/tmp-step_N/` and renames it to `step_N/` once its
+manifest is written, so a crash or a kill while saving leaves at most a `tmp-` folder (cleaned at the next start)
+and never a step_N that looks complete. Old checkpoints are deleted only after that rename, keeping the newest
+`num_keep` (at least 2). A non-finite loss or weights are never saved. A full disk (an OSError, or safetensors'
+SafetensorError) ends the save with one line naming the path and the space a checkpoint needs, and leaves no
+partial checkpoint (or final_model.tmp/) behind.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
-import re
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
+from accelerate.utils import DistributedType, broadcast_object_list
+from safetensors import SafetensorError
+
 import fault_injection
-from folders import file_manifest, human_bytes, is_disk_full, verify_manifest, write_json
-from tokenization import record_tokenizer
-from utils import UsageError, first_line
+import model_folder
+import run_folder
+from folders import file_manifest, human_bytes, is_disk_full, is_output_of, verify_manifest, write_json
+from metrics import NonFiniteLoss
+from qa_run_folder import QA_RUN
+from run_folder import CHECKPOINT_FOLDER, step_folders
+from store import STORE
+from tokenization import tokenizer_mismatch
+from utils import EXIT_FAILED, DiskFull, ScriptExit, UsageError, first_line
 
 STATE_FILE = "trainer_state.json"
 MANIFEST_FILE = "manifest.json"
 ACCELERATE_STATE = "accelerate_state"
-STEP_FOLDER = re.compile(r"step_(\d+)")
+WRITE_ERRORS = (OSError, RuntimeError, SafetensorError)  # how torch, accelerate and safetensors fail to write
 
 
 @dataclass
@@ -65,21 +81,17 @@ MUST_MATCH_ON_RESUME = ["context_length", "seed", "num_transformer_blocks", "emb
 NOT_COMPARED_ON_RESUME = {"resume_from_checkpoint", "overwrite", "store_fingerprint"}
 
 
-class CheckpointError(Exception):
-    """Saving failed (e.g. the disk is full): the message says what to do; no partial checkpoint was left."""
+class CheckpointError(ScriptExit):
+    """Saving failed (not for lack of space: that is utils.DiskFull): the message says what to do; no partial
+    checkpoint was left. One line and EXIT_FAILED."""
+
+    def __init__(self, message: str):
+        super().__init__(f"error: {message}", EXIT_FAILED)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Finding and verifying
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def step_folders(folder: Path) -> list[tuple[int, Path]]:
-    """(step, path) of every `step_N` folder, oldest first (complete or not)."""
-    if not folder.is_dir():
-        return []
-    return sorted((int(m.group(1)), p) for p in folder.iterdir()
-                  if (m := STEP_FOLDER.fullmatch(p.name)) and p.is_dir())
 
 
 def is_complete(path: Path) -> bool:
@@ -91,7 +103,7 @@ def checkpoint_problem(path: Path) -> str | None:
     if not path.exists():
         return "it does not exist"
     if not path.is_dir():
-        return "it is a file; a checkpoint is a checkpoints/step_N folder"
+        return f"it is a file; a checkpoint is a {CHECKPOINT_FOLDER} folder"
     if not is_complete(path):
         return not_a_checkpoint(path) or (
             f"it has no {MANIFEST_FILE}, so its files cannot be verified: the manifest was deleted, or a train.py "
@@ -109,20 +121,20 @@ def checkpoint_problem(path: Path) -> str | None:
 
 def not_a_checkpoint(path: Path) -> str | None:
     """What a folder without a manifest is, when it is clearly no checkpoint (a store, a run, checkpoints/)."""
-    kinds = {"prepare_data.json": "a data store (prepare_data.py's)", "finetune_args.json": "a question-answering "
-             "run folder (finetune_roberta_qa.py's)", "args.json": "a pretraining run folder: pass latest, or one of "
-             "its checkpoints/step_N folders", "metrics.jsonl": "a pretraining run folder: pass latest, or one of "
-             "its checkpoints/step_N folders"}
-    for record, kind in kinds.items():
-        if (path / record).is_file():
-            return f"it is {kind}, not a checkpoint"
+    for kind in (STORE, QA_RUN):
+        if is_output_of(path, kind):
+            return f"it is a {kind.description} ({kind.script}'s), not a checkpoint"
+    if run_folder.is_run_folder(path):
+        return f"it is a {run_folder.PRETRAINING_RUN.description}: pass latest, or one of its {CHECKPOINT_FOLDER} " \
+               "folders, not a checkpoint"
     if step_folders(path):
         intact = find_intact_checkpoint(path, report=lambda _: None)
-        return (f"it is a checkpoints folder, not one checkpoint: pass one of its step_N folders (the newest intact "
+        return (f"it is a checkpoints folder, not one checkpoint: pass one of its {run_folder.STEP_PREFIX}N folders "
+                f"(the newest intact "
                 f"is {intact})" if intact else "it is a checkpoints folder, not one checkpoint, and none in it is "
                 "intact")
-    if not STEP_FOLDER.fullmatch(path.name) and not (path / STATE_FILE).is_file():
-        return f"it is not a checkpoint (no {MANIFEST_FILE} or {STATE_FILE}); a checkpoint is a checkpoints/step_N " \
+    if not run_folder.is_step_name(path.name) and not (path / STATE_FILE).is_file():
+        return f"it is not a checkpoint (no {MANIFEST_FILE} or {STATE_FILE}); a checkpoint is a {CHECKPOINT_FOLDER} " \
                "folder"
     return None
 
@@ -165,58 +177,63 @@ def resolve_resume(requested: str | None, checkpoints: Path) -> Path | None:
     return path
 
 
-def check_resume(path: Path, args: dict, config: dict, store_fingerprint: str | None,
-                 num_processes: int = 1) -> list[str]:
-    """Refuse a checkpoint of another model, seed or store; return the flags that changed ("--name old -> new"),
-    and the global batch when it changed (the processes too): they take effect from the resumed update (train.py's
-    docstring says how)."""
+def check_resume(path: Path, arguments: dict, config: dict, store_fingerprint: str | None,
+                 num_processes: int = 1, tokenizer=None) -> list[str]:
+    """Refuse a checkpoint of another model, seed, store or tokenizer (`arguments`: the run's arguments in effect;
+    `tokenizer`: the store's); return the flags that changed ("--name old -> new"), and the global batch when it
+    changed (the processes too): they take effect from the resumed update (train.py's docstring says how)."""
     state = read_state(path)
-    differ = [f"--{k} {state.args[k]} (now {args[k]})" for k in MUST_MATCH_ON_RESUME
-              if k in state.args and state.args[k] != args[k]]
-    saved_config = json.loads((path / "config.json").read_text())
+    differ = [f"--{k} {state.args[k]} (now {arguments[k]})" for k in MUST_MATCH_ON_RESUME
+              if k in state.args and state.args[k] != arguments[k]]
+    saved_config = model_folder.read_config(path)
     differ += [f"{k} {saved_config.get(k)} (now {config[k]})" for k in ("vocab_size", "max_position_embeddings")
                if saved_config.get(k) != config[k]]
+    if tokenizer is not None and (mismatch := tokenizer_mismatch(tokenizer, model_folder.recorded_tokenizer(path))):
+        differ.append(f"another tokenizer (the store's has {mismatch})")
     if state.args.get("store_fingerprint") not in (None, store_fingerprint):
-        differ.append("another store's content")
+        differ.append(f"another store's content (it was trained on the store {state.args.get('path_to_prepped_data')}"
+                      f", fingerprint {state.args['store_fingerprint']}; --path_to_prepped_data "
+                      f"{arguments.get('path_to_prepped_data')} has fingerprint {store_fingerprint})")
     if differ:
         raise UsageError(f"checkpoint {path} was trained with {', '.join(differ)}: resume with the flags and store "
                          "it was trained with, or start a new run")
-    if args["num_training_steps"] <= state.step:
+    if arguments["num_training_steps"] <= state.step:
         raise UsageError(f"checkpoint {path} is at update {state.step}, not before --num_training_steps "
-                         f"{args['num_training_steps']}: raise --num_training_steps to train further")
-    changes = [f"--{k} {state.args[k]} -> {v}" for k, v in args.items()
+                         f"{arguments['num_training_steps']}: raise --num_training_steps to train further")
+    changes = [f"--{k} {state.args[k]} -> {v}" for k, v in arguments.items()
                if k in state.args and k not in NOT_COMPARED_ON_RESUME and state.args[k] != v]
     saved_processes = len(state.window_loss) or 1  # one running loss sum per process
     batch = [a.get("per_gpu_batch_size", 0) * a.get("gradient_accumulation_steps", 1) * n
-             for a, n in ((state.args, saved_processes), (args, num_processes))]
+             for a, n in ((state.args, saved_processes), (arguments, num_processes))]
     if batch[0] != batch[1] or saved_processes != num_processes:
         changes.append(f"global batch size {batch[0]} -> {batch[1]} (processes {saved_processes} -> "
                        f"{num_processes})")
     return changes
 
 
-def recorded_resumes(args_file: Path) -> list[dict]:
-    """The resumes an earlier args.json lists; a missing or damaged one is said and starts the list afresh."""
-    try:
-        resumes = json.loads(args_file.read_text()).get("resumes", [])
-    except (OSError, ValueError, AttributeError) as error:
-        print(f"warning: {args_file} cannot be read ({type(error).__name__}); it is rewritten, without the list of "
-              "earlier resumes", flush=True)
-        return []
-    return resumes if isinstance(resumes, list) else []
-
-
 def read_state(path: Path) -> TrainState:
     return TrainState(**json.loads((path / STATE_FILE).read_text()))
 
 
-def clean_leftovers(folder: Path) -> list[str]:
-    """Remove `tmp-step_*` folders a crash left while saving (only the lock holder may call this)."""
-    removed = []
-    for path in folder.glob("tmp-step_*") if folder.is_dir() else []:
-        shutil.rmtree(path, ignore_errors=True)
-        removed.append(path.name)
-    return removed
+def agree_on_resume(accelerator, resume: Path | None) -> Path | None:
+    """The checkpoint the main process chose and verified, on every process, checked against this launch. Only the
+    main process resolves `latest` and checks the manifests: on many nodes, ranks reading a shared filesystem could
+    otherwise pick different checkpoints (one saved in between, one damaged in one node's view), and every rank
+    would read every file to verify it."""
+    if accelerator.num_processes > 1:
+        chosen = broadcast_object_list([str(resume) if resume else None], from_process=0)[0]
+        resume = Path(chosen) if chosen else None
+    if resume is not None:
+        check_resume_layout(accelerator, len(read_state(resume).window_loss))
+    return resume
+
+
+def check_resume_layout(accelerator, saved_processes: int) -> None:
+    """A DeepSpeed checkpoint holds one optimizer partition per process and loads only at the same count; FSDP's
+    sharded checkpoints (torch.distributed.checkpoint) reshard on load, and DDP's are whole."""
+    if accelerator.distributed_type == DistributedType.DEEPSPEED and saved_processes != accelerator.num_processes:
+        raise UsageError(f"this DeepSpeed checkpoint was saved by {saved_processes} processes and cannot be loaded by "
+                         f"{accelerator.num_processes}: resume with --num_processes {saved_processes}")
 
 
 def checkpoint_summaries(folder: Path) -> str:
@@ -251,8 +268,62 @@ def non_finite_advice(folder: Path, last_finite_step: int, learning_rate: float,
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Saving
+# The checkpointer: loading a verified checkpoint, saving when due, the final model
 # ----------------------------------------------------------------------------------------------------------------
+
+
+class Checkpointer:
+    """train.py's checkpoints, from loading the one the run resumes from to saving the final model.
+
+    `trainee` holds the accelerator, the prepared model (to gather weights from: the uncompiled one), our
+    RobertaForMaskedLM inside it and the optimizer; `logger` gives the losses a checkpoint records. Every process
+    calls every method (gathering weights and accelerate's state need them all); the main process writes."""
+
+    def __init__(self, trainee, run: Path, tokenizer, logger, args):
+        self.trainee, self.accelerator, self.run, self.tokenizer = trainee, trainee.accelerator, run, tokenizer
+        self.logger, self.folder = logger, run_folder.checkpoints_dir(run)
+        self.interval, self.num_keep, self.sharded = args.checkpoint_interval, args.num_keep_checkpoints, \
+            trainee.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+        self.trim_metrics = args.resume_from_checkpoint is not None  # even when `latest` found nothing
+        self.state, self.last_saved = TrainState(), 0
+
+    def resume(self, path: Path | None) -> TrainState:
+        """The state to start from: `path`'s (weights, optimizer, grad scaler, this process's RNG states, the data
+        position), else a fresh one; what a killed run logged after its checkpoint leaves metrics.jsonl."""
+        if path is not None:
+            raw_model = self.trainee.raw_model
+            if not self.sharded:  # the weights live once, in the model folder
+                raw_model.load_state_dict(type(raw_model).from_pretrained(path).state_dict(), strict=True)
+            self.accelerator.load_state(str(path / ACCELERATE_STATE))  # last: building the model draws numbers
+            self.state = read_state(path)
+        if self.trim_metrics and self.accelerator.is_main_process:
+            run_folder.trim_metrics(self.run, self.state.step)
+        self.last_saved = self.state.step
+        return self.state
+
+    def save_when_due(self, state: TrainState, last: bool, stopping: bool) -> None:
+        """checkpoints/step_N every --checkpoint_interval updates, at the last one and when a signal asks to stop."""
+        if state.step % self.interval == 0 or last or stopping:
+            self.save(state)
+
+    def save(self, state: TrainState) -> Path:
+        """A checkpoint with the loss it was saved at; refused (NonFiniteLoss: the run stops) when that loss or any
+        weight is not finite."""
+        state.loss, state.window_loss = self.logger.checkpoint_losses(state.step, self.last_saved)
+        shards = [p.to_local() if hasattr(p, "to_local") else p for p in self.trainee.model.parameters()]  # FSDP2
+        broken = torch.stack([~torch.isfinite(p.detach()).all() for p in shards]).any().float()  # blown-up weights
+        if not math.isfinite(state.loss) or self.accelerator.reduce(broken, reduction="sum").item():
+            raise NonFiniteLoss(state.loss, state.step)
+        path = save(self.accelerator, self.trainee.model, self.trainee.raw_model, self.tokenizer, self.folder, state,
+                    self.num_keep)
+        self.last_saved = state.step
+        self.logger.restart_clock()  # the throughput counts training only
+        return path
+
+    def save_final_model(self) -> Path:
+        final = save_final_model(self.accelerator, self.trainee.model, self.trainee.raw_model, self.tokenizer, self.run)
+        self.accelerator.print(f"final model: {final}")
+        return final
 
 
 def save(accelerator, wrapped, raw_model, tokenizer, folder: Path, state: TrainState, num_keep: int) -> Path:
@@ -260,7 +331,7 @@ def save(accelerator, wrapped, raw_model, tokenizer, folder: Path, state: TrainS
 
     Every process must call it (gathering sharded weights and accelerate's state need them all). On a failed
     write the tmp folder is removed and CheckpointError says why (a full disk named as such)."""
-    tmp, final = folder / f"tmp-step_{state.step}", folder / f"step_{state.step}"
+    tmp, final = run_folder.tmp_step_dir(folder, state.step), run_folder.step_dir(folder, state.step)
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -277,10 +348,11 @@ def save(accelerator, wrapped, raw_model, tokenizer, folder: Path, state: TrainS
                 shutil.rmtree(final)
             os.replace(tmp, final)
             rotate(folder, num_keep, keep=final)
-    except (OSError, RuntimeError) as error:  # torch and safetensors report a full disk as RuntimeError
+    except WRITE_ERRORS as error:
         earlier = step_folders(folder)  # the size of the newest checkpoint, else fp32 weights + AdamW's two moments
         needed = size_of(earlier[-1][1]) if earlier else 12 * raw_model.num_parameters()
-        raise abandon(tmp, error, needed) from None
+        raise abandon(tmp, f"checkpoint {final.name}", error, needed, "Free some space (or lower "
+                      "--num_keep_checkpoints), then continue with --resume_from_checkpoint latest") from None
     accelerator.wait_for_everyone()
     return final
 
@@ -291,8 +363,6 @@ def save_model_folder(accelerator, wrapped, raw_model, tokenizer, folder: Path) 
     Under FSDP/DeepSpeed every process takes part in gathering the full weights from the prepared model, which
     must be the uncompiled one: a compiled module's keys carry `_orig_mod.`. They load strictly, so a key that
     does not match fails loudly instead of saving the initial weights."""
-    from accelerate.utils import DistributedType
-
     to_save = raw_model
     if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
         state = accelerator.get_state_dict(wrapped)
@@ -300,9 +370,7 @@ def save_model_folder(accelerator, wrapped, raw_model, tokenizer, folder: Path) 
             to_save = type(raw_model)(raw_model.config)
             to_save.load_state_dict(strip_wrapper_prefixes(state), strict=True)
     if accelerator.is_main_process:
-        to_save.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-        record_tokenizer(folder, tokenizer)
+        model_folder.save(folder, to_save, tokenizer)
 
 
 WRAPPER_PARTS = ("_orig_mod", "_fsdp_wrapped_module", "_checkpoint_wrapped_module")  # compile, FSDP1, checkpointing
@@ -320,27 +388,25 @@ def strip_wrapper_prefixes(state: dict) -> dict:
     return {unwrapped_name(key): value for key, value in state.items()}
 
 
-def save_final_model(accelerator, wrapped, raw_model, tokenizer, run_dir: Path) -> Path:
-    final, tmp = run_dir / "final_model", run_dir / "final_model.tmp"
+def save_final_model(accelerator, wrapped, raw_model, tokenizer, run: Path) -> Path:
+    """final_model/, written as final_model.tmp/ and renamed once complete; a failed write leaves neither."""
+    final, tmp = run_folder.final_model_dir(run), run_folder.final_model_tmp(run)
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     try:
         save_model_folder(accelerator, wrapped, raw_model, tokenizer, tmp)
-    except (OSError, RuntimeError) as error:
-        raise abandon(tmp, error, 4 * raw_model.num_parameters()) from None
+        fault_injection.check_disk_full(fault_injection.FINAL_MODEL)
+    except WRITE_ERRORS as error:
+        newest = step_folders(run_folder.checkpoints_dir(run))
+        kept = f"the trained weights are in {newest[-1][1]}, a model folder that loads as it is" if newest else \
+            "no checkpoint holds the trained weights"
+        raise abandon(tmp, "the final model", error, 4 * raw_model.num_parameters(), f"Free some space; {kept}") \
+            from None
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
     return final
-
-
-def load(accelerator, raw_model, path: Path, sharded: bool) -> TrainState:
-    """Weights, optimizer, grad scaler and this process's RNG states from a verified checkpoint; returns its state."""
-    if not sharded:  # the weights live once, in the transformers-format folder
-        raw_model.load_state_dict(type(raw_model).from_pretrained(path).state_dict(), strict=True)
-    accelerator.load_state(str(path / ACCELERATE_STATE))  # last: building the model above draws random numbers
-    return read_state(path)
 
 
 def rotate(folder: Path, num_keep: int, keep: Path) -> None:
@@ -351,18 +417,18 @@ def rotate(folder: Path, num_keep: int, keep: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def abandon(tmp: Path, error: BaseException, needed_bytes: int) -> CheckpointError:
-    """Remove a checkpoint that failed while being written; return the error to raise (disk full named as such)."""
+def abandon(tmp: Path, what: str, error: BaseException, needed_bytes: int, advice: str) -> ScriptExit:
+    """Remove a folder that failed while being written; return the error to raise: DiskFull for a full disk (the
+    one exit every script gives it), else CheckpointError."""
     shutil.rmtree(tmp, ignore_errors=True)
     if is_disk_full(error, tmp.parent, needed_bytes):
         free = shutil.disk_usage(tmp.parent).free
-        return CheckpointError(
-            f"the disk is full: could not write checkpoint {tmp.name.removeprefix('tmp-')} to {tmp.parent} "
-            f"({human_bytes(free)} free, a checkpoint needs about {human_bytes(needed_bytes)}); nothing partial "
-            "was left behind. Free some space (or lower --num_keep_checkpoints), then continue with "
-            "--resume_from_checkpoint latest")
-    return CheckpointError(f"could not write checkpoint {tmp} ({type(error).__name__}: {first_line(error, 300)}); "
-                           "nothing partial was left behind")
+        return DiskFull(
+            f"could not write {what} to {tmp.parent} ({human_bytes(free)} free, "
+            f"{'a checkpoint' if what.startswith('checkpoint') else what} needs about {human_bytes(needed_bytes)}); "
+            f"nothing partial was left behind. {advice}")
+    return CheckpointError(f"could not write {what} to {tmp.parent} ({type(error).__name__}: "
+                           f"{first_line(error, 300)}); nothing partial was left behind")
 
 
 def size_of(path: Path) -> int:

@@ -283,6 +283,13 @@ def compute_metrics(metrics: Sequence[str], predictions: np.ndarray, labels: np.
     return scores
 
 
+def shown_scores(scores: dict) -> str:
+    """`accuracy 81.20, accuracy_mm 80.10`: the `eval_` metrics of an evaluation x 100, as GLUE tables print them
+    (the mean squared error as it is; the loss and the runtime left out)."""
+    return ", ".join(f"{k.removeprefix('eval_')} {v if 'mse' in k else 100 * v:.2f}" for k, v in scores.items()
+                     if k.startswith("eval_") and v is not None and not k.startswith(("eval_loss", "eval_runtime")))
+
+
 def metrics_for(task: GlueTask | None, labels: LabelSpace) -> tuple[str, ...]:
     """The metrics of a run: a GLUE task's official ones; for other data accuracy and macro-F1 (classes) or Pearson,
     Spearman and the mean squared error (regression)."""

@@ -23,13 +23,20 @@ import sys
 import time
 from pathlib import Path
 
-import classification as cls
-from folders import check_writable, refuse_replacing_outputs
-from qa import check_qa_tokenizer
-from tokenization import load_tokenizer, tokenizer_swapped
-from utils import ArgumentParser, HelpFormatter, UsageError, first_line, looks_local, run_cli
+import numpy as np
+from datasets import load_dataset
 
-RUN_RECORD = "classification_args.json"
+import classification as cls
+import classification_run_folder
+import model_folder
+from classification_run_folder import CLASSIFICATION_RUN
+from folders import check_output_file
+from model import RobertaForSequenceClassification
+from qa_run_folder import QA_RUN, TRAINER_CHECKPOINT_FOLDER, TRAINER_STATE
+from run_folder import PRETRAINING_RUN
+from store import STORE
+from utils import ArgumentParser, HelpFormatter, UsageError, first_line, looks_local, pick_device, run_cli
+
 CHUNK = 1024  # rows labelled between two progress lines of --input_file
 EPILOG = """examples:
   python classify.py --model runs/sst2 --text "A gripping, beautifully shot film." --text "Two hours I want back."
@@ -41,7 +48,7 @@ EPILOG = """examples:
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(description=__doc__, epilog=EPILOG, formatter_class=HelpFormatter)
     p.add_argument("--model", required=True,
-                   help="a finetune_roberta_classification.py run folder (or its checkpoints/checkpoint-N), or a "
+                   help=f"a finetune_roberta_classification.py run folder (or its {TRAINER_CHECKPOINT_FOLDER}), or a "
                         "transformers RoBERTa sequence-classification folder or Hub id")
     texts = p.add_argument_group("texts on the command line")
     texts.add_argument("--text", action="append", default=None, help="a text to label (repeat for several)")
@@ -80,17 +87,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def check_output(args: argparse.Namespace) -> None:
     if not args.output:
         raise UsageError("--input_file needs --output, the JSON lines file to write the labels to")
-    output = Path(args.output).expanduser()
-    if output.is_dir():
-        raise UsageError(f"--output {args.output} is a folder; give a file name, e.g. {output / 'labels.jsonl'}")
-    if output.exists() and output.resolve() == Path(args.input_file).expanduser().resolve():
-        raise UsageError(f"--output {args.output} is the --input_file itself; writing there would destroy it")
-    refuse_replacing_outputs(output, "--output", args.model if looks_local(args.model) else None)
-    if output.exists() and not args.overwrite:
-        raise UsageError(f"--output {args.output} exists; pass --overwrite to replace it, or choose another name")
-    if not output.parent.is_dir():
-        raise UsageError(f"--output {args.output}: the folder {output.parent} does not exist")
-    check_writable(output, "--output")  # before the first row, not after the last
+    check_output_file(args.output, "--output", source=args.input_file, source_flag="--input_file",
+                      overwrite=args.overwrite, kinds=(CLASSIFICATION_RUN, QA_RUN, PRETRAINING_RUN, STORE),
+                      model=args.model if looks_local(args.model) else None,
+                      model_files=(*CLASSIFICATION_RUN.made, *model_folder.FILES, TRAINER_STATE),
+                      example_name="labels.jsonl")
 
 
 def check_request(args: argparse.Namespace) -> None:
@@ -130,62 +131,19 @@ def check_request(args: argparse.Namespace) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def run_record(folder: Path) -> dict:
-    """classification_args.json of the run that made `folder` (the run folder, or a checkpoint inside it), else {}."""
-    for candidate in (folder, folder.parent.parent):
-        if (candidate / RUN_RECORD).is_file():
-            try:
-                return json.loads((candidate / RUN_RECORD).read_text())
-            except (OSError, json.JSONDecodeError):
-                return {}
-    return {}
-
-
 def load_model(args: argparse.Namespace):
     """(model on its device, tokenizer, run record); every way --model can be wrong is a UsageError."""
-    from model import RobertaForSequenceClassification, checkpoint_weight_names, resolve_checkpoint
-
-    name = args.model
-    folder = Path(name).expanduser()
-    if folder.is_dir() and not (folder / "config.json").is_file() and (folder / RUN_RECORD).is_file():
-        raise UsageError(f"--model {name} is a finetune_roberta_classification.py run folder that holds no model "
-                         "yet (the run has not finished): wait for it, or give one of its checkpoints/checkpoint-N")
-    try:
-        folder = resolve_checkpoint(name, need_weights=True, cache_dir=args.path_to_cache_dir)
-        if "classifier.out_proj.weight" not in checkpoint_weight_names(folder):
-            raise UsageError(f"--model {name} has no sequence-classification head (classifier): it is not a "
-                             "fine-tuned classifier; fine-tune it first with finetune_roberta_classification.py")
-        model = RobertaForSequenceClassification.from_pretrained(folder)
-    except ValueError as error:
-        if not Path(name).exists():  # a mistyped local path, or a Hub id
-            missing = f"--model {name} does not exist: there is no folder {Path(name).absolute()}"
-            raise UsageError(missing if looks_local(name) else f"{missing}, and as a Hub id: {error}") from None
-        raise UsageError(f"--model {error}") from None
-    tokenizer = load_tokenizer(folder if looks_local(name) else name, flag="--model", cache_dir=args.path_to_cache_dir)
-    check_qa_tokenizer(tokenizer, model.config, name)
-    if swapped := tokenizer_swapped(folder, tokenizer):
-        print(f"warning: {swapped}; the labels will be wrong: put back the tokenizer files saved with the model",
-              file=sys.stderr, flush=True)
-    record = run_record(folder)
+    model, folder, tokenizer = model_folder.load_fine_tuned(
+        args.model, RobertaForSequenceClassification, "classifier.out_proj.weight",
+        head="sequence-classification head (classifier)", script="finetune_roberta_classification.py",
+        unfinished=classification_run_folder.unfinished_run(Path(args.model).expanduser()),
+        checkpoint_folders=TRAINER_CHECKPOINT_FOLDER, cache_dir=args.path_to_cache_dir)
+    record = classification_run_folder.run_record(folder)
     longest = model.config.max_sequence_length
     args.max_seq_length = args.max_seq_length or min(record.get("max_seq_length") or longest, longest)
     if args.max_seq_length > longest:
         raise UsageError(f"--max_seq_length {args.max_seq_length} is longer than the model allows ({longest} tokens)")
     return model.to(pick_device(args.device)), tokenizer, record
-
-
-def pick_device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"--device {name} is not a device: auto, cpu, cuda, cuda:1, mps...") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name}: no CUDA GPU is available here; use --device cpu")
-    return device
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -210,8 +168,6 @@ def label_texts(args: argparse.Namespace, model, tokenizer) -> None:
 
 def read_rows(args: argparse.Namespace, record: dict) -> tuple[list[str], list[str] | None, list | None]:
     """(texts, second texts or None, gold labels or None) of --input_file, with the run's text columns by default."""
-    from datasets import load_dataset
-
     path = Path(args.input_file).expanduser()
     builder = "csv" if path.suffix.lower() == ".csv" else "json"
     try:
@@ -265,8 +221,6 @@ def write_lines(path: str, rows: list[dict]) -> None:
 
 
 def print_scores(model, gold: list, results: list[dict]) -> None:
-    import numpy as np
-
     regression = model.config.problem_type == "regression"
     names = None if regression else tuple(model.config.id2label[i] for i in range(model.config.num_labels))
     space = cls.LabelSpace(names)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import codecs
 import contextlib
-import errno
 import itertools
 import os
 import re
@@ -35,13 +34,14 @@ from huggingface_hub import constants
 from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
 
 import demo_world
-from store import TEST, TEXT_COLUMN, TRAIN
-from utils import UsageError, first_line, looks_local
+from store import TEST, TRAIN
+from utils import DiskFull, UsageError, first_line, looks_local, out_of_space
 from utils import log as shared_log
 
 DATASETS = ["wikipedia_bookcorpus", "wikipedia", "demo"]
 BOOKCORPUS_SENTENCES_PER_DOCUMENT = 64  # about 1,000 tokens: a few pages, so the split and separators are by passage
 DEMO_WORLD_SEED = 0  # the demo QA set asks about this world
+TEXT_COLUMN = "text"  # the one column of the documents a store is written from
 PACK_READ_DOCUMENTS = 10_000  # documents per read when writing or scanning documents
 STREAM_READ_ROWS = 1000  # rows per read of a streamed corpus: --max_documents reads at most this many too many
 UTF8_CHECK_BYTES = 1 << 20  # validation decodes the head of each text file; the rest is checked while reading
@@ -323,9 +323,9 @@ def load_error(corpus: Corpus, error: Exception) -> UsageError:
         return UsageError(f"{name}: the Hub could not be reached ({text}); check the network or use a local folder")
     if isinstance(error, FileNotFoundError) or type(error).__name__ in ("EmptyDatasetError", "DataFilesNotFoundError"):
         return UsageError(f"{name}: no data files that datasets can read ({text})")
-    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-        return UsageError(f"{name}: the disk filled up while downloading ({text}); free space or pass "
-                          "--huggingface_cache_dir on a larger disk")
+    if out_of_space(error):
+        return DiskFull(f"{name} could not be downloaded ({text}); free space or pass --huggingface_cache_dir on a "
+                        "larger disk")
     return UsageError(f"{name}: datasets could not load it ({type(error).__name__}: {text})")
 
 

@@ -25,6 +25,13 @@ import sys
 import time
 from pathlib import Path
 
+from transformers import pipeline
+from transformers.utils import logging as hf_logging
+
+import classification_run_folder
+import qa_run_folder
+import run_folder
+from demo_world import generate_documents
 from utils import user_path
 
 ROOT = Path(__file__).resolve().parent
@@ -32,7 +39,7 @@ ROOT = Path(__file__).resolve().parent
 # Sized for about 8 minutes on a 2-core CPU. Small MLMs sit on a plateau (predicting frequent tokens)
 # for their first ~1,000 updates before they learn to use context; blocks of 64 tokens, batches of 16 and no
 # dropout get past it within a few minutes on a CPU, where longer blocks or bigger batches did not.
-CONTEXT_LENGTH = "64"
+CONTEXT_LENGTH = "64"  # prepare_data.py's blocks; train.py takes them from the store
 MODEL_FLAGS = ["--num_transformer_blocks", "4", "--embedding_dimension", "128", "--num_attention_heads", "4",
                "--mlp_ratio", "4", "--hidden_dropout_p", "0", "--attention_dropout_p", "0"]
 ENTAILMENT_PAIRS, ENTAILMENT_EPOCHS, ENTAILMENT_EVAL_PAIRS = 3000, 2.0, 1000  # sized for ~1 minute per backbone
@@ -82,17 +89,13 @@ def pretrain(args, store: Path) -> float:
     steps = args.pretraining_steps
     return run("pretrain a small RoBERTa (masked language modelling)", [
         sys.executable, "train.py", "--experiment_name", "pretrain", "--working_directory", str(args.output_dir),
-        "--path_to_prepped_data", str(store), "--context_length", CONTEXT_LENGTH,
-        *MODEL_FLAGS, "--per_gpu_batch_size", "16", "--num_training_steps", str(steps),
-        "--num_warmup_steps", str(steps // 20), "--learning_rate", "1e-3", "--evaluation_interval", str(steps // 6),
-        "--checkpoint_interval", str(steps // 2), "--logging_steps", str(steps // 12), "--max_eval_batches", "20",
-        "--seed", str(args.seed), "--overwrite"])
+        "--path_to_prepped_data", str(store), *MODEL_FLAGS, "--per_gpu_batch_size", "16", "--num_training_steps",
+        str(steps), "--num_warmup_steps", str(steps // 20), "--learning_rate", "1e-3", "--evaluation_interval",
+        str(steps // 6), "--checkpoint_interval", str(steps // 2), "--logging_steps", str(steps // 12),
+        "--max_eval_batches", "20", "--seed", str(args.seed), "--overwrite"])
 
 
 def fill_mask(model_dir: Path) -> None:
-    from transformers import pipeline
-    from transformers.utils import logging as hf_logging
-
     hf_logging.disable_progress_bar()  # a loading bar would sit in the middle of the printed results
     print("\n=== fill in the blanks with the pretrained model (transformers' own fill-mask pipeline)")
     fill = pipeline("fill-mask", model=str(model_dir), device=-1)
@@ -120,7 +123,8 @@ def entailment_files(args) -> tuple[Path, Path]:
     folder = args.output_dir / "entailment"
     folder.mkdir(parents=True, exist_ok=True)
     files = folder / "train.jsonl", folder / "validation.jsonl"
-    for path, split, n in ((files[0], "train", args.entailment_pairs), (files[1], "validation", ENTAILMENT_EVAL_PAIRS)):
+    for path, split, n in ((files[0], "train", args.entailment_pairs),
+                           (files[1], "validation", ENTAILMENT_EVAL_PAIRS)):
         path.write_text("".join(json.dumps(pair) + "\n" for pair in generate_entailment(split=split, num_pairs=n)))
     return files
 
@@ -139,15 +143,13 @@ def entailment_summary(args) -> None:
     print("\n=== sentence-pair classification on held-out demo pairs (does the passage say the statement?)")
     print(f"{'backbone':28s} {'accuracy':>9s} {'macro-F1':>9s}")
     for backbone, label in (("pretrained", "pretrained by train.py"), ("random", "random initialisation")):
-        r = json.loads((args.output_dir / f"entailment_{backbone}" / "eval_results.json").read_text())
+        r = classification_run_folder.read_results(args.output_dir / f"entailment_{backbone}")
         print(f"{label:28s} {100 * r['eval_accuracy']:9.1f} {100 * r['eval_macro_f1']:9.1f}")
 
 
 def continue_pretraining(args, pretrained_dir: Path) -> float:
     """Another world's articles (new names, new facts, the same kind of prose), tokenized with the pretrained model's
     own tokenizer, then more masked-LM updates of that model: train.py --init_from."""
-    from demo_world import generate_documents
-
     text, store = args.output_dir / "new_world.txt", args.output_dir / "data_new_world"
     text.write_text("\n\n".join(generate_documents(seed=NEW_WORLD_SEED, num_documents=args.continued_documents)))
     seconds = run("tokenize another world's text with the pretrained model's tokenizer", [
@@ -157,16 +159,15 @@ def continue_pretraining(args, pretrained_dir: Path) -> float:
     steps = args.continued_steps
     return seconds + run("continue pretraining the pretrained model on that text (train.py --init_from)", [
         sys.executable, "train.py", "--init_from", str(pretrained_dir), "--experiment_name", "continued",
-        "--working_directory", str(args.output_dir), "--path_to_prepped_data", str(store), "--context_length",
-        CONTEXT_LENGTH, "--per_gpu_batch_size", "16", "--num_training_steps", str(steps), "--num_warmup_steps",
+        "--working_directory", str(args.output_dir), "--path_to_prepped_data", str(store),
+        "--per_gpu_batch_size", "16", "--num_training_steps", str(steps), "--num_warmup_steps",
         str(max(steps * 6 // 100, 1)), "--learning_rate", "5e-4", "--evaluation_interval", str(max(steps // 3, 1)),
         "--checkpoint_interval", str(steps), "--logging_steps", str(max(steps // 6, 1)), "--max_eval_batches", "20",
         "--seed", str(args.seed), "--overwrite"])
 
 
 def summary(args, timings: dict[str, float]) -> None:
-    results = {b: json.loads((args.output_dir / f"qa_{b}" / "eval_results.json").read_text())
-               for b in ("pretrained", "random")}
+    results = {b: qa_run_folder.read_results(args.output_dir / f"qa_{b}") for b in ("pretrained", "random")}
     print("\n=== results on held-out demo questions (same fine-tuning budget)")
     print(f"{'backbone':28s} {'exact match':>12s} {'F1':>8s}")
     for backbone, label in (("pretrained", "pretrained by train.py"), ("random", "random initialisation")):
@@ -175,20 +176,20 @@ def summary(args, timings: dict[str, float]) -> None:
     if args.entailment_pairs:
         entailment_summary(args)
     if args.continued_steps:
-        records = map(json.loads, (args.output_dir / "continued" / "metrics.jsonl").read_text().splitlines())
-        evals = [r for r in records if "eval_loss" in r]
+        evals = run_folder.eval_records(args.output_dir / "continued")
         print("\n=== continued pretraining on another world's text (its held-out masked tokens)")
         print(f"{'model':28s} {'loss':>8s} {'accuracy':>9s}")
         for label, r in (("pretrained (step 0)", evals[0]), (f"continued {evals[-1]['step']} updates", evals[-1])):
             print(f"{label:28s} {r['eval_loss']:8.2f} {100 * r['eval_accuracy']:8.1f}%")
     print("\ntime per step: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in timings.items()))
-    print(f"pretraining curves: {args.output_dir / 'pretrain'}/*.png; everything else under {args.output_dir}/")
+    print(f"pretraining curves: {run_folder.curves_file(args.output_dir / 'pretrain')}; everything else under "
+          f"{args.output_dir}/")
 
 
 def main() -> None:
     args = parse_args()
     store = args.output_dir / "data"
-    pretrained_dir = args.output_dir / "pretrain" / "final_model"
+    pretrained_dir = run_folder.final_model_dir(args.output_dir / "pretrain")
     timings = {"prepare": prepare(args, store), "pretrain": pretrain(args, store)}
     fill_mask(pretrained_dir)
     for backbone in ("pretrained", "random"):

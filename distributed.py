@@ -17,16 +17,17 @@ module's `_orig_mod.` keys never reach a checkpoint. What cannot work is refused
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import os
 import signal
 from collections import Counter
-from pathlib import Path
 
 import torch
+from accelerate.utils import DistributedType, DynamoBackend
 
 import fault_injection
-from checkpoints import read_state, unwrapped_name
+from checkpoints import unwrapped_name
 from utils import UsageError
 
 STOP_CHECK_STEPS = 10  # several processes agree on a stop request every this many updates (one tiny all-reduce)
@@ -37,8 +38,6 @@ def prepare_model_and_optimizer(accelerator, raw_model, make_optimizer, max_grad
     """(prepared model, its optimizer); `make_optimizer(model)` builds the optimizer on a model's parameters.
     Afterwards the decoder must still be the word-embedding matrix and every trainable parameter in exactly one
     optimizer group (`check_prepared`)."""
-    from accelerate.utils import DistributedType, DynamoBackend
-
     backend = accelerator.state.dynamo_plugin.backend
     if compile and backend != DynamoBackend.NO:
         raise UsageError(f"--compile and accelerate's --dynamo_backend {backend.value.lower()} would compile the "
@@ -94,31 +93,6 @@ def check_prepared(raw_model, wrapped, optimizer, check_groups: bool = True) -> 
                              f"{where}: it would not train as the flags say")
 
 
-def agree_on_resume(accelerator, resume: Path | None) -> Path | None:
-    """The checkpoint the main process chose and verified, on every process, checked against this launch. Only the
-    main process resolves `latest` and checks the manifests: on many nodes, ranks reading a shared filesystem could
-    otherwise pick different checkpoints (one saved in between, one damaged in one node's view), and every rank
-    would read every file to verify it."""
-    if accelerator.num_processes > 1:
-        from accelerate.utils import broadcast_object_list
-
-        chosen = broadcast_object_list([str(resume) if resume else None], from_process=0)[0]
-        resume = Path(chosen) if chosen else None
-    if resume is not None:
-        check_resume_layout(accelerator, len(read_state(resume).window_loss))
-    return resume
-
-
-def check_resume_layout(accelerator, saved_processes: int) -> None:
-    """A DeepSpeed checkpoint holds one optimizer partition per process and loads only at the same count; FSDP's
-    sharded checkpoints (torch.distributed.checkpoint) reshard on load, and DDP's are whole."""
-    from accelerate.utils import DistributedType
-
-    if accelerator.distributed_type == DistributedType.DEEPSPEED and saved_processes != accelerator.num_processes:
-        raise UsageError(f"this DeepSpeed checkpoint was saved by {saved_processes} processes and cannot be loaded by "
-                         f"{accelerator.num_processes}: resume with --num_processes {saved_processes}")
-
-
 def configure_deepspeed(config: dict, max_grad_norm: float, per_process_batch: int, compile: bool) -> None:
     """Fill the DeepSpeed config's "auto" micro-batch and clipping from the flags; refuse what would not work."""
     for section in ("optimizer", "scheduler"):  # DeepSpeed would build its own and ignore train.py's
@@ -144,8 +118,6 @@ def configure_deepspeed(config: dict, max_grad_norm: float, per_process_batch: i
 
 def is_sharded(accelerator) -> bool:
     """FSDP or DeepSpeed: the weights and optimizer state live in shards that accelerate saves and loads."""
-    from accelerate.utils import DistributedType
-
     return accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
 
 
@@ -190,8 +162,6 @@ class StopSignal:
         self.requested = fault_injection.with_signal_at_step(self.requested)
         if any(name in os.environ for name in ("TORCHELASTIC_RUN_ID", "ACCELERATE_MIXED_PRECISION")):
             with contextlib.suppress(OSError, AttributeError):  # PR_SET_PDEATHSIG (1) is Linux's
-                import ctypes
-
                 ctypes.CDLL("libc.so.6").prctl(1, int(signal.SIGTERM))
 
     def _on_signal(self, signum, frame) -> None:

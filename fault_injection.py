@@ -4,7 +4,9 @@ Each variable is read once, when this module is imported (before the run starts;
 values), so that no loop of the product reads the environment. Unset, as in normal use, every fault is off.
 
     TRAIN_TEST_SIGNAL_AT_STEP="N:KILL|TERM|INT"  train.py: the process signals itself after update N
-    TRAIN_TEST_DISK_FULL_AT_STEP=N               train.py: the checkpoint of update N fails as a full disk does
+    TRAIN_TEST_DISK_FULL_AT_STEP=N|final         train.py: the checkpoint of update N (or final_model/) fails as a
+                                                 full disk makes it fail:
+    TRAIN_TEST_DISK_FULL_ERROR=OSError|SafetensorError  with ENOSPC (torch, accelerate), or as safetensors 0.8 does
     PREPARE_DATA_TEST_SECONDS_PER_BATCH=S        prepare_data.py: each tokenising task takes S seconds longer
 
 In-process tests patch functions with `monkeypatch` instead.
@@ -17,8 +19,12 @@ import os
 import signal
 from collections.abc import Callable
 
+from safetensors import SafetensorError
+
 SIGNAL_AT_STEP_ENV = "TRAIN_TEST_SIGNAL_AT_STEP"
 DISK_FULL_AT_STEP_ENV = "TRAIN_TEST_DISK_FULL_AT_STEP"
+DISK_FULL_ERROR_ENV = "TRAIN_TEST_DISK_FULL_ERROR"
+FINAL_MODEL = "final"  # TRAIN_TEST_DISK_FULL_AT_STEP's value for final_model/
 SLOW_TOKENIZING_ENV = "PREPARE_DATA_TEST_SECONDS_PER_BATCH"
 
 
@@ -30,7 +36,8 @@ def _signal_at_step(spec: str | None) -> tuple[int, signal.Signals] | None:
 
 
 SIGNAL_AT_STEP = _signal_at_step(os.environ.get(SIGNAL_AT_STEP_ENV))
-DISK_FULL_AT_STEP = int(os.environ[DISK_FULL_AT_STEP_ENV]) if os.environ.get(DISK_FULL_AT_STEP_ENV) else None
+DISK_FULL_AT = os.environ.get(DISK_FULL_AT_STEP_ENV) or None  # a step number, or FINAL_MODEL
+DISK_FULL_ERROR = os.environ.get(DISK_FULL_ERROR_ENV) or "OSError"
 TOKENIZING_DELAY_S = float(os.environ.get(SLOW_TOKENIZING_ENV) or 0)
 
 
@@ -49,7 +56,12 @@ def with_signal_at_step(requested: Callable[[int], bool]) -> Callable[[int], boo
     return signal_then_ask
 
 
-def check_disk_full(step: int) -> None:
-    """With TRAIN_TEST_DISK_FULL_AT_STEP=N, the checkpoint of update N fails as a full disk does."""
-    if step == DISK_FULL_AT_STEP:
-        raise OSError(errno.ENOSPC, f"No space left on device ({DISK_FULL_AT_STEP_ENV})")
+def check_disk_full(where: int | str) -> None:
+    """With TRAIN_TEST_DISK_FULL_AT_STEP=N, the checkpoint of update N (`where`: the step, or FINAL_MODEL for
+    final_model/) fails as a full disk makes it fail: an OSError, or safetensors' own error, whose text is the one
+    safetensors 0.8 gives on a full tmpfs."""
+    if DISK_FULL_AT is None or str(where) != DISK_FULL_AT:
+        return
+    if DISK_FULL_ERROR == "SafetensorError":
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+    raise OSError(errno.ENOSPC, f"No space left on device ({DISK_FULL_AT_STEP_ENV})")

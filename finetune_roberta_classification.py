@@ -60,23 +60,29 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import random
 import sys
 import time
 from pathlib import Path
 
+import datasets
+import huggingface_hub
+import numpy as np
+import torch
+import transformers
+from datasets import Dataset, DatasetDict, load_dataset
+from huggingface_hub import constants
+from transformers import DataCollatorWithPadding, set_seed
+from transformers.utils import logging as hf_logging
+
 import classification as cls
-from finetune_roberta_qa import (
-    BACKBONES,
-    backbone_source,
-    check_backbone,
-    check_report_to,
-    log_callbacks,
-    prepare_loggers,
-    run_folder_flag,
-)
-from folders import CLASSIFICATION_RUN, FolderLock, check_output_folder, remove_own_outputs, write_json
-from qa import check_qa_tokenizer
-from tokenization import load_tokenizer, record_tokenizer, tokenizer_fingerprint, tokenizer_swapped
+import classification_run_folder
+import finetuning
+import run_folder
+from classification_run_folder import CLASSIFICATION_RUN
+from folders import FolderLock
+from model import RobertaConfig, RobertaForSequenceClassification
+from tokenization import tokenizer_fingerprint
 from utils import (
     ArgumentParser,
     HelpFormatter,
@@ -84,20 +90,18 @@ from utils import (
     duration,
     first_line,
     is_main_process,
-    library_versions,
     log,
     looks_local,
     run_cli,
 )
 
-RUN_RECORD = "classification_args.json"
 DATA_SUFFIXES = {".csv": "csv", ".json": "json", ".jsonl": "json"}
-EPILOG = """examples:
+EPILOG = f"""examples:
   # roberta-base on RTE with the paper's recipe: downloads roberta-base (~500 MB) and RTE (~1 MB); use a GPU
   python finetune_roberta_classification.py --task_name rte --experiment_name rte_roberta_base
   # your pretraining against random initialisation, on labelled pairs in JSON lines files (the demo writes some)
   python finetune_roberta_classification.py --train_file train.jsonl --validation_file dev.jsonl \\
-      --pretrained_backbone pretrained --path_to_pretrained_backbone runs/my_pretraining/final_model \\
+      --pretrained_backbone pretrained --path_to_pretrained_backbone runs/my_pretraining/{run_folder.FINAL_MODEL_DIR} \\
       --experiment_name my_classifier
   # then label new text
   python classify.py --model runs/my_classifier --text "A sentence to label."
@@ -106,29 +110,8 @@ EPILOG = """examples:
 
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(description=__doc__, epilog=EPILOG, formatter_class=HelpFormatter)
-    run = p.add_argument_group("run")
-    run.add_argument("--experiment_name", default="roberta_classification", help="name of the run folder")
-    run.add_argument("--working_directory", default="runs", help="parent folder of the run folder")
-    run.add_argument("--path_to_cache_dir", default=None,
-                     help="folder for every download (the dataset, the Hub model and tokenizer) and the dataset "
-                          "caches; unset: the Hugging Face caches (~/.cache/huggingface)")
-    run.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False,
-                     help="replace the outputs of an earlier run in the run folder (only a folder this script "
-                          "made; files it did not make are kept)")
-    run.add_argument("--seed", type=int, default=42, help="seed of the head's initialisation, shuffling and dropout")
-    run.add_argument("--report_to", default="none",
-                     help="Trainer loggers, comma-separated: none, all, wandb, tensorboard, mlflow, ... (wandb "
-                          "without a login logs offline into the run folder)")
-
-    model = p.add_argument_group("backbone")
-    model.add_argument("--pretrained_backbone", choices=BACKBONES, default="pretrained_huggingface",
-                       help="where the encoder comes from (see above)")
-    model.add_argument("--huggingface_model_name", default="FacebookAI/roberta-base",
-                       help="Hub id or local transformers-format folder: the backbone of pretrained_huggingface; "
-                            "the architecture and tokenizer of random when --path_to_pretrained_backbone is not given")
-    model.add_argument("--path_to_pretrained_backbone", default=None,
-                       help="a train.py final_model/ or checkpoints/step_N/ folder (model and tokenizer), for "
-                            "pretrained and random")
+    finetuning.add_run_flags(p, "roberta_classification", "the dataset")
+    model = finetuning.add_backbone_flags(p)
     model.add_argument("--implementation", choices=("ours", "transformers"), default="ours",
                        help="whose RobertaForSequenceClassification is fine-tuned: model.py's, or transformers' "
                             "(the same numbers, within float rounding: a parity check)")
@@ -176,7 +159,8 @@ def build_parser() -> ArgumentParser:
     train.add_argument("--eval_steps", type=int, default=None,
                        help="evaluate every N steps (0: only at the end); unset: after every epoch")
     train.add_argument("--save_steps", type=int, default=1000,
-                       help="Trainer checkpoint every N steps, the last 2 kept (0: no checkpoints/ folder)")
+                       help="Trainer checkpoint every N steps, the last 2 kept (0: no "
+                            f"{classification_run_folder.CHECKPOINTS_DIR}/ folder)")
     train.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                        help="bf16 autocast; unset: on where the GPU supports it")
     return p
@@ -192,19 +176,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def check_numbers(args: argparse.Namespace) -> None:
-    positive = ["per_device_batch_size", "gradient_accumulation_steps", "logging_steps", "num_train_epochs",
-                "learning_rate", "max_seq_length"]
-    for name in positive:
-        if getattr(args, name) is not None and getattr(args, name) <= 0:
-            raise UsageError(f"--{name} must be positive, got {getattr(args, name)}")
-    for name in ["weight_decay", "warmup_steps", "eval_steps", "save_steps"]:
-        if getattr(args, name) is not None and getattr(args, name) < 0:
-            raise UsageError(f"--{name} must not be negative, got {getattr(args, name)}")
-    for name in ["max_train_samples", "max_eval_samples"]:
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise UsageError(f"--{name} must be at least 1, got {getattr(args, name)}")
-    if args.warmup_steps >= 1 and args.warmup_steps != int(args.warmup_steps):
-        raise UsageError(f"--warmup_steps {args.warmup_steps}: give a whole number of steps or a fraction below 1")
+    finetuning.check_numbers(args, positive=["per_device_batch_size", "gradient_accumulation_steps", "logging_steps",
+                                             "num_train_epochs", "learning_rate", "max_seq_length"],
+                             non_negative=["weight_decay", "warmup_steps", "eval_steps", "save_steps"])
     if args.max_seq_length is not None and args.max_seq_length < 8:
         raise UsageError(f"--max_seq_length {args.max_seq_length} leaves no room for text (at least 8 tokens)")
 
@@ -232,9 +206,6 @@ def check_data_source(args: argparse.Namespace) -> None:
     for flag, path in (("--train_file", args.train_file), ("--validation_file", args.validation_file)):
         if path:
             check_data_file(flag, Path(path).expanduser())
-    if args.path_to_cache_dir and Path(args.path_to_cache_dir).expanduser().exists() \
-            and not Path(args.path_to_cache_dir).expanduser().is_dir():
-        raise UsageError(f"--path_to_cache_dir {args.path_to_cache_dir} is a file, not a folder")
 
 
 def check_data_file(flag: str, path: Path) -> None:
@@ -246,32 +217,16 @@ def check_data_file(flag: str, path: Path) -> None:
         raise UsageError(f"{flag} {path}: expected a .csv, .json or .jsonl file (JSON lines: one example a line)")
 
 
-def check_run_folder(args: argparse.Namespace) -> Path:
-    """The run folder may receive this run (see folders.check_output_folder). Changes nothing."""
-    if not args.experiment_name.strip():
-        raise UsageError("--experiment_name is empty; give the run folder a name")
-    run_dir = Path(args.working_directory).expanduser() / args.experiment_name
-    for parent in [run_dir, *run_dir.parents]:
-        if parent.exists() and not parent.is_dir():
-            raise UsageError(f"{run_folder_flag(run_dir)} cannot be made: {parent} is a file")
-    local_name = args.dataset_name if args.dataset_name and looks_local(args.dataset_name) else None
-    inputs = {"--path_to_pretrained_backbone": args.path_to_pretrained_backbone,
-              "--huggingface_model_name": args.huggingface_model_name if looks_local(args.huggingface_model_name)
-              else None, "--train_file": args.train_file, "--validation_file": args.validation_file,
-              "--dataset_name": local_name, "--path_to_cache_dir": args.path_to_cache_dir}
-    if is_main_process():
-        check_output_folder(run_dir, CLASSIFICATION_RUN, flag=run_folder_flag(run_dir), overwrite=args.overwrite,
-                            inputs=inputs)
-    return run_dir
-
-
 def check_request(args: argparse.Namespace) -> tuple[Path, list[str]]:
     """Every check that needs no model and no dataset: the run folder and the notes to print."""
     check_numbers(args)
     check_data_source(args)
-    check_backbone(args)
-    notes = check_report_to(args)
-    return check_run_folder(args), notes
+    finetuning.check_backbone(args)
+    notes = finetuning.check_report_to(args)
+    local_name = args.dataset_name if args.dataset_name and looks_local(args.dataset_name) else None
+    run_dir = finetuning.check_run_folder(args, CLASSIFICATION_RUN, {
+        "--train_file": args.train_file, "--validation_file": args.validation_file, "--dataset_name": local_name})
+    return run_dir, notes
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -282,8 +237,6 @@ def check_request(args: argparse.Namespace) -> tuple[Path, list[str]]:
 def hub_snapshot(repo: str, revision: str, patterns: list[str], cache_dir: str | None, flag: str) -> Path:
     """The files of a Hub dataset at `revision` (its commit's folder, so that the sha is the folder's name),
     downloaded into `cache_dir` or found there; one UsageError when neither works."""
-    import huggingface_hub
-    from huggingface_hub import constants
 
     where = {"cache_dir": str(Path(cache_dir).expanduser())} if cache_dir else {}
     try:
@@ -298,7 +251,6 @@ def hub_snapshot(repo: str, revision: str, patterns: list[str], cache_dir: str |
 
 def load_glue(args: argparse.Namespace):
     """The task's train and validation splits from nyu-mll/glue at the pinned revision (parquet files)."""
-    from datasets import load_dataset
 
     config = next(k for k, v in cls.GLUE_TASKS.items() if v is args.task)
     revision = args.dataset_revision or cls.GLUE_REVISION
@@ -320,7 +272,6 @@ def cache_kwargs(args: argparse.Namespace) -> dict:
 
 def load_named_dataset(args: argparse.Namespace):
     """--dataset_name: a local folder, or a Hub dataset pinned to the commit its revision resolves to."""
-    from datasets import load_dataset
 
     name, splits = args.dataset_name, {"train": args.train_split, "validation": args.validation_split}
     path = Path(name).expanduser()
@@ -337,13 +288,11 @@ def load_named_dataset(args: argparse.Namespace):
     except Exception as error:  # a missing split or config, unreadable files: one line with the reason
         raise UsageError(f"--dataset_name {name}: datasets could not load its {' and '.join(splits.values())} "
                          f"splits ({type(error).__name__}: {first_line(error, 200)})") from None
-    from datasets import DatasetDict
 
     return DatasetDict(parts)
 
 
 def load_local_files(args: argparse.Namespace):
-    from datasets import DatasetDict, load_dataset
 
     parts = {}
     for key, path in (("train", args.train_file), ("validation", args.validation_file)):
@@ -457,7 +406,6 @@ def split_name(args: argparse.Namespace, split: str) -> str:
 
 def select_samples(rows: dict, args: argparse.Namespace) -> dict:
     """A seeded random subset of the training examples, the first ones of each evaluation set."""
-    import random
 
     out = {}
     for split, data in rows.items():
@@ -475,7 +423,6 @@ def select_samples(rows: dict, args: argparse.Namespace) -> dict:
 
 def featurize(rows: dict, tokenizer, max_length: int) -> tuple[dict, list[str]]:
     """{split: a Dataset of input_ids, attention_mask and label}, and a note counting the truncated inputs."""
-    from datasets import Dataset
 
     features, truncated = {}, {}
     for split, data in rows.items():
@@ -495,39 +442,14 @@ def featurize(rows: dict, tokenizer, max_length: int) -> tuple[dict, list[str]]:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def backbone_flag(args: argparse.Namespace) -> str:
-    return "--path_to_pretrained_backbone" if backbone_source(args) == args.path_to_pretrained_backbone \
-        else "--huggingface_model_name"
-
-
 def load_backbone(args: argparse.Namespace):
     """(tokenizer, config, folder, provenance): the tokenizer (checked to be the backbone's) and the architecture;
     the weights are read once the labels are known (`build_model`). Fills in --max_seq_length when unset."""
-    from model import RobertaConfig, resolve_checkpoint
-
-    source, flag = backbone_source(args), backbone_flag(args)
-    tokenizer = load_tokenizer(source, flag=flag, cache_dir=args.path_to_cache_dir)
-    try:
-        folder = resolve_checkpoint(source, need_weights=args.pretrained_backbone != "random",
-                                    cache_dir=args.path_to_cache_dir)
-        config = RobertaConfig.from_pretrained(folder)
-    except ValueError as error:
-        raise UsageError(f"{flag}: {error}") from None
-    longest = config.max_sequence_length
+    tokenizer, folder, config, swapped = finetuning.load_backbone_parts(args)
     if args.max_seq_length is None:
-        args.max_seq_length = min(longest, 512)
-    elif args.max_seq_length > longest:
-        raise UsageError(f"--max_seq_length {args.max_seq_length} is longer than {source} allows ({longest} tokens)")
-    check_qa_tokenizer(tokenizer, config, source)
-    swapped = args.pretrained_backbone != "random" and tokenizer_swapped(folder, tokenizer)
-    if swapped:
-        log(f"WARNING: {swapped}; put back the tokenizer files train.py saved beside the weights")
-    where = source if looks_local(source) else f"{source} (Hugging Face Hub, files in {folder})"
-    weights = f"random initialisation (RoBERTa's, --seed {args.seed})" if args.pretrained_backbone == "random" \
-        else where
-    provenance = {"pretrained_backbone": args.pretrained_backbone, "weights": weights, "architecture": where,
-                  "tokenizer": where, "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
-                  "classification_head": f"new, drawn from --seed {args.seed}", "implementation": args.implementation,
+        args.max_seq_length = min(config.max_sequence_length, 512)
+    provenance = {**finetuning.backbone_provenance(args, folder, "classification_head"),
+                  "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer), "implementation": args.implementation,
                   **({"tokenizer_warning": swapped} if swapped else {})}
     return tokenizer, config, folder, provenance
 
@@ -543,30 +465,24 @@ def label_config(space: cls.LabelSpace, label_column: str) -> dict:
 def build_model(args: argparse.Namespace, config, folder: Path, space: cls.LabelSpace):
     """The model to fine-tune: the backbone's encoder (or RoBERTa's random one) and a new head, in our
     implementation or transformers'; a damaged or mis-shaped checkpoint is a UsageError."""
-    from transformers import set_seed
-
     labels = label_config(space, args.label_column)
     set_seed(args.seed)  # the encoder's initialisation, for random
     try:
         if args.implementation == "transformers":
             model = transformers_model(args, folder, labels)
         else:
-            from model import RobertaConfig, RobertaForSequenceClassification
-
             model = RobertaForSequenceClassification(RobertaConfig.from_dict(config.to_dict(), **labels)) \
                 if args.pretrained_backbone == "random" else \
                 RobertaForSequenceClassification.from_pretrained(folder, new_head=True, **labels)
     except ValueError as error:  # truncated or corrupt weights, wrong shapes, missing tensors
-        raise UsageError(f"{backbone_flag(args)}: {str(error).replace(str(folder), backbone_source(args))}") from None
+        source = finetuning.backbone_source(args)
+        raise UsageError(f"{finetuning.backbone_flag(args)}: {str(error).replace(str(folder), source)}") from None
     init_head(model, args.seed)
     return model
 
 
 def transformers_model(args: argparse.Namespace, folder: Path, labels: dict):
     """transformers' RobertaForSequenceClassification from the same folder (--implementation transformers)."""
-    import transformers
-    from transformers.utils import logging as hf_logging
-
     hf_config = transformers.AutoConfig.from_pretrained(folder, **labels)
     if args.pretrained_backbone == "random":
         return transformers.RobertaForSequenceClassification(hf_config)
@@ -582,8 +498,6 @@ def transformers_model(args: argparse.Namespace, folder: Path, labels: dict):
 def init_head(model, seed: int) -> None:
     """RoBERTa's initialisation of the head (normal weights, zero biases) from a generator of its own seeded with
     `seed`: the same head whichever implementation, and whatever drew random numbers before."""
-    import torch
-
     generator = torch.Generator().manual_seed(seed)
     std = model.config.initializer_range
     with torch.no_grad():
@@ -606,45 +520,16 @@ def resolve_recipe(args: argparse.Namespace) -> None:
 
 
 def recorded_args(args: argparse.Namespace) -> dict:
-    """The arguments as used, for classification_args.json; flags whose value played no part go under `not_used`."""
-    record, not_used = {k: v for k, v in vars(args).items() if k != "task"}, {}
-
-    def unused(name: str, why: str) -> None:
-        value = record.pop(name)
-        if value is not None:
-            not_used[name] = f"{value} ({why})"
-
-    if backbone_source(args) == args.path_to_pretrained_backbone:
-        unused("huggingface_model_name", "the backbone came from --path_to_pretrained_backbone")
-    else:
-        unused("path_to_pretrained_backbone", "not given")
-    if not args.dataset_name:
-        for name in ("train_split", "validation_split"):
-            unused(name, "only --dataset_name uses it")
-    return {**record, "not_used": not_used, "versions": library_versions()}
+    """The arguments as used, for classification_args.json; flags that played no part go under `not_used`."""
+    unused = {} if args.dataset_name else {"train_split": "only --dataset_name uses it",
+                                           "validation_split": "only --dataset_name uses it"}
+    return finetuning.recorded_args(args, unused, skip=("task",))
 
 
 def claim_run_folder(args: argparse.Namespace, run_dir: Path) -> FolderLock | None:
-    """Lock the run folder for this run (main process), check it again under the lock, clear our own earlier
-    outputs with --overwrite (saying what is kept), and record the arguments. Returns the lock to release."""
-    if not is_main_process():
-        return None
-    flag = run_folder_flag(run_dir)
-    try:
-        lock = FolderLock(run_dir, flag=flag).acquire()
-    except OSError as error:  # read-only or full disk, no permission: before anything else was written
-        raise UsageError(f"{flag} cannot be created ({error.strerror or error})") from None
-    try:
-        check_output_folder(run_dir, CLASSIFICATION_RUN, flag=flag, overwrite=args.overwrite)
-        kept = remove_own_outputs(run_dir, CLASSIFICATION_RUN) if args.overwrite else []
-        if kept:
-            log(f"--overwrite: removed the earlier run's outputs; kept what this script did not make: "
-                f"{', '.join(kept)}")
-        write_json(run_dir / RUN_RECORD, recorded_args(args))
-    except BaseException:
-        lock.release()
-        raise
-    return lock
+    """Lock the run folder, clear an earlier run's outputs with --overwrite, write classification_args.json."""
+    return finetuning.claim_run_folder(args, run_dir, CLASSIFICATION_RUN, classification_run_folder.write_run_record,
+                                       recorded_args(args))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -655,14 +540,11 @@ def claim_run_folder(args: argparse.Namespace, run_dir: Path) -> FolderLock | No
 def make_trainer(args, model, tokenizer, features: dict, rows: dict, space: cls.LabelSpace, run_dir: Path):
     """A Trainer whose evaluation scores each validation set (MNLI: both) with the official metrics; the scores of
     the second set end in its suffix (`eval_accuracy_mm`), as in transformers' run_glue.py."""
-    import numpy as np
-    from transformers import DataCollatorWithPadding, PrinterCallback, ProgressCallback, Trainer
-
     splits = validation_splits(args, features)
     metrics = cls.metrics_for(args.task, space)
     gold = {split: np.asarray(rows[split]["targets"]) for _, split in splits}
 
-    class ClassificationTrainer(Trainer):
+    class ClassificationTrainer(finetuning.ModelFolderTrainer):
         last_scores: dict[str, float] = {}
         last_logits: dict[str, np.ndarray] = {}
         last_eval_step = -1
@@ -682,54 +564,27 @@ def make_trainer(args, model, tokenizer, features: dict, rows: dict, space: cls.
             self.last_scores, self.last_eval_step = scores, self.state.global_step
             return scores
 
-        def _save(self, output_dir=None, state_dict=None):
-            # config.json + model.safetensors that transformers and our from_pretrained both read, and the tokenizer
-            if self.args.should_save:
-                self.accelerator.unwrap_model(self.model).save_pretrained(output_dir or self.args.output_dir)
-                tokenizer.save_pretrained(output_dir or self.args.output_dir)
-                record_tokenizer(output_dir or self.args.output_dir, tokenizer)  # for classify.py to check
-
     # No processing_class: the Trainer would "align" the config's special tokens through transformers' config API,
     # which our dataclass config does not have; the collator pads each batch to its longest input.
-    trainer = ClassificationTrainer(model=model, args=training_arguments(args, run_dir),
-                                    train_dataset=features["train"], eval_dataset=features[splits[0][1]],
-                                    data_collator=DataCollatorWithPadding(tokenizer))
-    log_lines, bar_only = log_callbacks(log_line)
-    if trainer.pop_callback(ProgressCallback):
-        trainer.add_callback(bar_only)
-    trainer.remove_callback(PrinterCallback)
-    trainer.add_callback(log_lines)
+    eval_strategy = "epoch" if args.eval_steps is None else "steps" if args.eval_steps else "no"
+    trainer = ClassificationTrainer(
+        model=model, args=finetuning.training_arguments(
+            args, run_dir, label_names=["labels"], eval_strategy=eval_strategy, adam_beta2=cls.RECIPE["adam_beta2"],
+            adam_epsilon=cls.RECIPE["adam_epsilon"]),
+        train_dataset=features["train"], eval_dataset=features[splits[0][1]],
+        data_collator=DataCollatorWithPadding(tokenizer))
+    trainer.tokenizer_to_save = tokenizer
+    finetuning.add_log_lines(trainer, log_line)
     return trainer
 
 
 def log_line(step: int, max_steps: int, logs: dict, elapsed: float, steps_done: int) -> str:
     """One readable line for a Trainer log; evaluations show each metric x 100, as GLUE tables print them."""
-    from finetune_roberta_qa import log_line as qa_log_line
-
-    if "eval_runtime" not in logs or "eval_f1" in logs and "eval_exact_match" in logs:
-        return qa_log_line(step, max_steps, logs, elapsed, steps_done)
+    if line := finetuning.training_log_line(step, max_steps, logs, elapsed, steps_done):
+        return line
     loss = f" | loss {logs['eval_loss']:.4f}" if logs.get("eval_loss") is not None else ""
-    shown = shown_scores({k: v for k, v in logs.items() if k.startswith("eval_")}).replace(", ", " | ")
-    return f"eval {step}/{max_steps} | {shown}{loss} | {duration(logs['eval_runtime'])}"
-
-
-def training_arguments(args: argparse.Namespace, run_dir: Path):
-    import torch
-    from transformers import TrainingArguments
-
-    eval_strategy = "epoch" if args.eval_steps is None else "steps" if args.eval_steps else "no"
-    return TrainingArguments(
-        output_dir=str(run_dir / "checkpoints" if args.save_steps else run_dir), run_name=args.experiment_name,
-        num_train_epochs=args.num_train_epochs, per_device_train_batch_size=args.per_device_batch_size,
-        per_device_eval_batch_size=args.per_device_batch_size,
-        gradient_accumulation_steps=args.gradient_accumulation_steps, learning_rate=args.learning_rate,
-        weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, lr_scheduler_type="linear",
-        adam_beta2=cls.RECIPE["adam_beta2"], adam_epsilon=cls.RECIPE["adam_epsilon"],
-        logging_steps=args.logging_steps, eval_strategy=eval_strategy, eval_steps=args.eval_steps or None,
-        save_strategy="steps" if args.save_steps else "no", save_steps=args.save_steps or 500, save_total_limit=2,
-        seed=args.seed, bf16=args.bf16, report_to=args.report_to.split(","), label_names=["labels"],
-        disable_tqdm=not sys.stderr.isatty(), dataloader_num_workers=0,
-        dataloader_pin_memory=torch.cuda.is_available())
+    shown = cls.shown_scores(logs).replace(", ", " | ")
+    return f"eval {step}/{max_steps} | {shown}{loss} | {duration(logs.get('eval_runtime', 0))}"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -737,100 +592,29 @@ def training_arguments(args: argparse.Namespace, run_dir: Path):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def write_predictions(path: Path, args, trainer, rows: dict, space: cls.LabelSpace) -> None:
-    """predictions.jsonl: per evaluation example its texts, gold label, prediction and probability, written
-    atomically (a reader never sees half a file)."""
-    import json
-
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as out:
-        for _, split in validation_splits(args, rows):
-            logits, data = trainer.last_logits[split], rows[split]
-            first, second = data["columns"]
-            probabilities = None if space.regression else cls.softmax(logits)
-            for i, target in enumerate(data["targets"]):
-                row = {"split": split, "index": i, first: data["texts"][i],
-                       **({second: data["pairs"][i]} if second else {}), "label": space.decode(target)}
-                if space.regression:
-                    row["prediction"] = float(logits[i].reshape(-1)[0])
-                else:
-                    best = int(probabilities[i].argmax())
-                    row |= {"prediction": space.decode(best), "probability": round(float(probabilities[i][best]), 4)}
-                out.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-
-
 def write_results(run_dir: Path, args, trainer, rows: dict, space: cls.LabelSpace, counts: dict, provenance: dict,
                   data: dict) -> dict:
+    """eval_results.json (the last evaluation's scores, as the Trainer names them, and the run's records),
+    predictions.jsonl and README.md; returns the results."""
     scores = trainer.last_scores
     history = [{k: v for k, v in entry.items() if k in ("step", "epoch") or k.startswith("eval_")
                 and k != "eval_runtime"} for entry in trainer.state.log_history if "eval_runtime" in entry]
     main_metric = f"eval_{cls.metrics_for(args.task, space)[0]}"
     best = max(history, key=lambda entry: entry.get(main_metric) or float("-inf")) if history else {}
     results = {**scores, "scores": scores, **counts, "global_step": trainer.state.global_step,
-               "main_metric": main_metric,
-               "best": best, "labels": list(space.names) if space.names else None,
+               "main_metric": main_metric, "best": best, "labels": list(space.names) if space.names else None,
                "problem_type": "regression" if space.regression else "single_label_classification",
                **({"published_dev": {"roberta-base": args.task.published_base,
                                      "roberta-large": args.task.published_large}} if args.task else {}),
                "backbone": provenance, "data": data, "history": history}
-    write_json(run_dir / "eval_results.json", results)
-    write_predictions(run_dir / "predictions.jsonl", args, trainer, rows, space)
-    (run_dir / "README.md").write_text(run_readme(args, results))
+    classification_run_folder.write_results(run_dir, args, results, validation_splits(args, rows),
+                                            trainer.last_logits, rows, space)
     return results
 
 
-def shown_scores(scores: dict) -> str:
-    """`accuracy 81.20, accuracy_mm 80.10`: an evaluation's metrics x 100, as GLUE tables print them (the mean
-    squared error and the loss as they are)."""
-    return ", ".join(f"{k.removeprefix('eval_')} {v if 'mse' in k else 100 * v:.2f}" for k, v in scores.items()
-                     if k.startswith("eval_") and v is not None and not k.startswith(("eval_loss", "eval_runtime")))
-
-
-def run_readme(args: argparse.Namespace, results: dict) -> str:
-    """The run folder's README.md: what each file and each number is."""
-    shown = shown_scores(results["scores"])
-    task = f"GLUE {args.task.title}" if args.task else results["data"]["source"]
-    kind = "regression" if results["labels"] is None else "classification"
-    lines = [
-        f"# {args.experiment_name}: RoBERTa fine-tuned for {kind}",
-        "",
-        f"Made by `finetune_roberta_classification.py` from the {args.pretrained_backbone} backbone "
-        f"(weights: {results['backbone']['weights']}), on {task}. Scores x 100: {shown}.",
-        "",
-        "| file | what it is |",
-        "| --- | --- |",
-        "| `config.json`, `model.safetensors`, tokenizer files | the fine-tuned model in transformers' format, with "
-        "its class names (`id2label`): `python classify.py --model <this folder> --text ...`, transformers' "
-        "`AutoModelForSequenceClassification.from_pretrained` or `pipeline(\"text-classification\")` |",
-        "| `eval_results.json` | the scores as fractions, named as the Trainer names them (below); the main metric "
-        "(`main_metric`) and the evaluation where it was best (`best`: the paper reports the best epoch); the class "
-        "names (`labels`); where the weights, the architecture and the tokenizer came from (`backbone`); the data "
-        "(`data`); the scores at each evaluation (`history`); for GLUE the published dev scores (x 100) |",
-        "| `predictions.jsonl` | one line per evaluation example: its text(s), `label` (gold), `prediction` and its "
-        "`probability` (for regression the predicted number) |",
-        "| `classification_args.json` | the arguments of the run, the flags that played no part (`not_used`), and "
-        "the library versions |",
-        "| `checkpoints/` | Trainer checkpoints (with `--save_steps` above 0) |",
-        "| `.lock` | held by the run writing here: a second run into this folder is refused while it lives |",
-        "",
-        "- `eval_accuracy`: the share of examples whose predicted class is the gold one.",
-        "- `eval_f1`: F1 of the positive class (MRPC: equivalent, QQP: duplicate); `eval_macro_f1`: the mean over "
-        "classes of each class's F1.",
-        "- `eval_matthews_correlation`: Matthews correlation of predicted and gold classes (CoLA), -1 to 1, 0 for "
-        "chance.",
-        "- `eval_pearson`, `eval_spearmanr`: Pearson and Spearman correlation of predicted and gold numbers (STS-B); "
-        "`eval_mse`: their mean squared difference.",
-        "- `eval_combined_score`: the mean of the task's metrics where it has several (as run_glue.py reports it).",
-        "- a suffix `_mm`: the same on MNLI's mismatched validation set (the plain name is the matched one).",
-        "- `eval_loss`: the mean cross-entropy (regression: squared error) on the evaluation set.",
-    ]
-    return "\n".join(lines) + "\n"
-
-
 def summary_lines(args, results: dict, run_dir: Path) -> list[str]:
-    lines = [f"final (x 100): {shown_scores(results['scores'])} ({results['eval_examples']:,} evaluation examples) "
-             f"-> {run_dir}"]
+    lines = [f"final (x 100): {cls.shown_scores(results['scores'])} ({results['eval_examples']:,} evaluation "
+             f"examples) -> {run_dir}"]
     if args.task:
         lines.insert(0, f"published {args.task.title} dev scores (x 100, median of five runs): roberta-base "
                         f"{args.task.published_base} (fairseq's RoBERTa README), roberta-large "
@@ -849,8 +633,6 @@ def prepare(args: argparse.Namespace):
     run_dir, notes = check_request(args)
     resolve_recipe(args)
     tokenizer, config, folder, provenance = load_backbone(args)
-    import datasets
-
     if not sys.stderr.isatty():
         datasets.disable_progress_bars()
     examples = load_examples(args)
@@ -865,10 +647,7 @@ def prepare(args: argparse.Namespace):
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     run_dir, tokenizer, model, rows, features, space, provenance, data_record, notes = prepare(args)
-    if args.bf16 is None:
-        import torch
-
-        args.bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    finetuning.resolve_bf16(args)
     lock = claim_run_folder(args, run_dir)
     try:
         for note in notes:
@@ -878,7 +657,7 @@ def main(argv: list[str] | None = None) -> None:
         log(f"{args.pretrained_backbone} backbone, weights: {provenance['weights']}; {model.num_parameters():,} "
             f"parameters ({args.implementation}); {kind}; {len(rows['train']['targets']):,} training and "
             f"{evaluated:,} evaluation examples")
-        prepare_loggers(args, run_dir)
+        finetuning.prepare_loggers(args, run_dir)
         trainer = make_trainer(args, model, tokenizer, features, rows, space, run_dir)
         train_output = trainer.train()
         trainer.save_model(str(run_dir))

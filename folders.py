@@ -1,13 +1,12 @@
-"""The folders the scripts write, and the rules that keep a user's files safe. Used by every script.
+"""The rules that keep a user's folders safe, for every folder a script writes. Used by all three scripts.
 
-Each script writes one kind of output folder: prepare_data.py a data store, train.py a pretraining run folder,
-finetune_roberta_qa.py a question-answering run folder, finetune_roberta_classification.py a classification run
-folder. Three promises hold for every one of them:
+Each script writes one kind of output folder, declared (`OutputKind`) by the module that owns its format:
+store.STORE (prepare_data.py's data store), run_folder.PRETRAINING_RUN (train.py's run folder),
+qa_run_folder.QA_RUN (finetune_roberta_qa.py's run folder). Four promises hold for every one of them:
 
 * `--overwrite` replaces only a folder the script can recognise as its own output, by the record it wrote
-  there (`prepare_data.json`, `args.json`/`metrics.jsonl`, `finetune_args.json`, `classification_args.json`),
-  and then removes only the entries the script itself makes: anything else in the folder (a log the user
-  redirected there, notes) stays.
+  there (`OutputKind.records`), and then removes only the entries the script itself makes: anything else in the
+  folder (a log the user redirected there, notes) stays.
   Without --overwrite, a folder holding only files the script never makes is written beside them.
   It never replaces the current directory, a parent of it, the home folder, a git repository, a folder that
   is or holds an input of the same run, or a folder another run is using.
@@ -18,24 +17,34 @@ folder. Three promises hold for every one of them:
   resumed at once; NFS supports it. Where a filesystem supports no locking at all, a lock file holding the
   owner's host and pid is used instead, and a lock of a dead process on this host is taken over.
   `describe_holder` is the one way to say which run holds a folder.
+* A folder replaced as a whole (prepare_data.py's store) is written in a hidden work folder beside it
+  (`.<name>.tmp-<pid>-<hex>`) and swapped in by two renames with signals held back (`move_into_place`); a run
+  killed mid-way leaves only such folders, which `clean_stale_work_folders` removes (or puts back) next time.
 * Files are written atomically (`write_json`), and `file_manifest`/`verify_manifest` record and check each
   file's size and checksum, so that a damaged checkpoint is detected before it is loaded.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import os
 import re
 import shutil
+import signal
 import socket
+import struct
+import sys
+import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from utils import UsageError
+from utils import UsageError, out_of_space
 
 LOCK_FILE = ".lock"
 
@@ -48,28 +57,8 @@ class OutputKind:
     script: str  # "prepare_data.py"
     records: tuple[str, ...]  # any one of these files marks a folder as this script's output
     made: tuple[str, ...]  # every entry the script may create in its folder (removed by --overwrite)
-
-
-STORE = OutputKind("data store", "prepare_data.py", records=("prepare_data.json",),
-                   made=("prepare_data.json", "dataset_dict.json", "train", "test", "tokenizer", "README.md",
-                         LOCK_FILE))
-PRETRAINING_RUN = OutputKind(
-    "pretraining run folder", "train.py", records=("args.json", "metrics.jsonl"),
-    made=("args.json", "args.json.tmp", "metrics.jsonl", "metrics.jsonl.tmp", "curves.png", "curves.tmp.png",
-          "checkpoints", "final_model", "final_model.tmp", "wandb", "README.md", LOCK_FILE))
-QA_RUN = OutputKind(
-    "question-answering run folder", "finetune_roberta_qa.py", records=("finetune_args.json",),
-    made=("finetune_args.json", "eval_results.json", "predictions.json", "predictions_detail.json", "checkpoints",
-          "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-          "vocab.json", "merges.txt", "training_args.bin", "README.md", "runs", "wandb", LOCK_FILE,
-          "tokenizer_record.json", "finetune_args.json.tmp", "eval_results.json.tmp", "predictions.json.tmp",
-          "predictions_detail.json.tmp"))
-CLASSIFICATION_RUN = OutputKind(
-    "classification run folder", "finetune_roberta_classification.py", records=("classification_args.json",),
-    made=("classification_args.json", "eval_results.json", "predictions.jsonl", "checkpoints", "config.json",
-          "model.safetensors", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
-          "merges.txt", "training_args.bin", "README.md", "runs", "wandb", LOCK_FILE, "tokenizer_record.json",
-          "classification_args.json.tmp", "eval_results.json.tmp", "predictions.jsonl.tmp"))
+    inner: re.Pattern | None = None  # what the script makes inside a folder of `made` (its checkpoints)
+    continue_hint: str = ""  # how to continue an existing output instead of replacing it, for messages
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -105,7 +94,7 @@ def check_output_folder(folder: str | os.PathLike, kind: OutputKind, *, flag: st
                          f"it is not a {kind.description}, so even --overwrite leaves it alone; choose an empty "
                          "or new folder")
     if not overwrite and not resuming:
-        hint = "--resume_from_checkpoint latest to continue it, " if kind is PRETRAINING_RUN else ""
+        hint = f"{kind.continue_hint} to continue it, " if kind.continue_hint else ""
         raise UsageError(f"{flag} already holds a {kind.description}; pass {hint}--overwrite to replace it, or "
                          "choose another folder")
     return path
@@ -114,23 +103,44 @@ def check_output_folder(folder: str | os.PathLike, kind: OutputKind, *, flag: st
 MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".model")  # weights and tokenizer models
 
 
-def refuse_replacing_outputs(path: str | os.PathLike, flag: str, model: str | os.PathLike | None = None) -> None:
-    """Refuse (even with --overwrite) a file to write that would replace a file of the model folder being read,
-    or an output a script made and records in its folder (a fine-tuning run's predictions.json, eval_results.json,
-    config.json, weights...). --overwrite replaces the user's own files only. Symlinks and `..` are followed."""
+def refuse_replacing_outputs(path: str | os.PathLike, flag: str, kinds: tuple[OutputKind, ...],
+                             model: str | os.PathLike | None = None, model_files: tuple[str, ...] = ()) -> None:
+    """Refuse (even with --overwrite) a file to write that would replace a file of the model folder being read
+    (`model_files`, or any weights), or an output a script of `kinds` made and records in its folder (a fine-tuning
+    run's predictions.json, config.json, weights...). --overwrite replaces the user's own files only. Symlinks and
+    `..` are followed."""
     target = Path(path).absolute().resolve()
     if model is not None and Path(model).is_dir():
         folder = Path(model).resolve()
-        protected = set(QA_RUN.made) | set(CLASSIFICATION_RUN.made) | {"trainer_state.json", "generation_config.json"}
-        if target.is_relative_to(folder) and (target.name in protected or target.suffix in MODEL_FILE_SUFFIXES):
+        if target.is_relative_to(folder) and (target.name in model_files or target.suffix in MODEL_FILE_SUFFIXES):
             raise UsageError(f"{flag} {path} is a file of the model folder it reads ({folder}): writing there would "
                              "damage the model; choose another file name")
     for folder in target.parents:
-        for kind in (QA_RUN, CLASSIFICATION_RUN, PRETRAINING_RUN, STORE):
+        for kind in kinds:
             if is_output_of(folder, kind) and target.relative_to(folder).parts[0] in kind.made:
                 raise UsageError(f"{flag} {path} would replace {kind.script}'s own output in {folder} (the "
                                  f"{kind.description}); choose another file name, e.g. "
                                  f"{folder / ('ask_' + target.name)}")
+
+
+def check_output_file(path: str | os.PathLike, flag: str, *, source: str | os.PathLike, source_flag: str,
+                      overwrite: bool, kinds: tuple[OutputKind, ...], model: str | os.PathLike | None = None,
+                      model_files: tuple[str, ...] = (), example_name: str = "out.json") -> None:
+    """The guards of a file a script writes its answers into (ask.py's and classify.py's --output), all before the
+    model is loaded: not a folder, not the input (`source`), no file of the model folder read or of any script's
+    output (`refuse_replacing_outputs`), not an existing file without `overwrite`, a folder that exists and can be
+    written. UsageError (one line) otherwise."""
+    output = Path(path).expanduser()
+    if output.is_dir():
+        raise UsageError(f"{flag} {path} is a folder; give a file name, e.g. {output / example_name}")
+    if output.exists() and output.resolve() == Path(source).expanduser().resolve():
+        raise UsageError(f"{flag} {path} is the {source_flag} itself; writing there would destroy it")
+    refuse_replacing_outputs(output, flag, kinds, model, model_files=model_files)
+    if output.exists() and not overwrite:
+        raise UsageError(f"{flag} {path} exists; pass --overwrite to replace it, or choose another name")
+    if not output.parent.is_dir():
+        raise UsageError(f"{flag} {path}: the folder {output.parent} does not exist")
+    check_writable(output, flag)  # before the first answer, not after the last
 
 
 def refuse_precious(path: Path, flag: str) -> None:
@@ -160,9 +170,6 @@ def foreign_entries(folder: Path, kind: OutputKind) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.name not in kind.made)
 
 
-CHECKPOINT_NAME = re.compile(r"(tmp-)?step_\d+|checkpoint-\d+")  # what train.py and the Trainer make in checkpoints/
-
-
 def remove_own_outputs(folder: Path, kind: OutputKind) -> list[str]:
     """--overwrite, after every check passed: delete what the script made; return the names of what was kept.
 
@@ -170,7 +177,7 @@ def remove_own_outputs(folder: Path, kind: OutputKind) -> list[str]:
     for entry in own_entries(folder, kind):
         if entry.is_symlink() and entry.is_dir():
             for inner in entry.iterdir():
-                if CHECKPOINT_NAME.fullmatch(inner.name) and inner.is_dir() and not inner.is_symlink():
+                if kind.inner and kind.inner.fullmatch(inner.name) and inner.is_dir() and not inner.is_symlink():
                     shutil.rmtree(inner)
         elif entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)
@@ -203,8 +210,6 @@ class FolderLock:
         self.pid_file = False  # True where record locks are unsupported and the lock is the file's existence
 
     def acquire(self) -> FolderLock:
-        import fcntl
-
         if not self.shared:
             check_writable(self.folder, self.flag)
             self.folder.mkdir(parents=True, exist_ok=True)
@@ -335,10 +340,6 @@ def describe_holder(lock_path: Path, live_only: bool = False) -> str:
 
 def _locking_pid(lock_path: Path) -> int | None:
     """The pid of a process holding a record lock on `lock_path` (Linux's struct flock), or None."""
-    import fcntl
-    import struct
-    import sys
-
     if not sys.platform.startswith("linux"):
         return None
     query = struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
@@ -403,6 +404,104 @@ def pid_alive(pid: int) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Replacing a folder as a whole: the work folder beside it, the swap with signals held back, what a killed run left
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def acquire_lock(folder: Path, flag: str) -> FolderLock:
+    """The exclusive lock of an output folder, made if need be; a folder that cannot be written is one UsageError."""
+    try:
+        return FolderLock(folder, flag=flag, shared=False).acquire()
+    except OSError as error:
+        raise UsageError(f"{flag} cannot be written ({error.strerror}): choose a folder you can write to") from None
+
+
+@contextlib.contextmanager
+def uninterruptible():
+    """SIGINT/SIGTERM held back during the block (a swap: never half a folder), and discarded after it: once the
+    new folder is in place the run has succeeded."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signals = {signal.SIGINT, signal.SIGTERM}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        yield
+    finally:
+        for s in signals:  # a pending signal whose action becomes SIG_IGN is discarded
+            signal.signal(s, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+def work_folder_name(folder: Path, kind: str) -> str:
+    return f".{folder.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def make_work_folder(folder: Path, flag: str) -> Path:
+    """A fresh hidden folder beside `folder` (same file system, so the final move is a rename)."""
+    work = folder.parent / work_folder_name(folder, "tmp")
+    try:
+        work.mkdir()
+    except OSError as error:
+        raise UsageError(f"cannot write beside {flag}: {error.strerror}") from None
+    return work
+
+
+def clean_stale_work_folders(folder: Path, kind: OutputKind) -> list[str]:
+    """Remove what runs killed mid-way left beside `folder` (their pid is not alive on this host).
+
+    Called with the folder's lock held, so no live run is writing there. A `.tmp-` folder is a work folder: only the
+    script's files. An `.old-` folder is a previous output caught mid-swap: if the folder holds no output of its
+    own, it is put back; files of yours in it are moved back into the folder; the rest is removed. Returns what was
+    done."""
+    pattern = re.compile(rf"^\.{re.escape(folder.name)}\.(tmp|old)-(\d+)-[0-9a-f]+$")
+    done = []
+    for entry in sorted(folder.parent.iterdir()):
+        match = pattern.match(entry.name)
+        if not match or not entry.is_dir() or pid_alive(int(match[2])):
+            continue
+        if match[1] == "old":
+            done.extend(restore_old_output(entry, folder, kind))
+        if entry.exists():
+            shutil.rmtree(entry)
+            done.append(f"removed {entry.name}, left by a killed run (pid {match[2]})")
+    return done
+
+
+def restore_old_output(old: Path, folder: Path, kind: OutputKind) -> list[str]:
+    """Bring back from a half-swapped `old` folder the previous output (if `folder` has none) and the user's files."""
+    done = []
+    is_empty = not own_entries(folder, kind) and not foreign_entries(folder, kind)
+    movable = [p for p in old.iterdir() if p.name != LOCK_FILE] if is_empty else foreign_entries(old, kind)
+    for entry in movable:
+        if (folder / entry.name).exists():
+            raise UsageError(f"{old} (left by a killed run) holds {entry.name}, and so does {folder}: move what you "
+                             "want to keep out of it, delete it, and run again")
+        entry.rename(folder / entry.name)
+    if movable:
+        done.append(f"moved back {', '.join(sorted(p.name for p in movable))} from {old.name} (a run was killed "
+                    f"while replacing the {kind.description})")
+    return done
+
+
+def move_into_place(new: Path, folder: Path, kind: OutputKind) -> list[str]:
+    """Replace `folder` by `new`, carrying over the files in `folder` the script did not make (returned).
+
+    Two renames, signals held back: the old folder moves aside, the new one into place; then the user's files move
+    in, and the old folder is removed only after the new one is in place."""
+    old = folder.parent / work_folder_name(folder, "old")
+    with uninterruptible():
+        folder.rename(old)
+        new.rename(folder)
+        carried = []
+        for entry in foreign_entries(old, kind):
+            entry.rename(folder / entry.name)
+            carried.append(entry.name)
+    shutil.rmtree(old)
+    return carried
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Files that can be trusted
 # ----------------------------------------------------------------------------------------------------------------
 
@@ -446,8 +545,9 @@ def verify_manifest(folder: Path, manifest: dict[str, dict]) -> str | None:
 def is_disk_full(error: BaseException, folder: Path, needed_bytes: int = 0) -> bool:
     """Whether a failed write ran out of space: ENOSPC, or a library's own error while the disk is (nearly) full.
 
-    torch.save and safetensors report a full disk as RuntimeError/SafetensorError with a C++ message, not ENOSPC."""
-    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+    torch.save and safetensors report a full disk as RuntimeError/SafetensorError with a C++ or Rust message, not
+    an OSError: "No space left on device (os error 28)" from safetensors 0.8."""
+    if out_of_space(error):
         return True
     try:
         free = shutil.disk_usage(folder if folder.exists() else folder.parent).free

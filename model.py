@@ -21,7 +21,7 @@ Mapping to transformers' checkpoints: module and parameter names are those of tr
 
 `from_pretrained` reads a transformers folder or Hub id into our classes; `save_pretrained` writes a folder
 that transformers' own `RobertaForMaskedLM` / `RobertaForQuestionAnswering` / `RobertaForSequenceClassification`
-load with nothing missing.
+load with nothing missing (the folder's files are model_folder.py's).
 
 Differences from transformers, all for speed and none visible in the numbers:
   * attention is one `F.scaled_dot_product_attention` call, with no mask at all for unpadded batches so that
@@ -35,19 +35,18 @@ Differences from transformers, all for speed and none visible in the numbers:
 
 from __future__ import annotations
 
-import json
 import os
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from utils import first_line, looks_local
+import model_folder
 
 IGNORE_INDEX = -100  # label of positions that are not predicted, as in transformers
+MLM_PROBABILITY = 0.15  # the share of tokens a masked LM predicts (BERT's and RoBERTa's): masking's default
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -161,8 +160,8 @@ class RobertaConfig:
 
     @classmethod
     def from_pretrained(cls, path_or_hub_id: str | os.PathLike, **overrides) -> RobertaConfig:
-        folder = _resolve_checkpoint(path_or_hub_id, need_weights=False)
-        return cls.from_dict(json.loads((folder / "config.json").read_text()), **overrides)
+        return cls.from_dict(model_folder.read_config(model_folder.resolve(path_or_hub_id, need_weights=False)),
+                             **overrides)
 
 
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")  # transformers' names
@@ -407,14 +406,9 @@ class RobertaPreTrainedModel(nn.Module):
         return {k: v.contiguous() for k, v in self.state_dict().items() if k not in self._tied_keys()}
 
     def save_pretrained(self, folder: str | os.PathLike) -> None:
-        """Write `config.json` and `model.safetensors` in transformers' format."""
-        from safetensors.torch import save_file
-
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        config = {"architectures": [self.architecture], **self.config.to_dict()}
-        (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        save_file(self._state_dict_for_saving(), folder / "model.safetensors", metadata={"format": "pt"})
+        """Write the config and the weights in transformers' format (model_folder.write_weights)."""
+        model_folder.write_weights(folder, {"architectures": [self.architecture], **self.config.to_dict()},
+                                   self._state_dict_for_saving())
 
     @classmethod
     def from_pretrained(cls, path_or_hub_id: str | os.PathLike, new_head: bool = False, **config_overrides):
@@ -426,10 +420,10 @@ class RobertaPreTrainedModel(nn.Module):
         starts fresh. `new_head=True` starts the task head fresh whatever the checkpoint holds (fine-tuning a model
         already fine-tuned for other labels).
         """
-        folder = _resolve_checkpoint(path_or_hub_id, need_weights=True)
-        config = RobertaConfig.from_dict(json.loads((folder / "config.json").read_text()), **config_overrides)
+        folder = model_folder.resolve(path_or_hub_id, need_weights=True)
+        config = RobertaConfig.from_dict(model_folder.read_config(folder), **config_overrides)
         model = cls(config)
-        state = _read_state_dict(folder)
+        state = model_folder.read_state_dict(folder)
         if new_head:
             state = {k: v for k, v in model._rename_checkpoint_keys(state).items()
                      if not any(k.startswith(model._module_name(m) + ".") for m in model._fresh_head_modules())}
@@ -450,7 +444,8 @@ class RobertaPreTrainedModel(nn.Module):
             if mis_shaped:
                 problems.append(f"mis-shaped weights {_short_list(mis_shaped)}")
             raise ValueError(f"cannot load {source} into {type(self).__name__}: " + "; ".join(problems)
-                             + ". Is it a complete RoBERTa checkpoint whose config.json matches its weights?")
+                             + f". Is it a complete RoBERTa checkpoint whose {model_folder.CONFIG_FILE} matches its "
+                             "weights?")
         with torch.no_grad():
             for key, tensor in own.items():
                 if key in state:
@@ -742,108 +737,12 @@ def compile_regions(model: nn.Module, fullgraph: bool = True, **options) -> nn.M
     return model
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Reading checkpoints
-# ----------------------------------------------------------------------------------------------------------------
-
-_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-
-
-def check_checkpoint_folder(path: str | os.PathLike, need_weights: bool = True) -> Path:
-    """A local transformers-format folder, checked: config.json, and a weight file when `need_weights`.
-
-    ValueError (one line, with the way out) otherwise; a train.py run folder is recognised and the model folders
-    inside it are named. Reads no weights: loading them (`from_pretrained`) is what finds a corrupt file."""
-    folder = Path(path).expanduser()
-    if not folder.is_dir():
-        raise ValueError(f"{path} is not a folder: expected a transformers-format model folder")
-    if not (folder / "config.json").is_file():
-        if (folder / "final_model").is_dir() or (folder / "checkpoints").is_dir():
-            raise ValueError(f"{path} is a train.py run folder, not a model: pass {folder / 'final_model'} or one of "
-                             "its checkpoints/step_N folders")
-        raise ValueError(f"{path} holds no config.json, so no model: expected a train.py final_model/ or "
-                         "checkpoints/step_N/ folder, or a transformers-format RoBERTa folder")
-    if need_weights and not any((folder / name).is_file() for name in _WEIGHT_FILES):
-        raise ValueError(f"{path} holds no weights: expected {' or '.join(_WEIGHT_FILES)} beside config.json")
-    return folder
-
-
-def resolve_checkpoint(path_or_hub_id: str | os.PathLike, need_weights: bool = True,
-                       cache_dir: str | os.PathLike | None = None) -> Path:
-    """The local folder of a checkpoint: a folder as it is (checked), or a Hub id downloaded into `cache_dir`
-    (the Hub's own cache when None). Only config.json and one weight file are fetched. ValueError on failure."""
-    return _resolve_checkpoint(path_or_hub_id, need_weights, cache_dir)
-
-
-def _resolve_checkpoint(path_or_hub_id: str | os.PathLike, need_weights: bool,
-                        cache_dir: str | os.PathLike | None = None) -> Path:
-    """A local folder as it is, or a Hub id downloaded to the cache; one clear error when neither works."""
-    path = Path(path_or_hub_id).expanduser()
-    if path.is_dir():
-        return check_checkpoint_folder(path, need_weights)
-    if looks_local(path_or_hub_id):
-        raise ValueError(f"{path_or_hub_id} is not a folder: expected a transformers-format folder or a Hub id")
-    return _download_from_hub(str(path_or_hub_id), need_weights, cache_dir)
-
-
-def _download_from_hub(hub_id: str, need_weights: bool, cache_dir: str | os.PathLike | None = None) -> Path:
-    """Fetch config.json and one weight file (safetensors when the repository has it, else the .bin)."""
-    folder = _snapshot(hub_id, ["config.json", *(["model.safetensors"] if need_weights else [])], cache_dir)
-    if need_weights and not (folder / "model.safetensors").is_file():
-        folder = _snapshot(hub_id, ["pytorch_model.bin"], cache_dir)
-    return _resolve_checkpoint(folder, need_weights)
-
-
-def _snapshot(hub_id: str, patterns: list[str], cache_dir: str | os.PathLike | None = None) -> Path:
-    from huggingface_hub import snapshot_download
-
-    where = {"cache_dir": str(Path(cache_dir).expanduser())} if cache_dir else {}  # else the Hub's own cache
-    try:
-        return Path(snapshot_download(hub_id, allow_patterns=patterns, **where))
-    except Exception as error:  # offline, unknown id, gated repo, network error: all end the same way for a user
-        raise ValueError(
-            f"could not get {hub_id!r} from the Hugging Face Hub ({type(error).__name__}: {first_line(error)}); "
-            "check the id and the network, or pass a local transformers-format folder"
-        ) from None
-
-
-def _read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
-    """The weights of a checkpoint folder; a truncated or corrupt file is a one-line ValueError naming it."""
-    path = folder / "model.safetensors"
-    if not path.is_file():
-        path = folder / "pytorch_model.bin"
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(path)
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # SafetensorError, UnpicklingError, EOFError, RuntimeError...: all mean "damaged"
-        reason = first_line(error, 160)
-        raise ValueError(f"{path} could not be read ({type(error).__name__}: {reason}): the file is truncated or "
-                         "corrupt; save or download it again") from None
-
-
-def checkpoint_weight_names(path: str | os.PathLike) -> set[str]:
-    """Names of the tensors in a checkpoint folder, read from the safetensors header where there is one."""
-    folder = check_checkpoint_folder(path, need_weights=True)
-    if (folder / "model.safetensors").is_file():
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(folder / "model.safetensors"), framework="pt") as weights:
-                return set(weights.keys())
-        except Exception:
-            pass  # reported with its reason by _read_state_dict below
-    return set(_read_state_dict(folder))
-
-
 def _short_list(items: list[str], limit: int = 4) -> str:
     shown = ", ".join(items[:limit])
     return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
-def flops_per_token(config: RobertaConfig, sequence_length: int, predicted_fraction: float = 0.15) -> float:
+def flops_per_token(config: RobertaConfig, sequence_length: int, predicted_fraction: float = MLM_PROBABILITY) -> float:
     """Training FLOPs per token (forward + backward = 3x forward) of RobertaForMaskedLM with sparse prediction.
 
     Counts the matrix multiplies: the encoder's linear layers (the fused query/key/value product is the same
@@ -870,4 +769,5 @@ __all__ = [
     "flops_per_token",
     "compile_regions",
     "IGNORE_INDEX",
+    "MLM_PROBABILITY",
 ]

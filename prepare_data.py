@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import os
 import shlex
 import shutil
@@ -39,6 +38,7 @@ from tqdm.auto import tqdm
 import folders
 from corpora import (
     DATASETS,
+    TEXT_COLUMN,
     Corpus,
     check_dataset_name,
     check_text_file,
@@ -53,23 +53,38 @@ from corpora import (
 )
 from store import (
     MIN_CONTEXT_LENGTH,
+    RECORD_BLOCK_LENGTH,
+    RECORD_COMMAND,
+    RECORD_SPLITS,
+    RECORD_TOKENIZER,
+    RECORD_TOKENIZER_FROM,
+    RECORD_TRAINED,
+    STORE,
+    STORE_RECORD,
     TEST,
-    TEXT_COLUMN,
     TRAIN,
+)
+from store_writer import (
     Interrupted,
-    acquire_lock,
-    clean_stale_work_folders,
     framing_ids,
     ids_dtype,
     interruptible,
-    make_work_folder,
-    move_into_place,
     tokenize_and_pack,
     write_record,
     write_tokenizer_and_index,
 )
-from tokenization import BPE_MIN_VOCAB_SIZE, load_tokenizer, tokenizer_fingerprint, train_bpe_tokenizer
-from utils import ArgumentParser, HelpFormatter, ScriptExit, UsageError, exit_code_for_signal, library_versions, run_cli
+from tokenization import BPE_MIN_VOCAB_SIZE, load_tokenizer, tokenizer_identity, train_bpe_tokenizer
+from utils import (
+    ArgumentParser,
+    DiskFull,
+    HelpFormatter,
+    ScriptExit,
+    UsageError,
+    exit_code_for_signal,
+    library_versions,
+    out_of_space,
+    run_cli,
+)
 from utils import log as shared_log
 
 # Disk estimate, from `python benchmarks/prepare_throughput.py --measure_disk --text_files ...` on WikiText-2's
@@ -151,7 +166,7 @@ def build_parser() -> ArgumentParser:
     out.add_argument("--path_to_data_store", required=True, metavar="FOLDER",
                      help="the store to write: a new or empty folder, or a store of this script with --overwrite")
     out.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False,
-                     help="replace an existing store (only a folder holding prepare_data.json; files this script "
+                     help=f"replace an existing store (only a folder holding {STORE_RECORD}; files this script "
                           "did not make are kept)")
     out.add_argument("--huggingface_cache_dir", default=None, metavar="DIR",
                      help="put every Hub download and the datasets cache under DIR (DIR/hub, DIR/datasets, "
@@ -207,7 +222,7 @@ def validate_args(args: argparse.Namespace) -> None:
         if cache == store or cache.is_relative_to(store):
             raise UsageError(f"--huggingface_cache_dir {args.huggingface_cache_dir} is inside --path_to_data_store: "
                              "a cache outlives stores; give it a folder of its own")
-    folders.check_output_folder(args.path_to_data_store, folders.STORE, flag=store_flag(args),
+    folders.check_output_folder(args.path_to_data_store, STORE, flag=store_flag(args),
                                 overwrite=args.overwrite, inputs=input_paths(args))
 
 
@@ -234,11 +249,6 @@ def resolve_num_workers(requested: int) -> int:
     except AttributeError:  # not on Linux
         available = os.cpu_count() or 1
     return max(1, min(requested, available))
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Corpora read through datasets.load_dataset, the Hub pre-flight and the download cache
-# ----------------------------------------------------------------------------------------------------------------
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -274,29 +284,8 @@ def train_tokenizer(train_documents, vocab_size: int, context_length: int):
     if len(tokenizer) < vocab_size:
         log(f"WARNING: --train_tokenizer {vocab_size:,}: the train split only supports a vocabulary of "
             f"{len(tokenizer):,} (no more pairs occur twice); the store uses {len(tokenizer):,}, recorded as "
-            "tokenizer.vocab_size in prepare_data.json. Use more text for a larger vocabulary.")
+            f"tokenizer.vocab_size in {STORE_RECORD}. Use more text for a larger vocabulary.")
     return tokenizer
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Documents: every source becomes a Dataset with one column `text`
-# ----------------------------------------------------------------------------------------------------------------
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Tokenising (worker processes, results in document order) and packing (one sequential pass)
-# ----------------------------------------------------------------------------------------------------------------
-
-
-_WORKER: dict = {}  # what forked tokenising workers read: the splits, the tokenizer, the ids dtype
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The store: lock, work folder beside it, atomic swap, what a killed run left
-# ----------------------------------------------------------------------------------------------------------------
-
-
-_RUNNING: dict = {"pid": None}  # the process of the run in progress, whose forked children are its workers
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -403,36 +392,35 @@ def make_record(args: argparse.Namespace, argv: list[str], corpora: list[Corpus]
                 stats: dict, num_workers: int, total_seconds: float, seconds: dict[str, float]) -> dict:
     """What prepare_data.json holds: the command, the arguments, what was used, the counts per split, the speed."""
     tokens = sum(s["tokens"] for s in stats.values())
-    tok = {"from": "trained" if args.train_tokenizer else args.hf_model_name, "vocab_size": len(tokenizer),
-           "fingerprint": tokenizer_fingerprint(tokenizer), "model_max_length": tokenizer.model_max_length,
-           **tokenizer_hub}
+    tok = {RECORD_TOKENIZER_FROM: RECORD_TRAINED if args.train_tokenizer else args.hf_model_name,
+           **tokenizer_identity(tokenizer), "model_max_length": tokenizer.model_max_length, **tokenizer_hub}
     if args.train_tokenizer:
         tok.update(trained_on=f"{TRAIN} split", vocab_size_requested=args.train_tokenizer)
-    return {"command": "python prepare_data.py " + shlex.join(argv),
+    return {RECORD_COMMAND: "python prepare_data.py " + shlex.join(argv),
             "created": time.strftime("%Y-%m-%d %H:%M:%S"),
             "arguments": {k: v for k, v in vars(args).items() if k != "source"}, "source": args.source,
-            "sources": [c.record() for c in corpora], "context_length": args.context_length,
-            "num_workers_used": num_workers, "tokenizer": tok, "ids_dtype": ids_dtype(tokenizer).name,
-            "splits": stats, "dropped_tokens": sum(s["dropped_tokens"] for s in stats.values()),
+            "sources": [c.record() for c in corpora], RECORD_BLOCK_LENGTH: args.context_length,
+            "num_workers_used": num_workers, RECORD_TOKENIZER: tok, "ids_dtype": ids_dtype(tokenizer).name,
+            RECORD_SPLITS: stats, "dropped_tokens": sum(s["dropped_tokens"] for s in stats.values()),
             "seconds": round(total_seconds, 2), "seconds_by_phase": seconds,
             "tokens_per_second": round(tokens / max(total_seconds, 1e-9)), "library_versions": library_versions()}
 
 
 def summary_line(record: dict, store: Path) -> str:
     parts = [f"{name} {s['documents']:,} docs, {s['tokens']:,} tokens, {s['blocks']:,} blocks"
-             for name, s in record["splits"].items()]
-    return (f"prepare_data: done: {' | '.join(parts)} | blocks of {record['context_length']} | "
+             for name, s in record[RECORD_SPLITS].items()]
+    return (f"prepare_data: done: {' | '.join(parts)} | blocks of {record[RECORD_BLOCK_LENGTH]} | "
             f"{record['dropped_tokens']:,} tokens dropped | {record['seconds']:.1f} s, "
             f"{record['tokens_per_second']:,} tokens/s | store {store}")
 
 
 def run(args: argparse.Namespace, argv: list[str], store: Path, started: float, seconds: dict) -> dict:
     """With the store locked: clean up after killed runs, pre-flight, check the disk, prepare, swap into place."""
-    cleaned = clean_stale_work_folders(store)
+    cleaned = folders.clean_stale_work_folders(store, STORE)
     for line in cleaned:
         log(line)
     if cleaned:  # a store put back from a killed run's swap is replaced only with --overwrite, as any store
-        folders.check_output_folder(store, folders.STORE, flag=store_flag(args), overwrite=args.overwrite)
+        folders.check_output_folder(store, STORE, flag=store_flag(args), overwrite=args.overwrite)
     corpora = corpora_of(args)
     with download_cache(args.huggingface_cache_dir):
         with timed(seconds, "preflight"):
@@ -446,15 +434,15 @@ def run(args: argparse.Namespace, argv: list[str], store: Path, started: float, 
         itemsize = ids_dtype(tokenizer).itemsize if tokenizer else (2 if args.train_tokenizer <= 2**16 else 4)
         if not args.skip_disk_check:
             log(f"disk: {check_disk(disk_estimate(args, corpora, itemsize)) or 'nothing large to write'}")
-        work = make_work_folder(store)
+        work = folders.make_work_folder(store, store_flag(args))
         try:
             prepared = prepare(args, corpora, tokenizer, work, seconds)
             record = make_record(args, argv, corpora, prepared["tokenizer"], tokenizer_hub, prepared["stats"],
                                  prepared["num_workers"], time.perf_counter() - started, seconds)
             new_store = work / "store"
             write_record(new_store, record)
-            new_lock = acquire_lock(new_store, store_flag(args))  # the new store is ours from the moment it lands
-            carried = move_into_place(new_store, store)
+            new_lock = folders.acquire_lock(new_store, store_flag(args))  # ours from the moment it lands
+            carried = folders.move_into_place(new_store, store, STORE)
         finally:
             shutil.rmtree(work, ignore_errors=True)
     if carried:
@@ -474,7 +462,7 @@ def main(argv: list[str] | None = None) -> dict:
     store = Path(args.path_to_data_store).expanduser().resolve()  # a symlinked store is replaced where it lives
     existed = store.exists()
     with interruptible():
-        lock = acquire_lock(store, store_flag(args))
+        lock = folders.acquire_lock(store, store_flag(args))
         try:
             record = run(args, argv, store, started, seconds)
         except BaseException:
@@ -497,10 +485,10 @@ def cli() -> None:
         raise ScriptExit(f"prepare_data: interrupted ({interruption}): the work folder is removed and the store is as "
                          "it was", exit_code_for_signal(interruption.signum)) from None
     except OSError as error:
-        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+        if not out_of_space(error):
             raise
-        raise ScriptExit(f"error: the disk filled up ({error.strerror}: {error.filename or ''}); the work folder is "
-                         "removed and the store is as it was; free space, or choose folders on a larger disk") from None
+        raise DiskFull(f"{error.strerror}: {error.filename or ''}; the work folder is removed and the store is as it "
+                       "was; free space, or choose folders on a larger disk") from None
 
 
 if __name__ == "__main__":

@@ -30,7 +30,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import torch
 
+from tokenization import tokenizer_mismatch
 from utils import UsageError
 
 # The defaults of BERT's and RoBERTa's SQuAD runs: windows of 384 tokens sharing 128, the 20 best starts and ends of
@@ -173,23 +175,14 @@ def audit_squad(ids: Iterable[str], contexts: Iterable[str], answers: Iterable[d
 
 def check_qa_tokenizer(tokenizer, config, source: str) -> None:
     """UsageError unless `tokenizer` can cut SQuAD windows (a fast tokenizer: offsets mapping) and belongs to the
-    model of `config` (a RobertaConfig): its ids fit the embedding table, it is not a much smaller vocabulary than
-    the table (another tokenizer), and its special tokens have the ids the model was trained with."""
+    model of `config` (a RobertaConfig), by tokenization's one rule (`tokenizer_mismatch`): its ids fit the
+    embedding table, the table is not far larger (another tokenizer's), its special tokens have the model's ids."""
     if not getattr(tokenizer, "is_fast", False):
         raise UsageError(f"the tokenizer of {source} ({type(tokenizer).__name__}) has no offsets mapping; SQuAD "
                          "windows need a fast (Rust `tokenizers`) tokenizer with tokenizer.json")
-    size = len(tokenizer)
-    if size > config.vocab_size:
-        raise UsageError(f"the tokenizer of {source} has {size:,} tokens but the model's embedding table only "
-                         f"{config.vocab_size:,} rows: they do not belong together")
-    if size < config.vocab_size // 2:
-        raise UsageError(f"the tokenizer of {source} has {size:,} tokens but the model's embedding table "
-                         f"{config.vocab_size:,} rows: it is not the tokenizer the model was trained with")
-    for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
-        ours, theirs = getattr(tokenizer, name, None), getattr(config, name)
-        if ours is not None and ours != theirs:
-            raise UsageError(f"the tokenizer of {source} has {name} {ours} but the model's config.json says "
-                             f"{theirs}: they do not belong together")
+    if mismatch := tokenizer_mismatch(tokenizer, config=config):
+        raise UsageError(f"the tokenizer of {source} has {mismatch}: it is not the tokenizer the model was trained "
+                         "with")
 
 # ----------------------------------------------------------------------------------------------------------------
 # Windows (features) and their answer labels
@@ -389,8 +382,6 @@ def answer_questions(model, tokenizer, questions: Sequence[str], contexts: Seque
     repository's `RobertaForQuestionAnswering` or a transformers `AutoModelForQuestionAnswering` (anything
     returning `start_logits`/`end_logits`); it runs on its own device, in eval mode, without gradients, and is left
     in the mode it was in. `tokenizer` must be fast (offsets mapping)."""
-    import torch  # here, not at the top: ask.py --help and the metrics need no torch (it takes seconds to import)
-
     questions, contexts = list(questions), list(contexts)
     if len(questions) != len(contexts):
         raise ValueError(f"{len(questions)} questions but {len(contexts)} contexts: give one context per question")

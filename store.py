@@ -1,554 +1,141 @@
-"""The data store: its layout, the writer prepare_data.py uses, and the reader train.py and batches.py use.
+"""The data store: its format, and its reader (`open_store`). prepare_data.py writes stores (store_writer.py).
 
 Layout (that of `datasets.DatasetDict.save_to_disk`, written directly so that the token stream is on disk once):
-  * `dataset_dict.json` and one folder per split of STORE_SPLITS (`train`, `test`), each with
-    `data-0000i-of-0000N.arrow` shards of about SHARD_BYTES, `state.json` and `dataset_info.json`;
-  * one column STORE_COLUMN (`input_ids`) of blocks of exactly `context_length` ids, uint16 when the vocabulary
-    fits, else int32;
+  * STORE_INDEX (`dataset_dict.json`) and one folder per split of STORE_SPLITS (`train`, `test`), each with
+    `data-0000i-of-0000N.arrow` shards, `state.json` and `dataset_info.json` (datasets' own names);
+  * one column STORE_COLUMN (`input_ids`) of blocks of exactly the store's block length, uint16 when the
+    vocabulary fits, else int32. A block is `<s>`, block length - 2 tokens of the split's documents joined by
+    `</s>` and cut at whatever token the cut falls on, `</s>`;
   * STORE_TOKENIZER_DIR (`tokenizer/`): the tokenizer that made the ids;
-  * STORE_RECORD (`prepare_data.json`): how the store was made (command line, arguments, sources at their shas,
-    tokenizer size and fingerprint, counts, dropped tokens, speed, library versions), and a README.md.
+  * STORE_RECORD (`prepare_data.json`): how the store was made. Its keys that readers use are declared below
+    (RECORD_*): the command, the block length, the tokenizer's identity (tokenization.tokenizer_identity) and where
+    it came from, and per split the counts and a fingerprint (a hash of the split's blocks); and a README.md.
 
-Packing: a split's documents are tokenised without special tokens and joined into one stream, one `</s>` between
-consecutive documents (`doc1 </s> doc2 </s> doc3`). The stream is cut into pieces of context_length - 2 tokens at
-whatever token the cut falls on, as transformers' `group_texts` does, and each piece is framed as `<s> piece </s>`.
-A block may therefore start or end mid-sentence and hold the end of one document and the start of the next: not
-the paper's FULL-SENTENCES nor DOC-SENTENCES, which never cut a sentence. Decoding the pieces in order and
-splitting on `</s>` gives back the documents; only the stream's final remainder (shorter than one piece) is
-dropped. Literal "<s>"/"</s>" strings inside a document are tokenised as text, so a document cannot forge a
-separator. Tokenising runs in worker processes that hand their ids back in document order to one packer, so any
-number of workers gives the same bytes.
-
-Replacing a store safely: the new store is written in a hidden work folder beside it (`.<store>.tmp-<pid>-<hex>`)
-and swapped in by two renames with signals held back (the old store goes to `.<store>.old-<pid>-<hex>` first). A run
-killed mid-way leaves only such folders, which `clean_stale_work_folders` removes (or puts back) on the next run.
+`open_store(path)` checks all of it and returns a `Store`: the splits, the record, the tokenizer (checked against the
+recorded identity by tokenization's one rule), the block length, the fingerprint and the vocabulary size. Importing
+this module starts nothing and loads no training library: the notebook reads it.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import hashlib
-import itertools
 import json
-import multiprocessing
 import os
-import re
-import shutil
-import signal
-import threading
-import time
-import uuid
-from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
-from tqdm.auto import tqdm
-
-import fault_injection
-import folders
-from tokenization import load_tokenizer, tokenizer_fingerprint
+from folders import LOCK_FILE, OutputKind
+from tokenization import load_tokenizer, tokenizer_mismatch
 from utils import UsageError, first_line
 
 STORE_SPLITS = ("train", "test")
+TRAIN, TEST = STORE_SPLITS
 STORE_COLUMN = "input_ids"
 STORE_TOKENIZER_DIR = "tokenizer"
 STORE_RECORD = "prepare_data.json"
-TRAIN, TEST = STORE_SPLITS
-TEXT_COLUMN = "text"  # the one column of the documents a store is written from
-SHARD_BYTES = 500 * 10**6  # store shard size, as save_to_disk's default max_shard_size
-MIN_CONTEXT_LENGTH = 8
-TOKENIZE_BATCH_DOCUMENTS = 1000  # documents per task of a tokenising worker (memory per worker: one batch)
+STORE_INDEX = "dataset_dict.json"  # what makes split folders a DatasetDict
+STORE_README = "README.md"
+# A split folder, as datasets' save_to_disk lays it out (load_from_disk reads it): shards, state, features.
+SHARD_NAME = "data-{index:05d}-of-{count:05d}.arrow"
+SPLIT_STATE, SPLIT_INFO = "state.json", "dataset_info.json"
+MIN_CONTEXT_LENGTH = 8  # the shortest block: <s>, </s> and a few tokens
+
+# Keys of STORE_RECORD that readers use; prepare_data.py writes the record with these names.
+RECORD_COMMAND = "command"  # the prepare_data.py command line
+RECORD_BLOCK_LENGTH = "context_length"  # ids per block
+RECORD_TOKENIZER = "tokenizer"  # tokenization.tokenizer_identity of the tokenizer, and RECORD_TOKENIZER_FROM
+RECORD_TOKENIZER_FROM = "from"  # a Hub id or folder, or RECORD_TRAINED
+RECORD_TRAINED = "trained"  # a byte-level BPE trained on the store's own train split
+RECORD_SPLITS = "splits"  # per split: documents, tokens, separators, blocks, dropped_tokens, RECORD_FINGERPRINT
+RECORD_FINGERPRINT = "fingerprint"  # of a split: a hash of its blocks (equal stores have equal fingerprints)
+
+STORE = OutputKind("data store", "prepare_data.py", records=(STORE_RECORD,),
+                   made=(STORE_RECORD, STORE_INDEX, *STORE_SPLITS, STORE_TOKENIZER_DIR, STORE_README, LOCK_FILE))
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Reading a store (train.py; batches.py reads its STORE_COLUMN)
-# ----------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Store:
+    """An opened store: what the data knows, so that no run asks for it again."""
+
+    path: Path
+    data: object  # datasets.DatasetDict of STORE_SPLITS
+    record: dict  # STORE_RECORD ({} for a store written before records existed)
+    tokenizer: object  # the tokenizer that made the ids
+    block_length: int  # ids per block, <s> and </s> included
+
+    @property
+    def fingerprint(self) -> str | None:
+        """The train split's fingerprint (a hash of its blocks), as recorded; None for a store without one."""
+        return self.record.get(RECORD_SPLITS, {}).get(TRAIN, {}).get(RECORD_FINGERPRINT)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokenizer)
+
+    @property
+    def has_own_tokenizer(self) -> bool:
+        return (self.path / STORE_TOKENIZER_DIR).is_dir()
+
+    @property
+    def made_with(self) -> str:
+        """Where the store's tokenizer came from, in words."""
+        source = self.record.get(RECORD_TOKENIZER, {}).get(RECORD_TOKENIZER_FROM)
+        return "a tokenizer trained on its text" if source == RECORD_TRAINED else source or "an unrecorded tokenizer"
+
+    @property
+    def command(self) -> str:
+        return self.record.get(RECORD_COMMAND, "")
 
 
-def open_store(path: str | os.PathLike, *, flag: str = "--path_to_prepped_data", context_length: int | None = None):
-    """(DatasetDict, record) of a store, checked against the layout above; one UsageError on any problem.
+def open_store(path: str | os.PathLike, *, flag: str = "--path_to_prepped_data", tokenizer: str | None = None,
+               tokenizer_flag: str = "--hf_model_name") -> Store:
+    """The store at `path`, checked against the layout above; one UsageError on any problem.
 
-    `record` is the parsed STORE_RECORD ({} for a store written before records existed). With `context_length`,
-    the blocks must have that length."""
-    import datasets
+    Its tokenizer is its own STORE_TOKENIZER_DIR, else `tokenizer` (a Hub id or folder: a store written before
+    stores held their tokenizer), checked against the identity the store recorded."""
+    import datasets  # here, not above: the notebook imports this module (through batches.py) without datasets
 
-    store = Path(path)
+    folder = Path(path)
     hint = f"write one with `python prepare_data.py --path_to_data_store {path} ...`"
-    if store.is_file():  # a text file given where its store belongs: the command that makes a store of it
+    if folder.is_file():  # a text file given where its store belongs: the command that makes a store of it
         raise UsageError(f"{flag} {path} is a file; it needs a data store, the folder prepare_data.py writes: "
                          f"`python prepare_data.py --text_files {path} --path_to_data_store "
-                         f"{store.with_name(store.name.split('.')[0] + '_store')}` (add --hf_model_name or "
+                         f"{folder.with_name(folder.name.split('.')[0] + '_store')}` (add --hf_model_name or "
                          "--train_tokenizer to choose the tokenizer)")
-    if not store.is_dir():
+    if not folder.is_dir():
         raise UsageError(f"{flag} {path} does not exist; {hint}")
-    if not (store / "dataset_dict.json").is_file():
-        raise UsageError(f"{flag} {path} is not a data store (no dataset_dict.json); {hint}")
+    if not (folder / STORE_INDEX).is_file():
+        raise UsageError(f"{flag} {path} is not a data store (no {STORE_INDEX}); {hint}")
     try:
-        data = datasets.load_from_disk(str(store))
-        record = json.loads((store / STORE_RECORD).read_text()) if (store / STORE_RECORD).is_file() else {}
+        data = datasets.load_from_disk(str(folder))
+        record = json.loads((folder / STORE_RECORD).read_text()) if (folder / STORE_RECORD).is_file() else {}
     except Exception as error:  # a damaged store fails in many ways; all mean the same to a user
         raise UsageError(f"{flag} {path} could not be read ({type(error).__name__}: {first_line(error)}); "
                          f"{hint}") from None
+    lengths = set()
     for split in STORE_SPLITS:
         if split not in data or STORE_COLUMN not in data[split].column_names or len(data[split]) == 0:
             raise UsageError(f"{flag} {path} needs a non-empty '{split}' split with an {STORE_COLUMN} column (it has "
                              f"{dict(data.num_rows)}); {hint}")
-        block = len(data[split][0][STORE_COLUMN])
-        if context_length is not None and block != context_length:
-            raise UsageError(f"--context_length {context_length} does not match the store's blocks of {block} "
-                             f"tokens; pass --context_length {block} or prepare a store of {context_length}")
-    return data, record
+        lengths.add(len(data[split][0][STORE_COLUMN]))
+    if len(lengths) > 1:
+        raise UsageError(f"{flag} {path} has blocks of different lengths in its splits ({sorted(lengths)}); {hint}")
+    return Store(folder, data, record, store_tokenizer(folder, record, tokenizer, tokenizer_flag), lengths.pop())
 
 
-def tokenizer_from_store(path: str | os.PathLike, record: dict, fallback: str | None = None, *,
-                    fallback_flag: str = "--hf_model_name"):
+def store_tokenizer(folder: Path, record: dict, fallback: str | None, fallback_flag: str):
     """The tokenizer that made a store's ids: its own STORE_TOKENIZER_DIR, else `fallback`, checked against the
-    fingerprint the store recorded, so that no run reads the ids as other tokens."""
-    folder = Path(path) / STORE_TOKENIZER_DIR
-    if folder.is_dir():
-        source, tokenizer = str(folder), load_tokenizer(folder, flag="the store's tokenizer")
+    identity the store recorded, so that no run reads the ids as other tokens."""
+    if (folder / STORE_TOKENIZER_DIR).is_dir():
+        source = str(folder / STORE_TOKENIZER_DIR)
+        tokenizer = load_tokenizer(folder / STORE_TOKENIZER_DIR, flag="the store's tokenizer")
     elif fallback:
         source = fallback
         tokenizer = load_tokenizer(fallback, flag=f"{fallback_flag} (the store has no {STORE_TOKENIZER_DIR}/ folder)")
     else:
-        raise UsageError(f"the store {path} has no {STORE_TOKENIZER_DIR}/ folder; give the tokenizer that made it")
-    recorded = record.get("tokenizer", {})
-    if recorded.get("fingerprint") and recorded["fingerprint"] != tokenizer_fingerprint(tokenizer):
-        raise UsageError(f"the tokenizer from {source} is not the one that made the store {path} (recorded: "
-                         f"{recorded.get('from')}, vocabulary {recorded.get('vocab_size')}; this one: vocabulary "
-                         f"{len(tokenizer)}): the store's ids would be read as other tokens")
+        raise UsageError(f"the store {folder} has no {STORE_TOKENIZER_DIR}/ folder; give the tokenizer that made it")
+    recorded = record.get(RECORD_TOKENIZER, {})
+    if mismatch := tokenizer_mismatch(tokenizer, recorded):
+        raise UsageError(f"the tokenizer from {source} is not the one that made the store {folder} (recorded: "
+                         f"{recorded.get(RECORD_TOKENIZER_FROM)}; this one has {mismatch}): the store's ids would be "
+                         "read as other tokens")
     return tokenizer
-
-# ----------------------------------------------------------------------------------------------------------------
-# Blocks: framing and packing
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def framing_ids(tokenizer) -> tuple[int, int] | None:
-    """(start id, end/separator id): RoBERTa's <s> and </s>, or BERT-style [CLS] and [SEP]."""
-    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
-    end = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
-    return None if start is None or end is None else (start, end)
-
-
-def ids_dtype(tokenizer) -> np.dtype:
-    """uint16 halves the store when every id fits (vocabularies up to 65,536), else int32."""
-    return np.dtype(np.uint16) if len(tokenizer) <= 2**16 else np.dtype(np.int32)
-
-
-def join_documents(lengths: np.ndarray, values: np.ndarray, separator_id: int, first: bool) -> np.ndarray:
-    """The stream of some consecutive documents: `</s>` before each one, except before a split's first document.
-
-    `values` holds the documents' ids end to end, `lengths` their lengths; empty documents add nothing.
-    """
-    lengths = lengths[lengths > 0]
-    stream = np.empty(len(values) + len(lengths), dtype=values.dtype)
-    starts = np.cumsum(lengths + 1) - lengths  # where each document's ids begin, after its separator
-    is_separator = np.zeros(len(stream), dtype=bool)
-    is_separator[starts - 1] = True
-    stream[is_separator] = separator_id
-    stream[~is_separator] = values
-    return stream[1:] if first and len(stream) else stream
-
-
-class BlockPacker:
-    """Cuts a token stream, fed in pieces, into blocks `<s> + (context_length - 2) tokens + </s>`.
-
-    The tail that does not fill a block is carried to the next piece, so the blocks depend only on the stream,
-    not on how it was fed; after the last piece `remainder` tokens are left over (fewer than one block's worth).
-    """
-
-    def __init__(self, context_length: int, start_id: int, end_id: int, dtype: np.dtype):
-        self.context_length, self.start_id, self.end_id, self.dtype = context_length, start_id, end_id, dtype
-        self.carry = np.empty(0, dtype=dtype)
-
-    def pack(self, stream: np.ndarray) -> np.ndarray:
-        """The blocks (N, context_length) completed by `stream`."""
-        stream = np.concatenate([self.carry, stream.astype(self.dtype, copy=False)])
-        body = self.context_length - 2
-        n_blocks = len(stream) // body
-        self.carry = stream[n_blocks * body:].copy()
-        blocks = np.empty((n_blocks, self.context_length), dtype=self.dtype)
-        blocks[:, 0], blocks[:, -1] = self.start_id, self.end_id
-        blocks[:, 1:-1] = stream[:n_blocks * body].reshape(n_blocks, body)
-        return blocks
-
-    @property
-    def remainder(self) -> int:
-        return len(self.carry)
-
-
-def pack_documents(documents_ids: Iterable[Iterable[int]], context_length: int, start_id: int, end_id: int,
-                   dtype=np.int64) -> tuple[np.ndarray, int]:
-    """(blocks, dropped tokens) for token-id lists in memory: the packing of the store, for small inputs and tests."""
-    documents_ids = [np.asarray(list(ids), dtype=dtype) for ids in documents_ids]
-    lengths = np.array([len(ids) for ids in documents_ids], dtype=np.int64)
-    values = np.concatenate(documents_ids) if documents_ids else np.empty(0, dtype=dtype)
-    packer = BlockPacker(context_length, start_id, end_id, np.dtype(dtype))
-    blocks = packer.pack(join_documents(lengths, values, end_id, first=True))
-    return blocks, packer.remainder
-
-# ----------------------------------------------------------------------------------------------------------------
-# Writing a store: tokenising (worker processes, results in document order), packing, the split writer
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def encode_texts(texts: list[str], tokenizer) -> list[list[int]]:
-    """Token ids of each text, without special tokens; a literal "</s>" in the text is just text."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None:  # a tokenizer without a Rust backend
-        return tokenizer(texts, add_special_tokens=False, split_special_tokens=True, verbose=False)["input_ids"]
-    previous, backend.encode_special_tokens = backend.encode_special_tokens, True  # text cannot inject separators
-    try:
-        return [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
-    finally:
-        backend.encode_special_tokens = previous
-
-
-def encode_range(documents, start: int, stop: int, tokenizer, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-    """(lengths, ids end to end) of documents[start:stop]."""
-    texts = [(text or "").strip() for text in
-             documents.with_format("arrow")[start:stop].column(TEXT_COLUMN).to_pylist()]
-    if fault_injection.TOKENIZING_DELAY_S:
-        time.sleep(fault_injection.TOKENIZING_DELAY_S)
-    ids = encode_texts(texts, tokenizer)
-    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-    return lengths, np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=int(lengths.sum()))
-
-
-_WORKER: dict = {}  # what forked tokenising workers read: the splits, the tokenizer, the ids dtype
-
-
-def _init_worker() -> None:
-    """In each tokenising worker: Ctrl-C (sent to the whole process group) is the parent's to handle."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _encode_task(task: tuple[str, int, int]) -> tuple[np.ndarray, np.ndarray]:
-    split, start, stop = task
-    return encode_range(_WORKER["splits"][split], start, stop, _WORKER["tokenizer"], _WORKER["dtype"])
-
-
-@contextlib.contextmanager
-def encoder(splits: dict, tokenizer, dtype: np.dtype, num_workers: int):
-    """A function split -> iterator of (lengths, ids) per batch of documents, in document order, computed by
-    `num_workers` forked processes (here, with one); the processes end with the block, however it ends."""
-    def batches(split: str) -> list[tuple[str, int, int]]:
-        n = len(splits[split])
-        return [(split, a, min(a + TOKENIZE_BATCH_DOCUMENTS, n)) for a in range(0, n, TOKENIZE_BATCH_DOCUMENTS)]
-
-    if num_workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
-        yield lambda split: (encode_range(splits[split], a, b, tokenizer, dtype) for _, a, b in batches(split))
-        return
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # forked workers and the tokenizer's own threads deadlock
-    _WORKER.update(splits=splits, tokenizer=tokenizer, dtype=dtype)
-    pool = multiprocessing.get_context("fork").Pool(num_workers, initializer=_init_worker)
-    try:
-        yield lambda split: pool.imap(_encode_task, batches(split))
-    finally:
-        pool.terminate()
-        pool.join()
-        _WORKER.clear()
-
-
-class SplitWriter:
-    """A split's blocks written straight into the store's final layout, that of `Dataset.save_to_disk`:
-    `<split>/data-00000-of-0000N.arrow` shards of about SHARD_BYTES, `state.json` and `dataset_info.json`.
-
-    Writing the layout directly (rather than blocks to a file, then save_to_disk copying it) keeps one copy of the
-    token stream on disk. The fingerprint is a hash of the blocks, so equal stores have equal fingerprints."""
-
-    def __init__(self, store: Path, split: str, context_length: int, dtype: np.dtype):
-        from datasets import Features, List, Value
-
-        self.folder, self.split = store / split, split
-        self.folder.mkdir(parents=True)
-        self.features = Features({STORE_COLUMN: List(Value(dtype.name), length=context_length)})
-        self.rows_per_shard = max(1, SHARD_BYTES // (context_length * dtype.itemsize))
-        self.context_length, self.hash = context_length, hashlib.blake2b(digest_size=8)
-        self.shards: list[Path] = []
-        self.writer, self.in_shard, self.rows = None, 0, 0
-
-    def write(self, blocks: np.ndarray) -> None:
-        from datasets.arrow_writer import ArrowWriter
-
-        self.hash.update(blocks.tobytes())
-        self.rows += len(blocks)
-        while len(blocks):
-            if self.writer is None:
-                self.shards.append(self.folder / f"shard-{len(self.shards):05d}.arrow")
-                self.writer, self.in_shard = ArrowWriter(features=self.features, path=str(self.shards[-1])), 0
-            take = blocks[:self.rows_per_shard - self.in_shard]
-            flat = pa.array(take.reshape(-1))
-            self.writer.write_table(pa.table({STORE_COLUMN: pa.FixedSizeListArray.from_arrays(flat,
-                                                                                              self.context_length)}))
-            self.in_shard, blocks = self.in_shard + len(take), blocks[len(take):]
-            if self.in_shard == self.rows_per_shard:
-                self._close_shard()
-
-    def _close_shard(self) -> None:
-        self.writer.finalize()
-        self.writer.close()
-        self.writer = None
-
-    def close(self) -> str:
-        """Finish the shards and write the metadata; returns the split's fingerprint."""
-        from datasets import DatasetInfo
-        from datasets.utils.py_utils import asdict  # what save_to_disk uses: Features serialised as datasets does
-
-        if self.writer is not None:
-            self._close_shard()
-        names = [f"data-{i:05d}-of-{len(self.shards):05d}.arrow" for i in range(len(self.shards))]
-        for shard, name in zip(self.shards, names, strict=True):
-            shard.rename(self.folder / name)
-        fingerprint = self.hash.hexdigest()
-        state = {"_data_files": [{"filename": name} for name in names], "_fingerprint": fingerprint,
-                 "_format_columns": None, "_format_kwargs": {}, "_format_type": None, "_output_all_columns": False,
-                 "_split": self.split}
-        (self.folder / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True))
-        info = asdict(DatasetInfo(features=self.features))
-        info = {key: info[key] for key in sorted(info)}
-        (self.folder / "dataset_info.json").write_text(json.dumps(info, indent=2))
-        return fingerprint
-
-
-def pack_split(batches: Iterable[tuple[np.ndarray, np.ndarray]], writer: SplitWriter, start_id: int, end_id: int,
-               dtype: np.dtype, total: int) -> dict:
-    """Stream a split's token ids, in document order, through the packer into the store."""
-    packer = BlockPacker(writer.context_length, start_id, end_id, dtype)
-    counts = {"documents": 0, "tokens": 0, "separators": 0, "blocks": 0}
-    with tqdm(total=total, desc=f"tokenizing and packing {writer.split}", unit=" docs") as progress:
-        for lengths, values in batches:
-            stream = join_documents(lengths, values, end_id, first=counts["documents"] == 0)
-            counts["separators"] += len(stream) - len(values)
-            counts["documents"] += int(np.count_nonzero(lengths))
-            counts["tokens"] += len(values)
-            blocks = packer.pack(stream)
-            counts["blocks"] += len(blocks)
-            writer.write(blocks)
-            progress.update(len(lengths))
-    return {**counts, "dropped_tokens": packer.remainder}
-
-
-def tokenize_and_pack(splits: dict, tokenizer, context_length: int, num_workers: int, store: Path) -> dict:
-    """Each split's documents -> token ids (worker processes) -> blocks in the store. Returns the counts per split."""
-    dtype, (start_id, end_id) = ids_dtype(tokenizer), framing_ids(tokenizer)
-    stats = {}
-    with encoder(splits, tokenizer, dtype, num_workers) as encode:
-        for split, documents in splits.items():
-            writer = SplitWriter(store, split, context_length, dtype)
-            stats[split] = pack_split(encode(split), writer, start_id, end_id, dtype, len(documents))
-            if stats[split]["blocks"] == 0:
-                raise too_small(split, stats, context_length)
-            stats[split]["fingerprint"] = writer.close()
-    return stats
-
-
-def too_small(split: str, stats: dict, context_length: int) -> UsageError:
-    """A split without one full block, and the flag to change, with a value that would give it one."""
-    counts = stats[split]
-    have = counts["tokens"] + counts["separators"]
-    advice = []
-    if have + 2 >= MIN_CONTEXT_LENGTH:
-        advice.append(f"--context_length {have + 2} or less")
-    if split == TEST:
-        advice.append("a larger --test_split_pct (the test split needs about "
-                      f"{context_length - 2 - have:,} more tokens)")
-    advice.append("more text")
-    return UsageError(f"the {split} split holds {have:,} tokens, fewer than one block of {context_length} needs "
-                      f"({context_length - 2} + <s> and </s>); use {' or '.join(advice)} (no store written)")
-
-
-def write_tokenizer_and_index(folder: Path, tokenizer) -> None:
-    """The tokenizer that made the ids, and the index of the splits: what turns split folders into a store."""
-    tokenizer.save_pretrained(str(folder / STORE_TOKENIZER_DIR))
-    (folder / "dataset_dict.json").write_text(json.dumps({"splits": list(STORE_SPLITS)}))
-
-
-def write_record(folder: Path, record: dict) -> None:
-    """STORE_RECORD (how the store was made) and the README that describes it to whoever finds the folder."""
-    folders.write_json(folder / STORE_RECORD, record)
-    write_store_readme(folder, record)
-
-
-def write_store_readme(store: Path, record: dict) -> None:
-    """A short description of the store, for whoever finds the folder."""
-    splits = "\n".join(f"| `{name}` | {s['blocks']:,} | {s['documents']:,} | {s['tokens']:,} |"
-                       for name, s in record["splits"].items())
-    tok = record["tokenizer"]
-    sources = "\n".join(f"- `{s.get('repo') or s.get('path')}` config `{s['config']}`, split `{s['split']}`, column "
-                        f"`{s['column']}`, rows grouped: {s['group_rows']}, revision `{s['revision']}`"
-                        for s in record["sources"]) or f"- `{record['source']}`"
-    (store / "README.md").write_text(f"""# Data store for RoBERTa pretraining
-
-Written by `prepare_data.py` on {record['created']}. Read it with `datasets.load_from_disk` (or `train.py
---path_to_prepped_data`); `{STORE_RECORD}` holds everything below and more.
-
-Made with:
-
-```bash
-{record['command']}
-```
-
-Sources:
-{sources}
-
-| split | blocks | documents | tokens |
-| --- | --- | --- | --- |
-{splits}
-
-- Column `{STORE_COLUMN}`: blocks of exactly {record['context_length']} token ids (`{record['ids_dtype']}`): `<s>`,
-  {record['context_length'] - 2} tokens of the split's documents joined by `</s>` and cut at arbitrary tokens,
-  `</s>`. {record['dropped_tokens']:,} tokens of the streams' final remainders were dropped.
-- `{STORE_TOKENIZER_DIR}/`: the tokenizer that made the ids ({tok['from']}, vocabulary {tok['vocab_size']:,},
-  fingerprint `{tok['fingerprint']}`); train with this tokenizer only.
-- The split is by document: a draw (seed {record['arguments']['dataset_split_seed']}) of
-  {record['arguments']['test_split_pct']} of the documents is `test`.
-""")
-
-# ----------------------------------------------------------------------------------------------------------------
-# Replacing a store safely: signals, the work folder beside it, the atomic swap, what a killed run left
-# ----------------------------------------------------------------------------------------------------------------
-
-
-class Interrupted(Exception):
-    """SIGINT or SIGTERM arrived: unwind (removing the work folder), then exit 128 + the signal's number."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-_RUNNING: dict = {"pid": None}  # the process of the run in progress, whose forked children are its workers
-
-
-def _after_fork_in_child() -> None:
-    """In every process forked by a run (our tokenising workers, and datasets' num_proc workers): the default
-    SIGINT/SIGTERM (so that a pool's terminate() ends it, not the parent's handler), and death with the parent even
-    by SIGKILL (Linux prctl PR_SET_PDEATHSIG), so that no worker outlives a killed run."""
-    if _RUNNING["pid"] is None or os.getppid() != _RUNNING["pid"]:
-        return
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
-    if os.getppid() == 1:  # the parent died before prctl
-        os._exit(1)
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-@contextlib.contextmanager
-def interruptible():
-    """SIGINT and SIGTERM raise Interrupted in the main thread, so that every `finally` runs; restored after."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        raise Interrupted(signum)
-
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    _RUNNING["pid"] = os.getpid()
-    try:
-        yield
-    finally:
-        _RUNNING["pid"] = None
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-
-@contextlib.contextmanager
-def uninterruptible():
-    """SIGINT/SIGTERM held back during the block (the swap: never half a store), and discarded after it: once the
-    new store is in place the run has succeeded."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    signals = {signal.SIGINT, signal.SIGTERM}
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
-    try:
-        yield
-    finally:
-        for s in signals:  # a pending signal whose action becomes SIG_IGN is discarded
-            signal.signal(s, signal.SIG_IGN)
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-
-
-def work_folder_name(store: Path, kind: str) -> str:
-    return f".{store.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-
-
-def make_work_folder(store: Path) -> Path:
-    """A fresh hidden folder beside the store (same file system, so the final move is a rename)."""
-    work = store.parent / work_folder_name(store, "tmp")
-    try:
-        work.mkdir()
-    except OSError as error:
-        raise UsageError(f"cannot write beside --path_to_data_store {store}: {error.strerror}") from None
-    return work
-
-
-def clean_stale_work_folders(store: Path) -> list[str]:
-    """Remove what runs killed mid-way left beside the store (their pid is not alive on this host).
-
-    Called with the store's lock held, so no live run is writing there. A `.tmp-` folder is a work folder: only this
-    script's files. An `.old-` folder is a previous store caught mid-swap: if the store holds no store of its own,
-    it is put back; files of yours in it are moved back into the store; the rest is removed. Returns what was done.
-    """
-    pattern = re.compile(rf"^\.{re.escape(store.name)}\.(tmp|old)-(\d+)-[0-9a-f]+$")
-    done = []
-    for entry in sorted(store.parent.iterdir()):
-        match = pattern.match(entry.name)
-        if not match or not entry.is_dir() or folders.pid_alive(int(match[2])):
-            continue
-        if match[1] == "old":
-            done.extend(restore_old_store(entry, store))
-        if entry.exists():
-            shutil.rmtree(entry)
-            done.append(f"removed {entry.name}, left by a killed run (pid {match[2]})")
-    return done
-
-
-def restore_old_store(old: Path, store: Path) -> list[str]:
-    """Bring back from a half-swapped `old` folder the previous store (if the store has none) and the user's files."""
-    done = []
-    store_is_empty = not folders.own_entries(store, folders.STORE) and not folders.foreign_entries(store, folders.STORE)
-    movable = [p for p in old.iterdir() if p.name != folders.LOCK_FILE] if store_is_empty else \
-        folders.foreign_entries(old, folders.STORE)
-    for entry in movable:
-        if (store / entry.name).exists():
-            raise UsageError(f"{old} (left by a killed run) holds {entry.name}, and so does the store: move what you "
-                             "want to keep out of it, delete it, and run again")
-        entry.rename(store / entry.name)
-    if movable:
-        done.append(f"moved back {', '.join(sorted(p.name for p in movable))} from {old.name} (a run was killed "
-                    "while replacing the store)")
-    return done
-
-
-def move_into_place(new_store: Path, store: Path) -> list[str]:
-    """Replace `store` by `new_store`, carrying over the files in `store` this script did not make (returned).
-
-    Two renames, signals held back: the old store moves aside, the new one into place; then the user's files move
-    in, and the old store is removed only after the new one is in place."""
-    old = store.parent / work_folder_name(store, "old")
-    with uninterruptible():
-        store.rename(old)
-        new_store.rename(store)
-        carried = []
-        for entry in folders.foreign_entries(old, folders.STORE):
-            entry.rename(store / entry.name)
-            carried.append(entry.name)
-    shutil.rmtree(old)
-    return carried
-
-
-def acquire_lock(folder: Path, flag: str) -> folders.FolderLock:
-    try:
-        return folders.FolderLock(folder, flag=flag, shared=False).acquire()
-    except OSError as error:
-        raise UsageError(f"{flag} cannot be written ({error.strerror}): choose a folder you can write to") from None

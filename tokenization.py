@@ -1,9 +1,11 @@
-"""The tokenizer: loading one (a local folder or a Hub id), telling two apart, recording which one a model was
-trained with, and training RoBERTa's byte-level BPE on our own text.
+"""The tokenizer: loading one (a local folder or a Hub id), telling two apart, and training RoBERTa's byte-level
+BPE on our own text.
 
   * `load_tokenizer`: any failure is one UsageError naming the flag and the value;
-  * `tokenizer_fingerprint`: a short hash of what maps text to ids (a store and a model record it);
-  * `record_tokenizer` / `tokenizer_swapped`: the fingerprint beside a saved model, and the check against it;
+  * `tokenizer_identity` and `tokenizer_mismatch`: THE rule that decides whether a tokenizer is the one that made
+    some ids. A store (its record), a model folder (its tokenizer record, model_folder.py) and a checkpoint record
+    the identity; `--init_from`, resume, fine-tuning and ask.py all ask `tokenizer_mismatch`, and nothing else
+    decides it;
   * `train_bpe_tokenizer`: the byte-level BPE with RoBERTa's special tokens and ids.
 """
 
@@ -13,13 +15,23 @@ import hashlib
 import json
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
+
+from tokenizers import AddedToken, ByteLevelBPETokenizer
+from transformers import AutoTokenizer, RobertaTokenizer
+from transformers.utils import logging as hf_logging
 
 from utils import UsageError, first_line, looks_local
 
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # ids 0..4, as in RoBERTa's vocabulary
 BPE_MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS)  # a byte-level BPE holds every byte, then the special tokens
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer_config.json")  # any one marks a tokenizer folder
+# Every file `save_pretrained` writes for the tokenizers used here (transformers 5 writes the first two; older
+# versions and slow tokenizers the others): what a script that saved a tokenizer may remove again.
+TOKENIZER_SAVED_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
+                         "merges.txt")
+SPARE_ROWS = 128  # the most rows an embedding table may have beyond its tokenizer (vocabulary padding)
 
 
 def load_tokenizer(name_or_path: str | os.PathLike, *, flag: str, cache_dir: str | None = None):
@@ -28,9 +40,6 @@ def load_tokenizer(name_or_path: str | os.PathLike, *, flag: str, cache_dir: str
     A folder must hold tokenizer files: from a model folder without them, transformers would quietly build a
     tokenizer of special tokens only, and all that follows would run on garbage. Callers check what their task
     needs on top (a <mask> token, a fast tokenizer with offsets)."""
-    from transformers import AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
     name = str(name_or_path)
     folder = Path(name).expanduser()
     if looks_local(name) and not folder.is_dir():
@@ -54,8 +63,8 @@ def load_tokenizer(name_or_path: str | os.PathLike, *, flag: str, cache_dir: str
 def tokenizer_fingerprint(tokenizer) -> str:
     """A short hash of what maps text to ids (vocabulary, merges, added tokens), to tell two tokenizers apart.
 
-    Recorded in a store's prepare_data.json so that training with another tokenizer than the one that made the
-    store's ids is refused. Independent of how the tokenizer was loaded (max length, padding side...)."""
+    Recorded with the ids it made (`tokenizer_identity`), so that reading them with another tokenizer is caught.
+    Independent of how the tokenizer was loaded (max length, padding side...)."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
         model = json.loads(backend.to_str())["model"]
@@ -65,28 +74,53 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return hashlib.blake2b(json.dumps(content, sort_keys=True).encode(), digest_size=8).hexdigest()
 
 
-TOKENIZER_RECORD = "tokenizer_record.json"  # in a model folder train.py saves: the fingerprint of its tokenizer
+def tokenizer_identity(tokenizer) -> dict:
+    """What is recorded of the tokenizer that made some ids (in a store's record, beside a model): its fingerprint
+    and its size. `tokenizer_mismatch` reads it back."""
+    return {"vocab_size": len(tokenizer), "fingerprint": tokenizer_fingerprint(tokenizer)}
 
 
-def record_tokenizer(folder: str | os.PathLike, tokenizer) -> None:
-    """Write TOKENIZER_RECORD beside a saved model: the fingerprint of the tokenizer it was trained with."""
-    (Path(folder) / TOKENIZER_RECORD).write_text(json.dumps({"fingerprint": tokenizer_fingerprint(tokenizer),
-                                                             "vocab_size": len(tokenizer)}) + "\n")
+@dataclass(frozen=True)
+class TokenizerMismatch:
+    """Why a tokenizer is not the one expected; `recorded`: decided by a recorded fingerprint (else by the model's
+    shape and special ids). str() is the reason, a phrase to follow "the tokenizer of X has"."""
+
+    reason: str
+    recorded: bool
+
+    def __str__(self) -> str:
+        return self.reason
 
 
-def tokenizer_swapped(folder: str | os.PathLike, tokenizer) -> str | None:
-    """Why `tokenizer` is not the one the model of `folder` was trained with, by the fingerprint train.py recorded
-    there (None when it is, or when nothing was recorded). A tokenizer swapped for another of the same size passes
-    every shape check, and the model would read its ids as other tokens."""
-    try:
-        recorded = json.loads((Path(folder) / TOKENIZER_RECORD).read_text())
-    except (OSError, ValueError):
+def tokenizer_mismatch(tokenizer, recorded: dict | None = None, config=None) -> TokenizerMismatch | None:
+    """THE rule for "is `tokenizer` the one that made these ids?": None when it is (or nothing can tell), else why not.
+
+    * `recorded` (a `tokenizer_identity`: a store's record, a model folder's tokenizer record, another tokenizer's
+      identity) with a fingerprint decides: the same fingerprint is the same tokenizer; any other is another one,
+      even of the same size (which every shape check would let through);
+    * `config` (a model's RobertaConfig) must agree as well: the tokenizer's ids fit its embedding table, its
+      special tokens have the ids the model was trained with, and, where no fingerprint was recorded (the only
+      witness left is the table), the table has at most SPARE_ROWS rows beyond the tokenizer (another model's
+      tokenizer is usually far smaller or larger than the table)."""
+    size = len(tokenizer)
+    known = bool(recorded and recorded.get("fingerprint"))
+    if known and recorded["fingerprint"] != (mine := tokenizer_fingerprint(tokenizer)):
+        theirs = f"{recorded['vocab_size']:,}" if isinstance(recorded.get("vocab_size"), int) else "?"
+        return TokenizerMismatch(f"fingerprint {mine} ({size:,} tokens) where {recorded['fingerprint']} ({theirs} "
+                                 "tokens) was recorded", recorded=True)
+    if config is None:
         return None
-    if recorded.get("fingerprint") in (None, tokenizer_fingerprint(tokenizer)):
-        return None
-    return (f"the tokenizer in {folder} is not the one its model was trained with (fingerprint "
-            f"{tokenizer_fingerprint(tokenizer)}, {len(tokenizer):,} tokens; recorded {recorded['fingerprint']}, "
-            f"{recorded.get('vocab_size', '?'):,} tokens): the model would read its ids as other tokens")
+    if size > config.vocab_size:
+        return TokenizerMismatch(f"{size:,} tokens but the model's embedding table only {config.vocab_size:,} rows",
+                                 recorded=False)
+    if not known and config.vocab_size >= size + SPARE_ROWS:
+        return TokenizerMismatch(f"{size:,} tokens but the model's embedding table {config.vocab_size:,} rows",
+                                 recorded=False)
+    for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        ours, theirs = getattr(tokenizer, name, None), getattr(config, name)
+        if ours is not None and ours != theirs:
+            return TokenizerMismatch(f"{name} {ours} but the model's config says {theirs}", recorded=False)
+    return None
 
 
 def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, model_max_length: int = 512):
@@ -94,9 +128,6 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, model_max_length:
 
     Special tokens get RoBERTa's ids: `<s>` 0, `<pad>` 1, `</s>` 2, `<unk>` 3, `<mask>` 4.
     """
-    from tokenizers import AddedToken, ByteLevelBPETokenizer
-    from transformers import RobertaTokenizer
-
     if vocab_size < BPE_MIN_VOCAB_SIZE:
         raise UsageError(f"a byte-level BPE vocabulary needs at least {BPE_MIN_VOCAB_SIZE} entries (256 bytes + "
                          f"{len(SPECIAL_TOKENS)} special tokens), got {vocab_size}")

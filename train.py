@@ -4,28 +4,26 @@ The recipe is RoBERTa's (Liu et al. 2019): packed full-length blocks with no pad
 attention mask and PyTorch may pick the flash kernel), dynamic masking drawn afresh for every batch
 (`batches.mask_tokens`: 15% of tokens, 80% <mask> / 10% random / 10% unchanged), AdamW with β2 = 0.98 and weight
 decay on matrices only, linear warmup then decay, gradient clipping, accumulation and large global batches. The
-defaults are roberta-base's recipe (12 layers x 768, blocks of 512, 100,000 updates of 32 blocks per process): a
-multi-GPU job. For a first run on a laptop, use the small command at the end of --help.
+defaults are roberta-base's recipe (12 layers x 768, 100,000 updates of 32 blocks per process): a multi-GPU job.
+The block length and the tokenizer are the store's. For a first run on a laptop, use the small command at the end
+of --help.
 
-Reading order: `main` checks every input first (`validate`), builds the model and optimizer (`setup`), then `train`
-is the loop, top to bottom. batches.py holds the data order and masking, checkpoints.py the checkpoint files,
-folders.py the rules that keep a user's folders safe. docs/run_folder.md (each run folder's README.md) describes
-the run folder and resuming: the same command plus --resume_from_checkpoint latest continues exactly. SIGTERM,
-SIGINT (Ctrl-C) and SIGHUP save a checkpoint after the current update and exit 0; a second Ctrl-C stops at once.
-A non-finite loss stops the run; a loss that stays far above its starting value is warned about (LossWatch).
+Reading order: `main` checks every input first (`validate`: a `Plan`), builds the model and optimizer (`setup`),
+then `train` is the loop, top to bottom: update; log when due (metrics.MetricsLogger); evaluate when due; save when
+due (checkpoints.Checkpointer, which also resumes). batches.py holds the data order and masking, run_folder.py the
+run folder's files, folders.py the rules that keep a user's folders safe. docs/run_folder.md (each run folder's
+README.md) describes the run folder and resuming: the same command plus --resume_from_checkpoint latest continues
+exactly. SIGTERM, SIGINT (Ctrl-C) and SIGHUP save a checkpoint after the current update and exit 0; a second Ctrl-C
+stops at once. A non-finite loss stops the run; a loss that stays far above its starting value is warned about.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import math
 import os
-import shutil
 import signal
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,53 +34,42 @@ from accelerate.utils import set_seed
 from transformers import get_scheduler
 
 import checkpoints as ckpt
-import distributed
 import init_from
+import model_folder
+import run_folder
 from batches import MASK, derived_seed, eval_batches, mask_tokens, max_predictions_per_seq, train_batches
-from checkpoints import CheckpointError, TrainState
+from checkpoints import Checkpointer
 from distributed import StopSignal, check_launch, describe, is_sharded, prepare_model_and_optimizer
-from folders import (
-    PRETRAINING_RUN,
-    FolderLock,
-    check_in_use,
-    check_output_folder,
-    own_entries,
-    remove_own_outputs,
-    write_json,
-)
-from model import IGNORE_INDEX, RobertaConfig, RobertaForMaskedLM, compile_regions, flops_per_token
-from store import STORE_TOKENIZER_DIR, open_store, tokenizer_from_store
+from folders import FolderLock, check_in_use, check_output_folder
+from metrics import MetricsLogger, NonFiniteLoss
+from model import IGNORE_INDEX, MLM_PROBABILITY, RobertaConfig, RobertaForMaskedLM, compile_regions
+from run_folder import PRETRAINING_RUN
+from store import Store, open_store
 from utils import (
     ArgumentParser,
     HelpFormatter,
-    LossWatch,
     ScriptExit,
     UsageError,
     command_with,
-    elapsed_and_eta,
     exit_code_for_signal,
     is_main_process,
     library_versions,
-    matmul_flops_per_second,
-    plot_training_curves,
-    readable,
     run_cli,
     wandb_offline_unless_logged_in,
 )
 
 EXAMPLES = """examples:
   python prepare_data.py --dataset demo --train_tokenizer 4000 --context_length 64 --path_to_data_store data/demo
-  python train.py --path_to_prepped_data data/demo --context_length 64 --experiment_name tiny \\
+  python train.py --path_to_prepped_data data/demo --experiment_name tiny \\
       --num_transformer_blocks 4 --embedding_dimension 128 --num_attention_heads 4 --per_gpu_batch_size 16 \\
       --num_training_steps 3000 --num_warmup_steps 150 --learning_rate 1e-3
   python train.py ... --resume_from_checkpoint latest     # continue a stopped run
   accelerate launch --multi_gpu --num_processes 8 --mixed_precision bf16 train.py ... --compile"""
 SCHEDULERS = ["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
               "inverse_sqrt"]
-CONFIG_FLAGS = {"hidden_size": "--embedding_dimension", "num_hidden_layers": "--num_transformer_blocks",
-                "intermediate_size": "--mlp_ratio x --embedding_dimension", "hidden_dropout_prob": "--hidden_dropout_p",
-                "attention_probs_dropout_prob": "--attention_dropout_p", "layer_norm_eps": "--layer_norm_eps",
-                "num_attention_heads": "--num_attention_heads"}  # RobertaConfig's checks, told in the flags' names
+# RobertaConfig's checks, told in the flags' names (init_from.FLAG_FIELDS: which flag sets which field)
+CONFIG_FLAGS = {**{field: f"--{flag}" for flag, field in init_from.FLAG_FIELDS.items()},
+                "intermediate_size": "--mlp_ratio x --embedding_dimension"}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -98,22 +85,39 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False,
                    help="replace an earlier run of this name (only the files train.py wrote are removed)")
     g.add_argument("--resume_from_checkpoint", default=None, metavar="PATH|latest",
-                   help="a checkpoints/step_N folder, or 'latest': the newest intact checkpoint of this run (a "
-                        "fresh start when there is none, so a preemptible job can always pass it)")
+                   help=f"a {run_folder.CHECKPOINT_FOLDER} folder, or 'latest': the newest intact checkpoint of this "
+                        "run (a fresh start when there is none, so a preemptible job can always pass it)")
     g.add_argument("--seed", type=int, default=42, help="seed of the initial weights, data order, masks, dropout")
     g = p.add_argument_group("data")
     g.add_argument("--path_to_prepped_data", required=True, help="data store written by prepare_data.py")
     g.add_argument("--hf_model_name", default="FacebookAI/roberta-base",
                    help="tokenizer (Hub id or folder) used only when the store has no tokenizer/ folder; it must be "
                         "the one that made the store")
-    g.add_argument("--context_length", type=int, default=512, help="tokens per block; must match the store")
-    g.add_argument("--masking_probability", type=float, default=0.15, help="fraction of tokens predicted")
+    g.add_argument("--context_length", type=int, default=None,
+                   help="tokens per block: the store's blocks (default: the store's; given, it is checked)")
+    g.add_argument("--masking_probability", type=float, default=MLM_PROBABILITY, help="fraction of tokens predicted")
     g.add_argument("--num_workers", type=int, default=4,
                    help="DataLoader workers per process (capped at the spare cores; 0: load in-process)")
-    g = p.add_argument_group("model (roberta-base by default)")
+    add_model_flags(p.add_argument_group("model (roberta-base by default)"))
+    add_optimisation_flags(p.add_argument_group("optimisation"))
+    g = p.add_argument_group("logging, evaluation, checkpoints")
+    g.add_argument("--logging_steps", type=int, default=10, help="updates between training log lines")
+    g.add_argument("--evaluation_interval", type=int, default=1000, help="updates between evaluations")
+    g.add_argument("--max_eval_batches", type=int, default=None,
+                   help="evaluate on at most this many batches per process (default: the whole test split)")
+    g.add_argument("--checkpoint_interval", type=int, default=1000, help="updates between checkpoints")
+    g.add_argument("--num_keep_checkpoints", type=int, default=3, help="newest checkpoints kept (at least 2)")
+    g.add_argument("--log_wandb", action=argparse.BooleanOptionalAction, default=False,
+                   help="also log to Weights & Biases (offline when not logged in; honours WANDB_MODE)")
+    g.add_argument("--wandb_project", default="roberta-pretraining", help="Weights & Biases project")
+    return p
+
+
+def add_model_flags(g) -> None:
     g.add_argument("--init_from", default=None, metavar="NAME_OR_PATH",
-                   help="continue pretraining a model: a Hub id, a transformers folder or a final_model/ (architecture "
-                        "and weights from there; the store must be made with its tokenizer)")
+                   help="continue pretraining a model: a Hub id, a transformers folder or a "
+                        f"{run_folder.FINAL_MODEL_DIR}/ (architecture and weights from there; the store must be made "
+                        "with its tokenizer)")
     g.add_argument("--num_transformer_blocks", type=int, default=12, help="encoder layers")
     g.add_argument("--num_attention_heads", type=int, default=12, help="attention heads per layer")
     g.add_argument("--embedding_dimension", type=int, default=768, help="hidden size")
@@ -128,7 +132,9 @@ def build_parser() -> ArgumentParser:
                    "a multiple of this (64: faster matmuls; the checkpoint then differs from transformers' shape)")
     g.add_argument("--fsdp_reduce_dtype", choices=["fp32", "bf16"], default="fp32",
                    help="dtype of FSDP's gradient reduction under bf16 mixed precision")
-    g = p.add_argument_group("optimisation")
+
+
+def add_optimisation_flags(g) -> None:
     g.add_argument("--per_gpu_batch_size", type=int, default=32, help="blocks per process per micro-step")
     g.add_argument("--gradient_accumulation_steps", type=int, default=1, help="micro-steps per update")
     g.add_argument("--num_training_steps", type=int, default=100_000, help="optimizer updates in all")
@@ -140,17 +146,6 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--adam_beta2", type=float, default=0.98, help="AdamW beta2 (RoBERTa's 0.98, for stability)")
     g.add_argument("--adam_epsilon", type=float, default=1e-6, help="AdamW epsilon")
     g.add_argument("--max_grad_norm", type=float, default=1.0, help="clip the gradient norm to this (0: no clipping)")
-    g = p.add_argument_group("logging, evaluation, checkpoints")
-    g.add_argument("--logging_steps", type=int, default=10, help="updates between training log lines")
-    g.add_argument("--evaluation_interval", type=int, default=1000, help="updates between evaluations")
-    g.add_argument("--max_eval_batches", type=int, default=None,
-                   help="evaluate on at most this many batches per process (default: the whole test split)")
-    g.add_argument("--checkpoint_interval", type=int, default=1000, help="updates between checkpoints")
-    g.add_argument("--num_keep_checkpoints", type=int, default=3, help="newest checkpoints kept (at least 2)")
-    g.add_argument("--log_wandb", action=argparse.BooleanOptionalAction, default=False,
-                   help="also log to Weights & Biases (offline when not logged in; honours WANDB_MODE)")
-    g.add_argument("--wandb_project", default="roberta-pretraining", help="Weights & Biases project")
-    return p
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -161,7 +156,8 @@ def check_arguments(args: argparse.Namespace) -> None:
     """Every problem with the numbers, listed at once (the architecture's are RobertaConfig's to find)."""
     problems = [f"--{n} must be at least 1, got {getattr(args, n)}" for n in [
         "context_length", "per_gpu_batch_size", "gradient_accumulation_steps", "num_training_steps", "logging_steps",
-        "evaluation_interval", "checkpoint_interval", "pad_vocab_to_multiple_of"] if getattr(args, n) < 1]
+        "evaluation_interval", "checkpoint_interval", "pad_vocab_to_multiple_of"]
+        if getattr(args, n) is not None and getattr(args, n) < 1]
     problems += [f"--{n} must be in [0, 1), got {getattr(args, n)}" for n in ["adam_beta1", "adam_beta2"]
                  if not 0 <= getattr(args, n) < 1]
     problems += [f"--{n} must be positive, got {getattr(args, n)}" for n in [
@@ -191,14 +187,25 @@ class Plan:
     """What validation found and checked: all that main() needs, known before anything is built or written."""
 
     run_dir: Path
-    data: object  # the store's datasets.DatasetDict
-    store_fingerprint: str | None  # content hash of the train split, from the store's record
-    tokenizer: object
-    config: object  # model.RobertaConfig
+    store: Store  # the data, its tokenizer, its block length and fingerprint
+    config: RobertaConfig
+    arguments: dict  # the arguments in effect: the flags, with what the store and --init_from decide
     resume: Path | None  # the verified checkpoint to continue from
     changes: list[str]  # flags that differ from the resumed checkpoint's
     locks: list[FolderLock]
     init_folder: Path | None = None  # the local folder of --init_from
+
+    @property
+    def data(self):
+        return self.store.data
+
+    @property
+    def tokenizer(self):
+        return self.store.tokenizer
+
+    @property
+    def context_length(self) -> int:
+        return self.store.block_length
 
 
 def validate(args: argparse.Namespace, argv: list[str] | None = None) -> Plan:
@@ -217,48 +224,57 @@ def validate(args: argparse.Namespace, argv: list[str] | None = None) -> Plan:
 
 
 def checked_plan(args: argparse.Namespace, run_dir: Path, argv: list[str] | None) -> Plan:
-    """validate's checks, in order."""
+    """validate's checks, in order: the run folder, the store, the architecture, the batch, the checkpoint."""
     check_output_folder(run_dir, PRETRAINING_RUN, flag=f"the run folder {run_dir}", overwrite=args.overwrite,
                         resuming=args.resume_from_checkpoint is not None,
                         inputs={"--path_to_prepped_data": args.path_to_prepped_data,
                                 "--hf_model_name": args.hf_model_name, "--init_from": args.init_from})
-    data, record = open_store(args.path_to_prepped_data, context_length=args.context_length)
-    tokenizer = tokenizer_from_store(args.path_to_prepped_data, record, args.hf_model_name)
-    if (Path(args.path_to_prepped_data) / STORE_TOKENIZER_DIR).is_dir() and is_main_process() and \
-            args.hf_model_name != build_parser().get_default("hf_model_name"):
-        print(f"note: --hf_model_name {args.hf_model_name} is not used: the store has its own tokenizer/", flush=True)
-    if tokenizer.mask_token_id is None or tokenizer.pad_token_id is None:
-        raise UsageError("the store's tokenizer has no <mask> or <pad> token; masked LM needs both")
+    store = checked_store(args)
+    arguments = {**vars(args), "context_length": store.block_length}
     if args.init_from:  # the architecture and weights of a published model: checked in init_from.py
-        given = init_from.given_flags(build_parser(), argv)
-        config, init_folder = init_from.checkpoint_config(args, given, tokenizer, record)
+        config, init_folder, decided = init_from.checkpoint_config(args, init_from.given_flags(build_parser(), argv),
+                                                                   store)
+        arguments.update(decided)
     else:
-        config, init_folder = model_config(args, tokenizer), None
+        config, init_folder = model_config(args, store.tokenizer, store.block_length), None
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if len(data["train"]) < args.per_gpu_batch_size * world_size:
-        raise UsageError(f"the train split has {len(data['train'])} blocks, fewer than one global batch of "
+    if len(store.data["train"]) < args.per_gpu_batch_size * world_size:
+        raise UsageError(f"the train split has {len(store.data['train'])} blocks, fewer than one global batch of "
                          f"{args.per_gpu_batch_size * world_size} (--per_gpu_batch_size x {world_size} processes)")
-    fingerprint = record.get("splits", {}).get("train", {}).get("content_hash")
     if args.log_wandb and (note := wandb_offline_unless_logged_in()) and is_main_process():
         print(note, flush=True)
     # The main process alone chooses and verifies the checkpoint; main() hands its choice to the others.
-    resume = ckpt.resolve_resume(args.resume_from_checkpoint, run_dir / "checkpoints") if is_main_process() else None
-    changes = ckpt.check_resume(resume, vars(args), config.to_dict(), fingerprint, world_size) if resume else []
-    return Plan(run_dir, data, fingerprint, tokenizer, config, resume, changes, [], init_folder)
+    resume = ckpt.resolve_resume(args.resume_from_checkpoint, run_folder.checkpoints_dir(run_dir)) \
+        if is_main_process() else None
+    changes = ckpt.check_resume(resume, arguments, config.to_dict(), store.fingerprint, world_size,
+                                store.tokenizer) if resume else []
+    return Plan(run_dir, store, config, arguments, resume, changes, [], init_folder)
 
 
-def model_config(args: argparse.Namespace, tokenizer):
+def checked_store(args: argparse.Namespace) -> Store:
+    """The store, its tokenizer fit for masked LM, and --context_length (when given) its block length."""
+    store = open_store(args.path_to_prepped_data, tokenizer=args.hf_model_name)
+    if store.has_own_tokenizer and is_main_process() and args.hf_model_name != build_parser().get_default(
+            "hf_model_name"):
+        print(f"note: --hf_model_name {args.hf_model_name} is not used: the store has its own tokenizer/", flush=True)
+    if args.context_length is not None and args.context_length != store.block_length:
+        raise UsageError(f"--context_length {args.context_length} does not match the store's blocks of "
+                         f"{store.block_length} tokens; leave it out (the store's length is used) or prepare a store "
+                         f"of {args.context_length}")
+    if store.tokenizer.mask_token_id is None or store.tokenizer.pad_token_id is None:
+        raise UsageError("the store's tokenizer has no <mask> or <pad> token; masked LM needs both")
+    return store
+
+
+def model_config(args: argparse.Namespace, tokenizer, context_length: int) -> RobertaConfig:
     """The architecture from the flags; RobertaConfig does the checking, reported in the flags' names."""
     try:
         return RobertaConfig(
             vocab_size=-(-len(tokenizer) // args.pad_vocab_to_multiple_of) * args.pad_vocab_to_multiple_of,
-            hidden_size=args.embedding_dimension,
-            num_hidden_layers=args.num_transformer_blocks, num_attention_heads=args.num_attention_heads,
+            **{field: getattr(args, flag) for flag, field in init_from.FLAG_FIELDS.items()},
             intermediate_size=round(args.mlp_ratio * args.embedding_dimension),
-            hidden_dropout_prob=args.hidden_dropout_p, attention_probs_dropout_prob=args.attention_dropout_p,
-            layer_norm_eps=args.layer_norm_eps, initializer_range=args.initializer_range,
             # RoBERTa's positions start at pad_token_id + 1: context_length + 2 rows for its pad id 1.
-            max_position_embeddings=args.context_length + tokenizer.pad_token_id + 1,
+            max_position_embeddings=context_length + tokenizer.pad_token_id + 1,
             pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id)
     except ValueError as error:
@@ -273,8 +289,19 @@ def model_config(args: argparse.Namespace, tokenizer):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def setup(args: argparse.Namespace, plan: Plan, accelerator):
-    """(the prepared model, its optimizer, our RobertaForMaskedLM inside it) on this process."""
+@dataclass
+class Trainee:
+    """What trains, on this process: the prepared (uncompiled) model to call and to gather weights from, our
+    RobertaForMaskedLM inside it, and its optimizer."""
+
+    accelerator: Accelerator
+    model: torch.nn.Module
+    raw_model: RobertaForMaskedLM
+    optimizer: torch.optim.Optimizer
+
+
+def setup(args: argparse.Namespace, plan: Plan, accelerator) -> Trainee:
+    """The model (initialised, or --init_from's weights) and optimizer, prepared for the distributed type."""
     set_seed(args.seed)  # the same initial weights on every process
     raw_model = RobertaForMaskedLM(plan.config) if plan.init_folder is None or plan.resume else \
         init_from.load_model(plan.init_folder, plan.config)  # before prepare: what FSDP broadcasts from rank 0
@@ -287,7 +314,7 @@ def setup(args: argparse.Namespace, plan: Plan, accelerator):
         accelerator.register_save_state_pre_hook(lambda models, weights, folder: weights.clear())
         accelerator.register_load_state_pre_hook(lambda models, folder: models.clear())
     set_seed(args.seed, device_specific=True)  # dropout differs between processes
-    return wrapped, optimizer, raw_model
+    return Trainee(accelerator, wrapped, raw_model, optimizer)
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -345,8 +372,10 @@ def evaluate(model: torch.nn.Module, batches: list, accelerator, predictions_per
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def train(args, accelerator, model, optimizer, plan: Plan, state: TrainState, run: RunFolder) -> bool:
-    """Update, log, evaluate, checkpoint, stop; returns False when a signal stopped the run (after a checkpoint)."""
+def train(args, plan: Plan, trainee: Trainee, checkpointer: Checkpointer, logger: MetricsLogger) -> bool:
+    """Update; log when due; evaluate when due; save when due; stop on a signal. Returns False when a signal stopped
+    the run (after a checkpoint)."""
+    accelerator, model, optimizer, state = trainee.accelerator, trainee.model, trainee.optimizer, checkpointer.state
     learning_rate = lr_schedule(args)
     batches = train_batches(plan.data["train"], args.per_gpu_batch_size, args.seed, accelerator, state.epoch,
                             state.samples_in_epoch, args.num_workers)
@@ -355,12 +384,9 @@ def train(args, accelerator, model, optimizer, plan: Plan, state: TrainState, ru
     mask_generator, stop = torch.Generator(device=accelerator.device), StopSignal(accelerator)
     # Every row predicts at most k positions (fairseq's count), so the MLM head runs on exactly B*k gathered rows:
     # static shapes, one compiled graph, no host synchronisation in the step.
-    k = max_predictions_per_seq(args.context_length, args.masking_probability)
-    window_loss = torch.tensor(state.window_loss_of(accelerator.process_index, accelerator.num_processes),
-                               device=accelerator.device)  # the loss summed since the last log line
-    since_checkpoint = torch.zeros((), device=accelerator.device)  # and since the last checkpoint
+    k = max_predictions_per_seq(plan.context_length, args.masking_probability)
     if state.step == 0:
-        run.log_eval(0, evaluate(model, test_batches, accelerator, k))
+        logger.log_eval(0, evaluate(model, test_batches, accelerator, k))
     while state.step < args.num_training_steps:
         # One update: the gradients of --gradient_accumulation_steps micro-batches, each masked afresh.
         lr = learning_rate(state.step)
@@ -381,21 +407,15 @@ def train(args, accelerator, model, optimizer, plan: Plan, state: TrainState, ru
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         state.step += 1
-        window_loss += loss_sum / args.gradient_accumulation_steps
-        since_checkpoint += loss_sum / args.gradient_accumulation_steps
-        run.updates_timed += 1
+        logger.add(loss_sum / args.gradient_accumulation_steps)
 
         # Log, evaluate, checkpoint, stop: the only places that wait for the device.
         last = state.step == args.num_training_steps
-        if state.step % args.logging_steps == 0 or last:
-            run.log_training(state, window_loss, grad_norm, lr)
-            window_loss.zero_()
+        logger.log_when_due(state, grad_norm, lr, last)
         if state.step % args.evaluation_interval == 0 or last:
-            run.log_eval(state.step, evaluate(model, test_batches, accelerator, k))
+            logger.log_eval(state.step, evaluate(model, test_batches, accelerator, k))
         stopping = stop.requested(state.step)
-        if state.step % args.checkpoint_interval == 0 or last or stopping:
-            run.save_checkpoint(state, window_loss, since_checkpoint)
-            since_checkpoint.zero_()
+        checkpointer.save_when_due(state, last, stopping)
         if stopping:
             accelerator.print(f"{stop.name}: saved a checkpoint at step {state.step}; continue with "
                               "--resume_from_checkpoint latest")
@@ -403,167 +423,66 @@ def train(args, accelerator, model, optimizer, plan: Plan, state: TrainState, ru
     return True
 
 
-class NonFiniteLoss(Exception):
-    pass
-
-
 # ----------------------------------------------------------------------------------------------------------------
-# The run folder: record, logs, curves, checkpoints, final model
+# The run folder's record, and main
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class RunFolder:
-    """What train.py writes to the run folder. Every process calls these methods (gathering weights or reducing a
-    loss needs them all); the main process alone writes and prints."""
-
-    def __init__(self, args, accelerator, plan: Plan, wrapped, raw_model):
-        self.args, self.accelerator, self.plan, self.wrapped, self.raw_model = args, accelerator, plan, wrapped, \
-            raw_model  # the prepared (uncompiled) model to gather weights from; our RobertaForMaskedLM
-        self.path, self.main = plan.run_dir, accelerator.is_main_process
-        self.metrics, self.checkpoints = plan.run_dir / "metrics.jsonl", plan.run_dir / "checkpoints"
-        self.tokens_per_update = (args.per_gpu_batch_size * accelerator.num_processes *
-                                  args.gradient_accumulation_steps * args.context_length)
-        self.flops_per_token = flops_per_token(plan.config, args.context_length, args.masking_probability)
-        self.peak_flops = None  # one GPU's measured matrix rate: the denominator of MFU
-        if accelerator.device.type == "cuda":
-            dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision, torch.float32)
-            self.peak_flops = matmul_flops_per_second(accelerator.device, dtype)
-        self.timer_start, self.updates_timed, self.last_checkpoint_step = time.perf_counter(), 0, 0
-        self.loss_watch = LossWatch()
-
-    def start(self, state: TrainState) -> None:
-        """Clear an --overwrite'n run and a crash's leftovers, record the plan, start the trackers."""
-        if self.main:
-            if self.args.overwrite and self.path.is_dir() and own_entries(self.path, PRETRAINING_RUN):
-                kept = remove_own_outputs(self.path, PRETRAINING_RUN)
-                print(f"--overwrite: removed the earlier run{'; kept ' + ', '.join(kept) if kept else ''}")
-            self.path.mkdir(parents=True, exist_ok=True)
-            for name in ckpt.clean_leftovers(self.checkpoints):
-                print(f"removed {self.checkpoints / name}, a checkpoint left half-written by a crash")
-            if self.args.resume_from_checkpoint is not None:  # drop what a killed run logged after its checkpoint
-                kept_records = "".join(json.dumps(r) + "\n" for r in self.records() if r["step"] <= state.step)
-                self.metrics.with_name("metrics.jsonl.tmp").write_text(kept_records)
-                os.replace(self.metrics.with_name("metrics.jsonl.tmp"), self.metrics)
-            self.record_plan(state)
-            shutil.copyfile(Path(__file__).resolve().parent / "docs" / "run_folder.md", self.path / "README.md")
-            if self.plan.config.init_from:  # what the weights were continued from
-                init_from.add_to_readme(self.path / "README.md", self.plan.config.init_from)
-        self.accelerator.wait_for_everyone()
-        self.accelerator.init_trackers(self.args.wandb_project, config=vars(self.args), init_kwargs={
-            "wandb": {"name": self.args.experiment_name, "dir": str(self.path)}})
-        self.last_checkpoint_step, self.timer_start, self.updates_timed = state.step, time.perf_counter(), 0
-        self.last_finite_step = state.step  # the latest update whose logged loss was finite
-        self.loss_watch.start_from(self.records() if self.main else [])
-        self.started, self.start_step = time.perf_counter(), state.step
-
-    def record_plan(self, state: TrainState) -> None:
-        """Print the numbers a user checks before leaving a run going, and record them in args.json."""
-        args, acc, c = self.args, self.accelerator, self.plan.config
-        global_batch = args.per_gpu_batch_size * args.gradient_accumulation_steps * acc.num_processes
-        planned, train_tokens = args.num_training_steps * self.tokens_per_update, len(self.plan.data["train"]) * \
-            args.context_length
-        summary = {
-            "model": f"RobertaForMaskedLM, {c.num_hidden_layers} layers x {c.hidden_size} wide, {c.num_attention_heads}"
-                     f" heads, MLP {c.intermediate_size}, vocab {c.vocab_size}, context {args.context_length}: "
-                     f"{self.raw_model.num_parameters():,} parameters",
-            "processes": f"{acc.num_processes} on {acc.device.type} ({describe(acc)}), mixed precision "
-                         f"{acc.mixed_precision}{', compiled' if args.compile else ''}",
-            "batch": f"{args.per_gpu_batch_size} per process x {args.gradient_accumulation_steps} accumulation x "
-                     f"{acc.num_processes} processes = global batch size {global_batch}",
-            "tokens": f"{self.tokens_per_update:,} per update; {planned:,} planned over {args.num_training_steps:,} "
-                      f"updates ({planned / train_tokens:.2f} epochs of {train_tokens:,} training tokens)",
-            "start": f"resumed from {self.plan.resume} at step {state.step}" if self.plan.resume else
-                     init_from.describe(c.init_from) if c.init_from else "from scratch",
-            "run folder": str(self.path)}
-        print("\n".join(f"{k:>10}: {v}" for k, v in summary.items()), flush=True)
-        for change in self.plan.changes:
-            print(f"    resume: {change} (takes effect from step {state.step})", flush=True)
-        earlier = ckpt.recorded_resumes(self.path / "args.json") if self.plan.resume else []
-        resumes = earlier + ([{"step": state.step, "from": str(self.plan.resume), "changed": self.plan.changes}]
-                             if self.plan.resume else [])
-        not_used = {"hf_model_name": "the store's own tokenizer/ was used"} if (
-            Path(args.path_to_prepped_data) / STORE_TOKENIZER_DIR).is_dir() else {}
-        if not args.log_wandb:
-            not_used["wandb_project"] = "no --log_wandb"
-        if args.init_from:
-            not_used["initializer_range"] = "the weights came from --init_from"
-        write_json(self.path / "args.json", {"args": vars(args), "not_used": not_used, "summary": summary,
-                                             "global_batch_size": global_batch, "model_config": c.to_dict(),
-                                             "versions": library_versions(), "resumes": resumes})
-
-    def log_training(self, state: TrainState, window_loss: torch.Tensor, grad_norm, lr: float) -> None:
-        steps = state.step - (state.step - 1) // self.args.logging_steps * self.args.logging_steps
-        loss = self.accelerator.reduce(window_loss, reduction="mean").item() / steps
-        if not math.isfinite(loss):
-            raise NonFiniteLoss(self.non_finite_message(loss, state.step))
-        self.last_finite_step = state.step
-        rate = self.updates_timed * self.tokens_per_update / max(time.perf_counter() - self.timer_start, 1e-9)
-        record = {"step": state.step, "loss": loss, "lr": lr, "grad_norm": None if grad_norm is None else
-                  float(grad_norm), "tokens_per_second": round(rate, 1), "epoch": state.epoch}
-        done, left = state.step - self.start_step, self.args.num_training_steps - state.step
-        line = (f"step {state.step:>7}/{self.args.num_training_steps} | loss {readable(loss, 4)} | lr {lr:.3e} | "
-                f"grad_norm {readable(record['grad_norm'] or 0, 3)} | {rate:,.0f} tok/s | "
-                f"{elapsed_and_eta(time.perf_counter() - self.started, done, left)}")
-        if self.peak_flops:
-            record["mfu"] = rate * self.flops_per_token / (self.peak_flops * self.accelerator.num_processes)
-            line += f" | mfu {100 * record['mfu']:.1f}%"
-        if warning := self.loss_watch.update(state.step, loss, steps):
-            record["warning"], line = warning, f"{line}\nwarning: {warning}"
-        self.write(record, line)
-
-    def log_eval(self, step: int, metrics: dict) -> None:
-        if step == 0:  # the untrained model's loss: where a diverging training loss is measured from
-            self.loss_watch.start_from([{"step": 0, **metrics}])
-        baseline = " | --init_from's own loss: the baseline to beat" if step == 0 and self.args.init_from else ""
-        self.write({"step": step, **metrics}, f"eval {step:>7}/{self.args.num_training_steps} | eval_loss "
-                   f"{readable(metrics['eval_loss'], 4)} | eval_accuracy {100 * metrics['eval_accuracy']:.2f}% | "
-                   f"eval_perplexity {readable(metrics['eval_perplexity'], 2)}{baseline}")
-        if self.main:
-            plot_training_curves(self.records(), self.path / "curves.png")
-
-    def write(self, record: dict, line: str) -> None:
-        """One metrics.jsonl line and one console line (main process), the trackers; the throughput clock restarts
-        so that it counts training only."""
-        if self.main:
-            with self.metrics.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-            print(line, flush=True)
-        self.accelerator.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
-        self.timer_start, self.updates_timed = time.perf_counter(), 0
-
-    def records(self) -> list[dict]:
-        records = []
-        for line in self.metrics.read_text().splitlines() if self.metrics.is_file() else []:
-            with contextlib.suppress(json.JSONDecodeError):  # a last line cut off by a kill
-                records.append(json.loads(line))
-        return records
-
-    def non_finite_message(self, loss: float, step: int) -> str:
-        return f"the training loss became {loss} by step {step}; stopping without saving. " + ckpt.non_finite_advice(
-            self.checkpoints, self.last_finite_step, self.args.learning_rate,
-            lambda changes: command_with(build_parser(), sys.argv[1:], changes))
-
-    def save_checkpoint(self, state: TrainState, window_loss: torch.Tensor, since_checkpoint: torch.Tensor) -> None:
-        """checkpoints/step_N with the loss it was saved at; refused (the run stops) when that loss is not finite."""
-        steps = max(state.step - self.last_checkpoint_step, 1)
-        state.loss = self.accelerator.reduce(since_checkpoint, reduction="mean").item() / steps
-        shards = [p.to_local() if hasattr(p, "to_local") else p for p in self.wrapped.parameters()]  # FSDP2: ours
-        broken = torch.stack([~torch.isfinite(p.detach()).all() for p in shards]).any().float()  # blown-up weights
-        if not math.isfinite(state.loss) or self.accelerator.reduce(broken, reduction="sum").item():
-            raise NonFiniteLoss(self.non_finite_message(state.loss, state.step))
-        state.window_loss = self.accelerator.gather(window_loss.reshape(1)).tolist()
-        ckpt.save(self.accelerator, self.wrapped, self.raw_model, self.plan.tokenizer, self.checkpoints, state,
-                  self.args.num_keep_checkpoints)
-        self.last_checkpoint_step, self.timer_start, self.updates_timed = state.step, time.perf_counter(), 0
-
-    def save_final_model(self) -> None:
-        final = ckpt.save_final_model(self.accelerator, self.wrapped, self.raw_model, self.plan.tokenizer, self.path)
-        self.accelerator.print(f"final model: {final}")
+def start_run(args: argparse.Namespace, plan: Plan, trainee: Trainee, state) -> None:
+    """Make the run folder ready and record the plan (main process), then start the trackers (every process)."""
+    accelerator, config = trainee.accelerator, plan.config
+    if accelerator.is_main_process:
+        for line in run_folder.start(plan.run_dir, args.overwrite):
+            print(line)
+        record_plan(args, plan, trainee, state)
+        run_folder.write_readme(plan.run_dir, config.init_from and (
+            f"The model was {init_from.describe(config.init_from)}; the full record is model_config.init_from in "
+            f"{run_folder.ARGS_FILE} and init_from in each model folder's {model_folder.CONFIG_FILE}."))
+    accelerator.wait_for_everyone()
+    accelerator.init_trackers(args.wandb_project, config=plan.arguments, init_kwargs={
+        "wandb": {"name": args.experiment_name, "dir": str(plan.run_dir)}})
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Main
-# ----------------------------------------------------------------------------------------------------------------
+def record_plan(args: argparse.Namespace, plan: Plan, trainee: Trainee, state) -> None:
+    """Print the numbers a user checks before leaving a run going, and record them in args.json."""
+    acc, c, context_length = trainee.accelerator, plan.config, plan.context_length
+    global_batch = args.per_gpu_batch_size * args.gradient_accumulation_steps * acc.num_processes
+    planned = args.num_training_steps * global_batch * context_length
+    train_tokens = len(plan.data["train"]) * context_length
+    summary = {
+        "model": f"RobertaForMaskedLM, {c.num_hidden_layers} layers x {c.hidden_size} wide, {c.num_attention_heads}"
+                 f" heads, MLP {c.intermediate_size}, vocab {c.vocab_size}, context {context_length}: "
+                 f"{trainee.raw_model.num_parameters():,} parameters",
+        "processes": f"{acc.num_processes} on {acc.device.type} ({describe(acc)}), mixed precision "
+                     f"{acc.mixed_precision}{', compiled' if args.compile else ''}",
+        "batch": f"{args.per_gpu_batch_size} per process x {args.gradient_accumulation_steps} accumulation x "
+                 f"{acc.num_processes} processes = global batch size {global_batch}",
+        "tokens": f"{global_batch * context_length:,} per update; {planned:,} planned over "
+                  f"{args.num_training_steps:,} updates ({planned / train_tokens:.2f} epochs of {train_tokens:,} "
+                  "training tokens)",
+        "start": f"resumed from {plan.resume} at step {state.step}" if plan.resume else
+                 init_from.describe(c.init_from) if c.init_from else "from scratch",
+        "run folder": str(plan.run_dir)}
+    print("\n".join(f"{k:>10}: {v}" for k, v in summary.items()), flush=True)
+    for change in plan.changes:
+        print(f"    resume: {change} (takes effect from step {state.step})", flush=True)
+    resumes = run_folder.recorded_resumes(plan.run_dir) + [
+        {"step": state.step, "from": str(plan.resume), "changed": plan.changes}] if plan.resume else []
+    not_used = {"hf_model_name": "the store's own tokenizer/ was used"} if plan.store.has_own_tokenizer else {}
+    if not args.log_wandb:
+        not_used["wandb_project"] = "no --log_wandb"
+    if args.init_from:
+        not_used["initializer_range"] = "the weights came from --init_from"
+    run_folder.write_args(plan.run_dir, {"args": plan.arguments, "not_used": not_used, "summary": summary,
+                                         "global_batch_size": global_batch, "model_config": c.to_dict(),
+                                         "versions": library_versions(), "resumes": resumes})
+
+
+def stop_message(error: NonFiniteLoss, args: argparse.Namespace, run: Path, logger: MetricsLogger) -> str:
+    """A non-finite loss: the checkpoints with their losses, and a command that resumes from a sound one."""
+    return f"error: {error}; stopping without saving. " + ckpt.non_finite_advice(
+        run_folder.checkpoints_dir(run), logger.last_finite_step, args.learning_rate,
+        lambda changes: command_with(build_parser(), sys.argv[1:], changes))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -574,21 +493,25 @@ def main(argv: list[str] | None = None) -> None:
     if accelerator.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matrix multiplies on tensor cores
         torch.backends.cudnn.allow_tf32 = True
-    plan.resume = distributed.agree_on_resume(accelerator, plan.resume)  # the main process's choice, on all
-    wrapped, optimizer, raw_model = setup(args, plan, accelerator)
-    run = RunFolder(args, accelerator, plan, wrapped, raw_model)
-    state = TrainState()
+    plan.resume = ckpt.agree_on_resume(accelerator, plan.resume)  # the main process's choice, on all
+    trainee = setup(args, plan, accelerator)
+    logger = MetricsLogger(accelerator, plan.run_dir, args, plan.context_length, plan.config)
+    checkpointer = Checkpointer(trainee, plan.run_dir, plan.tokenizer, logger, args)
+    state = checkpointer.resume(plan.resume)
     if plan.resume is not None:
-        state = ckpt.load(accelerator, raw_model, plan.resume, sharded=is_sharded(accelerator))
-        apply_optimizer_flags(optimizer, args)
-    state.args = {**vars(args), "store_fingerprint": plan.store_fingerprint}
-    run.start(state)
+        apply_optimizer_flags(trainee.optimizer, args)
+    state.args = {**plan.arguments, "store_fingerprint": plan.store.fingerprint}
+    start_run(args, plan, trainee, state)
+    logger.start(state)
     try:
-        if train(args, accelerator, wrapped, optimizer, plan, state, run):
-            run.save_final_model()
-    except (NonFiniteLoss, CheckpointError) as error:
+        if train(args, plan, trainee, checkpointer, logger):
+            checkpointer.save_final_model()
+    except NonFiniteLoss as error:
         accelerator.end_training()
-        raise ScriptExit(f"error: {error}") from None
+        raise ScriptExit(stop_message(error, args, plan.run_dir, logger)) from None
+    except ScriptExit:  # a checkpoint or the final model could not be written (CheckpointError, DiskFull)
+        accelerator.end_training()
+        raise
     except KeyboardInterrupt:  # a second Ctrl-C: stop now, without saving
         raise ScriptExit("error: stopped by a second Ctrl-C before saving; continue from the last checkpoint with "
                          "--resume_from_checkpoint latest", exit_code_for_signal(signal.SIGINT)) from None

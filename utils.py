@@ -7,22 +7,23 @@ Sections:
     `HelpFormatter` of the scripts' --help (paths with `~` expanded by `user_path`), `log` (main process only),
     `duration` and `elapsed_and_eta` for log lines, `library_versions`;
   * Weights & Biases: `wandb_offline_unless_logged_in`;
-  * training runs: `plot_training_curves`, `readable` (numbers of any size in a log line), `LossWatch` (a loss
-    that diverges), `command_with` (a command line with flags changed, for advice that runs as printed), and the
-    GPU's matrix rate `matmul_flops_per_second`.
+  * training runs: `readable` (numbers of any size in a log line), `command_with` (a command line with flags
+    changed, for advice that runs as printed), and the GPU's matrix rate `matmul_flops_per_second` (the curves and
+    the divergence watch are metrics.py's).
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib.metadata
 import importlib.util
 import netrc
 import os
+import shlex
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -36,6 +37,7 @@ from urllib.parse import urlsplit
 # 128 + N when signal N stopped it (130 Ctrl-C, 143 SIGTERM), as a shell reports it. A traceback (exit 1) is a bug.
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
 def exit_code_for_signal(signum: int) -> int:
@@ -54,10 +56,27 @@ class ScriptExit(Exception):
         self.code = code
 
 
+class DiskFull(ScriptExit):
+    """The disk filled up while a script wrote: `what` says what was not written and what was left as it was.
+    One line and EXIT_FAILED, from every script (run_cli turns an unexpected full disk into one as well)."""
+
+    def __init__(self, what: str):
+        super().__init__(f"error: the disk is full: {what}", EXIT_FAILED)
+
+
+def out_of_space(error: BaseException) -> bool:
+    """Whether an error is a full disk (or quota): ENOSPC/EDQUOT as an OSError, or in the text of a library's own
+    error, which safetensors 0.8 raises as SafetensorError ("No space left on device (os error 28)")."""
+    if isinstance(error, OSError):
+        return error.errno in DISK_FULL_ERRNOS
+    return any(f"os error {code})" in str(error) for code in DISK_FULL_ERRNOS)
+
+
 def run_cli(main: Callable[[], object]) -> None:
     """Run a script's `main` under the exit policy above: UsageError is `error: <message>` and EXIT_USAGE,
-    ScriptExit its message and its code, a Ctrl-C the script does not handle itself (while it starts up) one line
-    and 130; anything else is a bug and keeps its traceback."""
+    ScriptExit its message and its code, a full disk the script did not report itself one line and EXIT_FAILED, a
+    Ctrl-C the script does not handle itself (while it starts up) one line and 130; anything else is a bug and
+    keeps its traceback."""
     try:
         main()
     except UsageError as error:
@@ -69,6 +88,12 @@ def run_cli(main: Callable[[], object]) -> None:
     except KeyboardInterrupt:
         print("error: stopped by Ctrl-C", file=sys.stderr)
         sys.exit(exit_code_for_signal(2))  # SIGINT
+    except Exception as error:
+        if not out_of_space(error):
+            raise
+        print(DiskFull(f"{type(error).__name__}: {first_line(error)}; free space and run again"), file=sys.stderr,
+              flush=True)
+        sys.exit(EXIT_FAILED)
 
 
 def first_line(error: BaseException, limit: int = 200) -> str:
@@ -136,6 +161,22 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
+def pick_device(name: str):
+    """The torch device of a --device flag: auto (a GPU if there is one), cpu, cuda, cuda:1, mps...; a UsageError
+    for a name torch does not know or a GPU that is not there."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"--device {name} is not a device: auto, cpu, cuda, cuda:1, mps...") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: no CUDA GPU is available here; use --device cpu")
+    return device
+
+
 def duration(seconds: float) -> str:
     """A duration for a log line: 42s, 6m05s, 2h07m."""
     seconds = max(0, round(seconds))
@@ -197,42 +238,8 @@ def wandb_offline_unless_logged_in() -> str | None:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Training curves and the GPU's matrix rate (train.py, benchmarks)
+# Training runs (train.py, benchmarks)
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def plot_training_curves(records: list[dict], path: str | os.PathLike) -> None:
-    """Loss and eval-accuracy curves of train.py's metrics.jsonl records, written atomically to a PNG. Without
-    matplotlib (a bare GPU image may lack it) the picture is skipped with one line, once: the numbers are all in
-    metrics.jsonl, and a run must not die at its first evaluation for a plot."""
-    if importlib.util.find_spec("matplotlib") is None:
-        if not getattr(plot_training_curves, "warned", False):
-            print(f"note: matplotlib is not installed: {Path(path).name} is not drawn (metrics.jsonl has every "
-                  "number)", flush=True)
-            plot_training_curves.warned = True
-        return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    train = [(r["step"], r["loss"]) for r in records if "loss" in r]
-    evals = [(r["step"], r["eval_loss"], r["eval_accuracy"]) for r in records if "eval_loss" in r]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
-    if train:
-        ax_loss.plot(*zip(*train, strict=True), label="train loss", alpha=0.7)
-    if evals:
-        steps, losses, accuracies = zip(*evals, strict=True)
-        ax_loss.plot(steps, losses, "o-", label="eval loss")
-        ax_acc.plot(steps, [100 * a for a in accuracies], "o-", color="tab:green")
-    ax_loss.set(xlabel="update", ylabel="masked-LM loss (nats)", title="loss")
-    ax_loss.legend()
-    ax_acc.set(xlabel="update", ylabel="masked-token accuracy (%)", title="eval accuracy")
-    fig.tight_layout()
-    tmp = Path(path).with_name(Path(path).stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
 
 
 def readable(x: float, digits: int = 2) -> str:
@@ -241,56 +248,9 @@ def readable(x: float, digits: int = 2) -> str:
     return f"{x:.{digits}f}" if abs(x) < 1e6 else f"{x:.3e}"
 
 
-@dataclass
-class LossWatch:
-    """Warns when the training loss has stayed far above where it started for many updates: a run that diverges
-    without ever reaching NaN (a learning rate far too high) would otherwise run to its end and exit 0.
-
-    The starting value is the untrained model's evaluation loss (step 0; ln(vocabulary) or so), else the first
-    logged training loss. "Far above" is more than FACTOR times it, which a healthy run never reaches (its loss
-    only falls from there, and spikes rarely double it); "many updates" is at least PATIENCE updates over at least
-    two log lines, so that one spike is not reported. A warning, not a stop: like loss spikes in large runs, a
-    divergence sometimes recovers, and the user judges; it is repeated if the loss recovers and diverges again."""
-
-    FACTOR = 2.0
-    PATIENCE = 20
-    start: float | None = None
-    above_since: int | None = None  # the first update of the run of log lines above the threshold
-    lines_above: int = 0
-    warned: bool = False
-
-    def start_from(self, records: list[dict]) -> None:
-        """The starting value from a run's metrics.jsonl records (on resume: the original start)."""
-        first = [r["eval_loss"] for r in records if r.get("step") == 0 and "eval_loss" in r] + \
-            [r["loss"] for r in records if "loss" in r]
-        self.start = first[0] if first else None
-
-    def update(self, step: int, loss: float, updates: int) -> str | None:
-        """Take the loss logged at `step` (the mean over its last `updates` updates); return a warning, or None."""
-        if self.start is None:
-            self.start = loss
-            return None
-        if loss <= self.FACTOR * self.start:
-            self.above_since, self.lines_above, self.warned = None, 0, False
-            return None
-        if self.above_since is None:
-            self.above_since = step - updates + 1
-        self.lines_above += 1
-        if self.warned or self.lines_above < 2 or step - self.above_since + 1 < self.PATIENCE:
-            return None
-        self.warned = True
-        return (f"the training loss is diverging: {readable(loss, 4)} at step {step}, above {self.FACTOR:g} x its "
-                f"starting value {readable(self.start, 4)} at every log line since step {self.above_since}. The "
-                f"learning rate is likely too high: stop the run (Ctrl-C saves a checkpoint), then resume from a "
-                f"checkpoint saved before step {self.above_since} or start again (--overwrite), with a lower "
-                "--learning_rate or more --num_warmup_steps")
-
-
 def command_with(parser: argparse.ArgumentParser, argv: list[str], changes: dict[str, str | None]) -> str:
     """The command `argv` ran, with the flags of `changes` set to their value ("" for a flag alone, None to leave
     the flag out): advice that can be run as printed."""
-    import shlex
-
     takes_value = {option: action.nargs != 0 for action in parser._actions for option in action.option_strings}
     kept, i = [], 0
     while i < len(argv):

@@ -6,6 +6,11 @@ Prints, over the non-test Python files (benchmarks/, notebooks/ and tests/ exclu
 functions (lines, def to last line), imports inside functions (by module imported), and the places (functions, or
 module level) whose code names the store's layout (STORE_* constants, dataset_dict.json, dataset_info.json,
 "prepare_data.json", datasets' load_from_disk/save_to_disk). README: words before `make demo` and in total.
+
+Then, for each folder format, the modules whose code spells one of its names in a string: every string literal and
+every literal part of an f-string counts (messages and --help included), docstrings and comments do not. Names
+shared by several formats (README.md, checkpoints/, wandb/, .lock) are left out, since each owner declares its own.
+The benchmarks are counted apart (gpu_check.py owns its own working folder). Also: train()'s parameters.
 """
 
 from __future__ import annotations
@@ -19,6 +24,46 @@ from pathlib import Path
 # What names the store's layout: its constants, its metadata files, datasets' own reader and writer of that layout.
 LAYOUT = re.compile(r"STORE_(SPLITS|COLUMN|TOKENIZER_DIR|RECORD)\b|dataset_dict\.json|dataset_info\.json|"
                     r"prepare_data\.json\"|load_from_disk|save_to_disk")
+
+
+# The distinctive names of each folder format a script writes (see the owners: store.py, run_folder.py,
+# checkpoints.py, model_folder.py, qa_run_folder.py, classification_run_folder.py).
+FORMATS = {
+    "data store": ["prepare_data.json", "dataset_dict.json", "dataset_info.json"],
+    "pretraining run folder": ["args.json", "metrics.jsonl", "curves.png", "final_model", "step_"],
+    "checkpoint": ["manifest.json", "accelerate_state"],  # trainer_state.json: the Trainer's checkpoints' name too
+    "model folder": ["config.json", "model.safetensors", "pytorch_model.bin", "tokenizer_record.json"],
+    "QA run folder": ["finetune_args.json", "eval_results.json", "predictions.json", "predictions_detail.json",
+                      "checkpoint-", "training_args.bin"],
+    "classification run folder": ["classification_args.json", "predictions.jsonl"],
+}
+
+
+END = r"(?!\w)"  # a name that ends in a letter ends there: predictions.json is not predictions.jsonl
+
+
+def literal_strings(tree: ast.AST) -> list[str]:
+    """Every string constant of the code (f-strings' literal parts included), docstrings left out."""
+    docstrings = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                docstrings.add(id(first.value))
+    return [n.value for n in ast.walk(tree)
+            if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docstrings]
+
+
+def naming_modules(files: list[Path]) -> dict[str, list[str]]:
+    """{format: the files whose string literals name one of its names}."""
+    found = {kind: [] for kind in FORMATS}
+    for path in files:
+        strings = literal_strings(ast.parse(path.read_text()))
+        for kind, names in FORMATS.items():
+            if any(re.search(rf"(?<![\w-]){re.escape(name)}{END if name[-1].isalnum() else ''}", text)
+                   for text in strings for name in names):
+                found[kind].append(path.name)
+    return found
 
 
 def python_files(root: Path) -> list[Path]:
@@ -67,6 +112,15 @@ def main() -> None:
     places = sorted(set(layout))
     print(f"places that name the store's layout: {len(places)} in {len({p.split(':')[0] for p in places})} files")
     print("  " + ", ".join(places))
+    for label, group in (("modules", files), ("benchmarks", sorted((root / "benchmarks").glob("*.py")))):
+        print(f"{label} that spell a folder format's names in their code:")
+        for kind, names in naming_modules(group).items():
+            print(f"  {kind}: {len(names)} ({', '.join(names)})")
+    train = root / "train.py"
+    fn = next((f for f in functions(ast.parse(train.read_text())) if f.name == "train"), None) if train.is_file() \
+        else None
+    if fn is not None:
+        print(f"train() parameters: {len(fn.args.args) + len(fn.args.kwonlyargs)}")
     readme = root / "README.md"
     if readme.is_file():
         text = readme.read_text()

@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 import corpora  # noqa: E402
 import prepare_data  # noqa: E402
-import store as store_module  # noqa: E402
+import store_writer as store_module  # noqa: E402
 from tokenization import train_bpe_tokenizer  # noqa: E402
 
 DEFAULT_TEXT = sorted(glob.glob(str(ROOT.parent / "shared" / "data" / "text" / "*.txt")))

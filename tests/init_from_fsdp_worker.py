@@ -52,7 +52,8 @@ def main() -> None:
     if not accelerator.is_main_process:  # only rank 0 loads: the others must receive its weights
         init_from.load_model = random_weights
     fsdp2 = accelerator.is_fsdp2
-    wrapped, optimizer, raw = train.setup(args, plan, accelerator)
+    trainee = train.setup(args, plan, accelerator)
+    wrapped, optimizer = trainee.model, trainee.optimizer
     weights = {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().cpu()
                for k, v in wrapped.state_dict().items()}
     from torch.distributed.fsdp import FSDPModule

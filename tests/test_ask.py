@@ -183,7 +183,7 @@ def test_bad_input_is_one_clear_error(case, tmp_path, run_dir, squad_file, tiny_
 def test_a_model_whose_tokenizer_was_swapped_warns(run_dir, tiny_tokenizer, tmp_path, capsys):
     import shutil
 
-    from tokenization import TOKENIZER_RECORD, record_tokenizer
+    from model_folder import TOKENIZER_RECORD, record_tokenizer
 
     folder = tmp_path / "qa"
     shutil.copytree(run_dir, folder)

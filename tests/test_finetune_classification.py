@@ -13,7 +13,7 @@ import pytest
 
 import classify
 import finetune_roberta_classification as finetune
-from folders import CLASSIFICATION_RUN
+from classification_run_folder import CLASSIFICATION_RUN
 from utils import UsageError
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,7 +13,10 @@ import pytest
 from conftest import hold_lock_in_another_process
 
 import folders
-from folders import PRETRAINING_RUN, QA_RUN, STORE, FolderLock, check_output_folder
+from folders import FolderLock, check_output_folder
+from qa_run_folder import QA_RUN
+from run_folder import PRETRAINING_RUN
+from store import STORE
 from utils import UsageError
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -112,8 +112,10 @@ def test_the_architecture_comes_from_the_checkpoint_and_defaults_are_not_used(st
     c = plan.config
     assert (c.hidden_size, c.num_hidden_layers, c.intermediate_size, c.max_position_embeddings) == (48, 2, 80, 20)
     assert c.hidden_dropout_prob == 0.0 and c.attention_probs_dropout_prob == 0.1  # given: used; default: theirs
-    assert (args.embedding_dimension, args.num_transformer_blocks, args.mlp_ratio) == (48, 2, 80 / 48)  # recorded
-    assert plan.init_folder == published and args.init_from == str(published.resolve())
+    recorded = plan.arguments  # what args.json and the resume checks see; the parsed flags stay as given
+    assert [recorded[k] for k in ("embedding_dimension", "num_transformer_blocks", "mlp_ratio")] == [48, 2, 80 / 48]
+    assert (args.embedding_dimension, args.num_transformer_blocks) == (768, 12)  # not written back into args
+    assert plan.init_folder == published and recorded["init_from"] == str(published.resolve())
     assert c.init_from["source"] == str(published.resolve()) and c.init_from["revision"] is None
     assert c.init_from["sha256"] == hashlib.sha256((published / "model.safetensors").read_bytes()).hexdigest()
     # A flag given on the command line that agrees is accepted.
@@ -174,7 +176,7 @@ def test_a_hub_id_is_read_from_the_hub_cache_with_its_revision(store, published,
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub_cache))  # read when a file is looked up
     args, plan = validate(store, tmp_path, "--init_from", "org/tiny-roberta")
     assert plan.config.init_from["source"] == "org/tiny-roberta" and plan.config.init_from["revision"] == REVISION
-    assert args.init_from == "org/tiny-roberta" and plan.config.hidden_size == 48
+    assert plan.arguments["init_from"] == "org/tiny-roberta" and plan.config.hidden_size == 48
     model = init_from.load_model(plan.init_folder, plan.config)
     theirs = load_file(published / "model.safetensors")
     assert all(torch.equal(model.state_dict()[k], v) for k, v in theirs.items() if k in model.state_dict())
@@ -203,7 +205,7 @@ def test_step_0_is_transformers_own_loss_and_a_short_run_lowers_it(store, publis
     evals = [r for r in metrics(run) if "eval_loss" in r]
     # transformers' RobertaForMaskedLM on the same fixed evaluation masks: the mean over every predicted token.
     theirs = transformers.RobertaForMaskedLM.from_pretrained(published).eval()
-    test = open_store(store)[0]["test"]
+    test = open_store(store).data["test"]
     pairs = batches.eval_batches(test, tiny_tokenizer, 3, 0.15, 7, num_processes=1, process_index=0)
     inputs, labels = torch.cat([b[0] for b in pairs]).long(), torch.cat([b[1] for b in pairs]).long()
     with torch.no_grad():
@@ -255,12 +257,13 @@ def test_sigkill_then_resume_equals_uninterrupted(store, published, continued, t
 @pytest.mark.slow
 def test_finetuning_accepts_a_continued_final_model(continued):
     import finetune_roberta_qa as finetune
+    import finetuning
 
     run, _ = continued
     args = finetune.parse_args(["--pretrained_backbone", "pretrained", "--path_to_pretrained_backbone",
                                 str(run / "final_model"), "--dataset", "demo", "--max_seq_length", "16",
                                 "--doc_stride", "4"])
-    finetune.check_backbone(args)
+    finetuning.check_backbone(args)
     _, config, model, provenance = finetune.load_backbone(args)
     saved = load_file(run / "final_model" / "model.safetensors")
     embeddings = "roberta.embeddings.word_embeddings.weight"

@@ -25,18 +25,11 @@ import corpora
 import fault_injection
 import folders
 import prepare_data
-import store as store_module
+import store_writer as store_module
 from corpora import read_text_file_documents, split_documents
 from demo_world import generate_documents
-from store import (
-    STORE_COLUMN,
-    STORE_RECORD,
-    STORE_SPLITS,
-    STORE_TOKENIZER_DIR,
-    BlockPacker,
-    join_documents,
-    pack_documents,
-)
+from store import STORE, STORE_COLUMN, STORE_RECORD, STORE_SPLITS, STORE_TOKENIZER_DIR
+from store_writer import BlockPacker, join_documents, pack_documents
 from tokenization import BPE_MIN_VOCAB_SIZE, tokenizer_fingerprint
 from utils import UsageError
 
@@ -227,7 +220,8 @@ def test_demo_store_layout_and_record(demo_store):
     splits = load_from_disk(str(store))
     assert set(splits) == set(STORE_SPLITS) and splits[TRAIN].column_names == [STORE_COLUMN]
     assert str(splits[TRAIN].features[STORE_COLUMN].feature.dtype) == "uint16"  # vocabulary 400 fits
-    assert open_store(store, context_length=29)[1] == record == record_of(store)
+    opened = open_store(store)
+    assert opened.record == record == record_of(store) and opened.block_length == 29
     assert record["splits"][TEST]["documents"] == 30 and record["splits"][TRAIN]["documents"] == 270
     assert record["arguments"]["context_length"] == 29 and record["arguments"]["dataset_split_seed"] == 42
     assert {"torch", "transformers", "datasets", "tokenizers"} <= set(record["library_versions"])
@@ -238,7 +232,7 @@ def test_demo_store_layout_and_record(demo_store):
                                    "vocab_size_requested": 400}
     readme = (store / "README.md").read_text()
     assert record["command"] in readme and record["tokenizer"]["fingerprint"] in readme and "README.md" in \
-        folders.STORE.made
+        STORE.made
     assert sorted(p.name for p in store.iterdir()) == sorted(
         [".lock", "README.md", "dataset_dict.json", STORE_RECORD, TEST, STORE_TOKENIZER_DIR, TRAIN])
 

@@ -23,6 +23,7 @@ from accelerate.utils import set_seed
 from conftest import build_store
 from safetensors.torch import load_file
 
+import checkpoints
 import distributed
 from checkpoints import unwrapped_name
 from model import RobertaConfig, RobertaForMaskedLM
@@ -184,10 +185,10 @@ def test_fsdp_reduces_gradients_in_float32_unless_asked_otherwise(version):
 
 
 def test_a_deepspeed_checkpoint_is_resumed_only_on_its_process_count():
-    distributed.check_resume_layout(fake_accelerator(distributed_type="DEEPSPEED", processes=4), 4)
-    distributed.check_resume_layout(fake_accelerator(distributed_type="FSDP", processes=4), 2)  # DCP reshards
+    checkpoints.check_resume_layout(fake_accelerator(distributed_type="DEEPSPEED", processes=4), 4)
+    checkpoints.check_resume_layout(fake_accelerator(distributed_type="FSDP", processes=4), 2)  # DCP reshards
     with pytest.raises(UsageError, match="saved by 2 processes and cannot be loaded by 4"):
-        distributed.check_resume_layout(fake_accelerator(distributed_type="DEEPSPEED", processes=4), 2)
+        checkpoints.check_resume_layout(fake_accelerator(distributed_type="DEEPSPEED", processes=4), 2)
 
 
 @dataclass

@@ -378,7 +378,8 @@ def test_hf_model_name_unused_beside_the_stores_tokenizer_is_said(store, tmp_pat
 
 
 def test_loss_watch_warns_of_a_sustained_divergence_once():
-    from utils import LossWatch, readable
+    from metrics import LossWatch
+    from utils import readable
 
     watch = LossWatch()
     watch.start_from([{"step": 0, "eval_loss": 6.0}, {"step": 10, "loss": 5.0}])
@@ -484,7 +485,7 @@ def test_cli_run_learns_and_writes_its_folder(store, tmp_path, tiny_tokenizer):
 def prepare_data_split(store, split):
     from store import open_store
 
-    return open_store(store)[0][split]
+    return open_store(store).data[split]
 
 
 @pytest.fixture(scope="module")
@@ -688,7 +689,7 @@ def test_fsdp_on_a_cpu_and_tilde_through_the_command_line(store, tmp_path):
     assert (home / "runs" / "x" / "final_model").is_dir() and not (tmp_path / "~").exists()
     from transformers import AutoTokenizer
 
-    from tokenization import TOKENIZER_RECORD, tokenizer_swapped
+    from model_folder import TOKENIZER_RECORD, tokenizer_swapped
 
     final = home / "runs" / "x" / "final_model"  # its tokenizer's fingerprint, for finetune to check
     assert (final / TOKENIZER_RECORD).is_file() and tokenizer_swapped(final, AutoTokenizer.from_pretrained(final)) \
