@@ -46,7 +46,17 @@ from qa import (
 from qa_run_folder import QA_RUN
 from run_folder import PRETRAINING_RUN
 from store import STORE
-from utils import ArgumentParser, DiskFull, HelpFormatter, UsageError, looks_local, out_of_space, pick_device, run_cli
+from utils import (
+    ArgumentParser,
+    DiskFull,
+    HelpFormatter,
+    UsageError,
+    add_running_flags,
+    looks_local,
+    out_of_space,
+    pick_device,
+    run_cli,
+)
 
 CHUNK = 256  # questions answered between two progress lines of --squad_file
 EPILOG = """examples:
@@ -85,11 +95,7 @@ def build_parser() -> ArgumentParser:
     answers.add_argument("--doc_stride", type=int, default=None, help="tokens of context consecutive windows share")
     answers.add_argument("--n_best_size", type=int, default=None, help="top starts and top ends tried per window")
     answers.add_argument("--max_answer_length", type=int, default=None, help="longest answer, in tokens")
-    run = p.add_argument_group("running")
-    run.add_argument("--batch_size", type=int, default=32, help="windows per forward pass")
-    run.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, cuda:1, mps...")
-    run.add_argument("--path_to_cache_dir", default=None, help="where a Hub --model is downloaded; unset: the "
-                                                                "Hugging Face cache")
+    add_running_flags(p, "windows")
     return p
 
 

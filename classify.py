@@ -35,7 +35,16 @@ from model import RobertaForSequenceClassification
 from qa_run_folder import QA_RUN, TRAINER_CHECKPOINT_FOLDER, TRAINER_STATE
 from run_folder import PRETRAINING_RUN
 from store import STORE
-from utils import ArgumentParser, HelpFormatter, UsageError, first_line, looks_local, pick_device, run_cli
+from utils import (
+    ArgumentParser,
+    HelpFormatter,
+    UsageError,
+    add_running_flags,
+    first_line,
+    looks_local,
+    pick_device,
+    run_cli,
+)
 
 CHUNK = 1024  # rows labelled between two progress lines of --input_file
 EPILOG = """examples:
@@ -65,13 +74,9 @@ def build_parser() -> ArgumentParser:
     files.add_argument("--label_column", default="label", help="column of gold labels to score against, if present")
     files.add_argument("--output", default=None, help="where --input_file's labels go (JSON lines)")
     files.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
-    run = p.add_argument_group("running")
+    run = add_running_flags(p, "inputs")
     run.add_argument("--max_seq_length", type=int, default=None,
                      help="tokens per input; unset: as the model was fine-tuned, else the longest it allows")
-    run.add_argument("--batch_size", type=int, default=32, help="inputs per forward pass")
-    run.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, cuda:1, mps...")
-    run.add_argument("--path_to_cache_dir", default=None, help="where a Hub --model is downloaded; unset: the "
-                                                                "Hugging Face cache")
     return p
 
 

@@ -143,26 +143,13 @@ def build_parser() -> ArgumentParser:
     data.add_argument("--max_eval_samples", type=int, default=None,
                       help="evaluate on the first this many examples of each validation set; unset: all")
 
-    train = p.add_argument_group("training (unset: the paper's recipe, see above)")
-    train.add_argument("--num_train_epochs", type=float, default=cls.RECIPE["num_train_epochs"],
-                       help="passes over the training examples")
-    train.add_argument("--per_device_batch_size", type=int, default=None,
-                       help="examples per device per micro-step; unset: the GLUE task's (16 or 32), else 16")
-    train.add_argument("--gradient_accumulation_steps", type=int, default=1,
-                       help="micro-steps per optimizer step (batch = per-device x accumulation x devices)")
-    train.add_argument("--learning_rate", type=float, default=None,
-                       help="peak learning rate of AdamW; unset: the GLUE task's (1e-5 or 2e-5), else 2e-5")
-    train.add_argument("--weight_decay", type=float, default=cls.RECIPE["weight_decay"], help="AdamW weight decay")
-    train.add_argument("--warmup_steps", type=float, default=cls.RECIPE["warmup_ratio"],
-                       help="linear warmup: a number of steps, or a fraction of all steps when below 1")
-    train.add_argument("--logging_steps", type=int, default=50, help="log the training loss every N steps")
-    train.add_argument("--eval_steps", type=int, default=None,
-                       help="evaluate every N steps (0: only at the end); unset: after every epoch")
-    train.add_argument("--save_steps", type=int, default=1000,
-                       help="Trainer checkpoint every N steps, the last 2 kept (0: no "
-                            f"{classification_run_folder.CHECKPOINTS_DIR}/ folder)")
-    train.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
-                       help="bf16 autocast; unset: on where the GPU supports it")
+    recipe = {"num_train_epochs": cls.RECIPE["num_train_epochs"], "per_device_batch_size": None,
+              "learning_rate": None, "weight_decay": cls.RECIPE["weight_decay"],
+              "warmup_steps": cls.RECIPE["warmup_ratio"], "eval_steps": None}
+    finetuning.add_training_flags(p, "training (unset: the paper's recipe, see above)", "examples", recipe, helps={
+        "per_device_batch_size": "examples per device per micro-step; unset: the GLUE task's (16 or 32), else 16",
+        "learning_rate": "peak learning rate of AdamW; unset: the GLUE task's (1e-5 or 2e-5), else 2e-5",
+        "eval_steps": "evaluate every N steps (0: only at the end); unset: after every epoch"})
     return p
 
 

@@ -139,23 +139,9 @@ def build_parser() -> ArgumentParser:
     data.add_argument("--demo_world_seed", type=int, default=0,
                       help="world of --dataset demo; keep prepare_data.py's so that pretraining saw the same world")
 
-    train = p.add_argument_group("training")
-    train.add_argument("--num_train_epochs", type=float, default=2.0, help="passes over the training windows")
-    train.add_argument("--per_device_batch_size", type=int, default=16, help="windows per device per micro-step")
-    train.add_argument("--gradient_accumulation_steps", type=int, default=2,
-                       help="micro-steps per optimizer step (batch = per-device x accumulation x devices)")
-    train.add_argument("--learning_rate", type=float, default=3e-5, help="peak learning rate of AdamW")
-    train.add_argument("--weight_decay", type=float, default=0.01, help="AdamW weight decay")
-    train.add_argument("--warmup_steps", type=float, default=0.06,
-                       help="linear warmup: a number of steps, or a fraction of all steps when below 1")
-    train.add_argument("--logging_steps", type=int, default=50, help="log the training loss every N steps")
-    train.add_argument("--eval_steps", type=int, default=1000,
-                       help="evaluate (EM, F1) every N steps, and always at the end (0: only at the end)")
-    train.add_argument("--save_steps", type=int, default=1000,
-                       help="Trainer checkpoint every N steps, the last 2 kept (0: no "
-                            f"{qa_run_folder.CHECKPOINTS_DIR}/ folder)")
-    train.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
-                       help="bf16 autocast; unset: on where the GPU supports it")
+    finetuning.add_training_flags(p, "training", "windows", defaults={"gradient_accumulation_steps": 2},
+                                  helps={"eval_steps": "evaluate (EM, F1) every N steps, and always at the end (0: "
+                                                       "only at the end)"})
     return p
 
 

@@ -84,6 +84,31 @@ def add_backbone_flags(parser: argparse.ArgumentParser):
     return model
 
 
+def add_training_flags(parser: argparse.ArgumentParser, title: str, unit: str, defaults: dict, helps: dict):
+    """The training group: epochs, batch, accumulation, AdamW, warmup, logging, evaluation, checkpoints, bf16.
+    `unit` is what a batch holds ("windows", "examples"); `defaults` and `helps` ({flag name: ...}) give each
+    script's defaults and the help of flags whose default needs explaining. Returns the group."""
+    train = parser.add_argument_group(title)
+
+    def add(name: str, kind, default, text: str) -> None:
+        train.add_argument(f"--{name}", type=kind, default=defaults.get(name, default), help=helps.get(name, text))
+
+    add("num_train_epochs", float, 2.0, f"passes over the training {unit}")
+    add("per_device_batch_size", int, 16, f"{unit} per device per micro-step")
+    add("gradient_accumulation_steps", int, 1, "micro-steps per optimizer step (batch = per-device x accumulation x "
+                                               "devices)")
+    add("learning_rate", float, 3e-5, "peak learning rate of AdamW")
+    add("weight_decay", float, 0.01, "AdamW weight decay")
+    add("warmup_steps", float, 0.06, "linear warmup: a number of steps, or a fraction of all steps when below 1")
+    add("logging_steps", int, 50, "log the training loss every N steps")
+    add("eval_steps", int, 1000, "evaluate every N steps, and always at the end (0: only at the end)")
+    add("save_steps", int, 1000, f"Trainer checkpoint every N steps, the last 2 kept (0: no "
+                                 f"{qa_run_folder.CHECKPOINTS_DIR}/ folder)")
+    train.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                       help="bf16 autocast; unset: on where the GPU supports it")
+    return train
+
+
 def check_numbers(args: argparse.Namespace, positive: list[str], non_negative: list[str]) -> None:
     """UsageError for the first flag out of its range (a flag left unset, None, is not checked), and for the
     --warmup_steps, --max_train_samples, --max_eval_samples and --path_to_cache_dir every script has."""

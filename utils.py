@@ -161,6 +161,16 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
+def add_running_flags(parser: argparse.ArgumentParser, unit: str):
+    """ask.py's and classify.py's "running" group: --batch_size (of `unit`), --device, --path_to_cache_dir."""
+    run = parser.add_argument_group("running")
+    run.add_argument("--batch_size", type=int, default=32, help=f"{unit} per forward pass")
+    run.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, cuda:1, mps...")
+    run.add_argument("--path_to_cache_dir", default=None,
+                     help="where a Hub --model is downloaded; unset: the Hugging Face cache")
+    return run
+
+
 def pick_device(name: str):
     """The torch device of a --device flag: auto (a GPU if there is one), cpu, cuda, cuda:1, mps...; a UsageError
     for a name torch does not know or a GPU that is not there."""
