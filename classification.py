@@ -124,6 +124,8 @@ class LabelSpace:
         """The model's targets for a split's label values: class indices, or floats; UsageError on a value that is
         not one of the classes (naming it, and how many rows have such values)."""
         if self.names is None:
+            if (bad := next((v for v in values if not _is_number(v)), None)) is not None:
+                raise UsageError(f"{where}: label {bad!r} is not a number, but the task is a regression")
             return [float(v) for v in values]
         index = {name: i for i, name in enumerate(self.names)}
         unknown = [v for v in values if _label_name(v) not in index]

@@ -98,6 +98,8 @@ def test_validation_labels_training_never_saw_are_refused():
     space = cls.infer_label_space(["neg", "pos"], None, "w")
     with pytest.raises(UsageError, match=r"2 rows have labels the training data never has \('neutral'\)"):
         space.encode(["pos", "neutral", "neutral"], "--validation_file v.csv")
+    with pytest.raises(UsageError, match="--validation_file v.csv: label 'high' is not a number"):
+        cls.LabelSpace(None).encode([0.5, "high"], "--validation_file v.csv")
 
 
 def test_glue_task_names_and_labels():
