@@ -18,7 +18,6 @@ PYTHONHASHSEED is); the global RNG is never touched.
 from __future__ import annotations
 
 import bisect
-import itertools
 import random
 import re
 from dataclasses import dataclass, field
@@ -803,116 +802,54 @@ def _question(paragraph: Paragraph, fact: str, templates: list[str], rng: random
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The sentence-pair classification set (entailment, as GLUE's RTE)
+# The classification set: acceptability, as GLUE's CoLA
 # ----------------------------------------------------------------------------------------------------------------
 
-# article kind -> fact -> the statement of the fact; a statement is checked against a passage of the article
-STATEMENTS = {
-    Person: {"birth_year": "{name} was born in {birth_year}.", "death_year": "{name} died in {death_year}.",
-             "birthplace": "{name} was born in {birthplace}.", "deathplace": "{name} died in {deathplace}.",
-             "occupation": "{name} was {a_occ} {occupation}.", "institution": "{name} studied at the {institution}.",
-             "mentor": "{name} was taught by {mentor}.", "residence": "{name} moved to {residence}.",
-             "move_year": "{name} moved in {move_year}.", "work": "{name} made {work}.",
-             "work_year": "{name} completed {work} in {work_year}.", "spouse": "{name} married {spouse}.",
-             "marriage_year": "{name} married in {marriage_year}.", "friend": "{name} was a friend of {friend}.",
-             "sibling": "{name} was a sibling of {sibling}."},
-    Place: {"region": "{name} is in {region}.", "river": "{name} lies on the {river}.",
-            "founded": "{name} was founded in {founded}.", "industry": "{name} is known for its {industry}."},
-    Institution: {"city": "The {name} is in {city}.", "founded": "The {name} was founded in {founded}.",
-                  "founder": "The {name} was founded by {founder}."},
-}
-# what a wrong value of a fact is drawn from: facts of one kind can stand in for each other
-VALUE_KINDS = {"year": {"birth_year", "death_year", "move_year", "work_year", "marriage_year", "founded"},
-               "place": {"birthplace", "deathplace", "residence", "city"},
-               "person": {"mentor", "spouse", "friend", "sibling", "founder"}}
-ENTAILMENT_LABELS = ("entailment", "not_entailment")
-ENTAILMENT_DEFAULT_PAIRS = {"train": 3000, "validation": 1000}
-PASSAGE_CHARACTERS = 150  # a passage of two sentences when they fit, else one: with the statement, ~60 tokens
+ACCEPTABILITY_LABELS = ("unacceptable", "acceptable")  # CoLA's names, in its order
+ACCEPTABILITY_DEFAULT_SENTENCES = {"train": 3000, "validation": 1000}
+MIN_SENTENCE_WORDS = 6  # shorter sentences are left out: two swapped words in three are too easy to spot
 _SENTENCE_END = re.compile(r"(?<=\.) (?=[A-Z])")
 
 
-def generate_entailment(seed: int = 0, split: str = "train", num_pairs: int | None = None) -> list[dict]:
-    """Sentence pairs about the demo world, GLUE's RTE task in the world's terms: does the passage (`sentence1`, a
-    sentence or two of an article) say that the statement (`sentence2`) is true? `label` is "entailment" when it
-    does, "not_entailment" when the passage says otherwise: the statement has another value of the same kind, drawn
-    from the same passage half the time (born in the year the passage says he died) and from the world otherwise.
+def generate_acceptability(seed: int = 0, split: str = "train", num_sentences: int | None = None) -> list[dict]:
+    """Sentences about the demo world labelled as GLUE's CoLA labels sentences: `acceptable` when written as the
+    world's articles are written, `unacceptable` when two of its words (chosen at random, not equal) have traded
+    places. The two kinds alternate, so the labels are balanced. Swapping keeps every word: a model that only counts
+    words cannot tell the two apart; one that knows how the world's sentences go can.
 
-    Each entity gives two pairs about two of its facts, one of each label (so the labels are balanced). The pairs
-    ask about the entities of `generate_squad`'s split (`split` "train" or "validation": disjoint people, towns and
-    institutions); `num_pairs` defaults to 3000 for train and 1000 for validation. Drawn from a stream of its own,
-    seeded "demo-entailment:...": the corpus and the QA set are the same with or without it."""
-    if split not in ENTAILMENT_DEFAULT_PAIRS:
+    One sentence (of at least MIN_SENTENCE_WORDS words) per entity, from its article rendered with other paraphrases
+    than the corpus's, about the entities of `generate_squad`'s split (`split` "train" or "validation": disjoint
+    people, towns and institutions). `num_sentences` defaults to 3000 for train and 1000 for validation. Drawn from a
+    stream of its own, seeded "demo-acceptability:...": the corpus and the QA set are the same with or without it."""
+    if split not in ACCEPTABILITY_DEFAULT_SENTENCES:
         raise ValueError(f"split must be 'train' or 'validation', got {split!r}")
-    num_pairs = ENTAILMENT_DEFAULT_PAIRS[split] if num_pairs is None else num_pairs
-    entities, pools = _qa_entities(seed, split), _value_pools(seed)
-    if not 1 <= num_pairs <= 2 * len(entities):
-        raise ValueError(f"num_pairs must be between 1 and {2 * len(entities)} for split {split!r}, got {num_pairs}")
-    pairs: list[dict] = []
+    entities = _qa_entities(seed, split)
+    num_sentences = ACCEPTABILITY_DEFAULT_SENTENCES[split] if num_sentences is None else num_sentences
+    if not 1 <= num_sentences <= len(entities):
+        raise ValueError(f"num_sentences must be between 1 and {len(entities)} for split {split!r}, got "
+                         f"{num_sentences}")
+    rows: list[dict] = []
     for i, entity in enumerate(entities):
-        if len(pairs) >= num_pairs:
+        if len(rows) == num_sentences:
             break
-        pairs += _entity_pairs(entity, random.Random(f"demo-entailment:{seed}:{split}:{i}"), pools, f"{split}-{i}")
-    return pairs[:num_pairs]
+        rng = random.Random(f"demo-acceptability:{seed}:{split}:{i}")
+        sentences = [sentence for paragraph in render_article(entity, rng)
+                     for sentence in _SENTENCE_END.split(paragraph.text)
+                     if len(sentence.split()) >= MIN_SENTENCE_WORDS and len(set(sentence.split())) > 1]
+        if sentences:
+            sentence, acceptable = rng.choice(sentences), len(rows) % 2 == 0
+            rows.append({"id": f"{split}-{i}", "sentence": sentence if acceptable else _swap_two_words(sentence, rng),
+                         "label": ACCEPTABILITY_LABELS[acceptable]})
+    return rows
 
 
-@lru_cache(maxsize=4)
-def _value_pools(seed: int) -> dict[str, list[str]]:
-    """Every value a fact of each kind takes in the world, for drawing wrong ones."""
-    world = build_world(seed)
-    return {"place": [p.name for p in world.places], "person": [p.name for p in world.people],
-            "institution": [i.name for i in world.institutions], "region": [r.name for r in world.regions],
-            "river": [r.name for r in world.rivers], "industry": INDUSTRIES, "occupation": list(OCCUPATIONS),
-            "work": [title for p in world.people[:2000] for title, _ in p.works]}
-
-
-def _kind_of(fact: str) -> str:
-    return next((kind for kind, facts in VALUE_KINDS.items() if fact in facts), fact)
-
-
-def _entity_pairs(entity: object, rng: random.Random, pools: dict[str, list[str]], id_prefix: str) -> list[dict]:
-    """Two pairs about two facts of `entity` (the first drawn gets the true statement), or none when its article
-    states fewer than two of them."""
-    statements, passages = STATEMENTS[type(entity)], {}
-    for paragraph in render_article(entity, rng):
-        for fact, passage in _passages(paragraph, statements):
-            passages.setdefault(fact, (fact, passage, paragraph))  # a fact stated twice: its first passage
-    passages = list(passages.values())
-    if len(passages) < 2:
-        return []
-    pairs = []
-    for label, (fact, passage, paragraph) in zip(ENTAILMENT_LABELS, rng.sample(passages, 2), strict=True):
-        value = paragraph.slots[fact] if label == "entailment" else _wrong_value(fact, passage, paragraph, rng, pools)
-        statement = _SLOT.sub(lambda m, v={**paragraph.slots, fact: value}: v[m[1]], statements[fact])
-        pairs.append({"id": f"{id_prefix}-{fact}", "sentence1": passage, "sentence2": statement, "label": label})
-    return pairs
-
-
-def _passages(paragraph: Paragraph, statements: dict[str, str]) -> list[tuple[str, str]]:
-    """(fact, passage) for each stated fact of a paragraph: the sentence that states it and the one before it (or
-    after it), as long as the two fit PASSAGE_CHARACTERS, else that sentence alone."""
-    sentences = _SENTENCE_END.split(paragraph.text)
-    ends = list(itertools.accumulate(len(s) + 1 for s in sentences))
-    out = []
-    for fact, (start, _) in paragraph.spans.items():
-        if fact not in statements or not all(s in paragraph.slots for s in _SLOT.findall(statements[fact])):
-            continue
-        i = bisect.bisect_right(ends, start)
-        j = i - 1 if i > 0 else i + 1
-        passage = " ".join(sentences[min(i, j):max(i, j) + 1]) if j < len(sentences) else sentences[i]
-        out.append((fact, passage if len(passage) <= PASSAGE_CHARACTERS else sentences[i]))
-    return out
-
-
-def _wrong_value(fact: str, passage: str, paragraph: Paragraph, rng: random.Random, pools: dict) -> str:
-    """Another value of the fact's kind: one the passage gives for another fact half the time (where it has one),
-    else one drawn from the world (for a year: a few years away)."""
-    true, kind = paragraph.slots[fact], _kind_of(fact)
-    nearby = sorted({value for other, value in paragraph.slots.items() if other != fact and _kind_of(other) == kind
-                     and value != true and value in passage})
-    if nearby and rng.random() < 0.5:
-        return rng.choice(nearby)
-    if kind == "year":
-        return str(int(true) + rng.choice([-1, 1]) * rng.randint(2, 30))
-    while (value := rng.choice(pools[kind])) == true:
-        pass
-    return value
+def _swap_two_words(sentence: str, rng: random.Random) -> str:
+    """The sentence with two different words swapped; its final full stop stays at the end (a sentence that does
+    not end in one would give itself away)."""
+    body, stop = (sentence[:-1], ".") if sentence.endswith(".") else (sentence, "")
+    words = body.split()
+    while True:
+        a, b = rng.sample(range(len(words)), 2)
+        if words[a] != words[b]:
+            words[a], words[b] = words[b], words[a]
+            return " ".join(words) + stop

@@ -942,51 +942,50 @@ print(f"question answering part: {time.perf_counter() - qa_started:.0f} s; "
 ''')
 
 md("""
-## 9. Sentence-pair classification, as GLUE asks it
+## 9. Sentence classification, as GLUE asks it
 
 GLUE (Wang et al. 2018, [arXiv:1804.07461](https://arxiv.org/abs/1804.07461)), the paper's headline benchmark, is
-nine classification tasks: a sentence gets a class (SST-2: positive or negative) or a pair of sentences does (RTE:
-does the first entail the second?). `RobertaForSequenceClassification` is the encoder plus transformers' head on
-the `<s>` token: dropout, a dense layer, tanh, dropout, and one logit per class; training is cross-entropy, and a
-pair is read as RoBERTa reads two segments, `<s> first </s></s> second </s>`.
+nine classification tasks: a sentence gets a class (CoLA: is it acceptable English? SST-2: positive or negative?)
+or a pair of sentences does (RTE: does the first entail the second?). `RobertaForSequenceClassification` is the
+encoder plus transformers' head on the `<s>` token: dropout, a dense layer, tanh, dropout, and one logit per class;
+training is cross-entropy.
 
-`demo_world.generate_entailment` writes RTE's task in the world's terms: a passage of an article (a sentence or
-two) and a statement about its subject, labelled `entailment` when the passage says so and `not_entailment` when
-it says otherwise: another value of the same kind, from the passage itself half the time (born in the year the
-passage says she died). Its `validation` pairs are about the held-out people, towns and institutions of section 8.
+`demo_world.generate_acceptability` writes CoLA's task in the world's terms: sentences of the world's articles,
+half of them with two words swapped, labelled `acceptable` or `unacceptable`. The swap keeps every word, so a model
+that only counts words cannot tell them apart; one that knows how the world's sentences go can. The `validation`
+sentences are about the held-out people, towns and institutions of section 8.
 """)
 
 code('''
 import classification
 from model import RobertaForSequenceClassification
 
-PAIRS_TRAIN_STEPS = 300  # batches of fine-tuning: about 30 seconds
-PAIRS_LEARNING_RATE = 3e-4
-pairs_started = time.perf_counter()
-pair_rows = {split: demo_world.generate_entailment(seed=SEED, split=split) for split in ("train", "validation")}
-pair_labels = classification.LabelSpace(demo_world.ENTAILMENT_LABELS)
-pair_tensors = {}
-for split, rows in pair_rows.items():
-    encodings, truncated = classification.encode(tokenizer, [r["sentence1"] for r in rows],
-                                                 [r["sentence2"] for r in rows], max_length=QA_MAX_LENGTH)
-    padded = tokenizer.pad(encodings, return_tensors="pt")  # to the longest pair of the split
-    pair_tensors[split] = {"input_ids": padded["input_ids"], "attention_mask": padded["attention_mask"],
-                           "labels": torch.tensor(pair_labels.encode([r["label"] for r in rows], split))}
-    print(f"{split}: {len(rows):,} pairs, {truncated} longer than {QA_MAX_LENGTH} tokens (truncated)")
-pair = pair_rows["validation"][1]
-print(f"\\npassage:   {pair['sentence1']}\\nstatement: {pair['sentence2']}\\nlabel:     {pair['label']}")
-print("as the model reads it:", tokenizer.decode(tokenizer(pair["sentence1"], pair["sentence2"])["input_ids"]))
+SENTENCES_TRAIN_STEPS = 300  # batches of fine-tuning: about 20 seconds
+SENTENCES_LEARNING_RATE = 3e-4
+sentences_started = time.perf_counter()
+sentence_rows = {split: demo_world.generate_acceptability(seed=SEED, split=split) for split in ("train", "validation")}
+sentence_labels = classification.LabelSpace(demo_world.ACCEPTABILITY_LABELS)
+sentence_tensors = {}
+for split, rows in sentence_rows.items():
+    encodings, truncated = classification.encode(tokenizer, [r["sentence"] for r in rows], None,
+                                                 max_length=QA_MAX_LENGTH)
+    padded = tokenizer.pad(encodings, return_tensors="pt")  # to the longest sentence of the split
+    sentence_tensors[split] = {"input_ids": padded["input_ids"], "attention_mask": padded["attention_mask"],
+                               "labels": torch.tensor(sentence_labels.encode([r["label"] for r in rows], split))}
+    print(f"{split}: {len(rows):,} sentences, {truncated} longer than {QA_MAX_LENGTH} tokens (truncated)")
+for row in sentence_rows["validation"][:4]:
+    print(f"{row['label']:>12s}: {row['sentence']}")
 ''')
 
 code('''
-def finetune_pairs(classifier) -> None:
-    """PAIRS_TRAIN_STEPS random batches of training pairs, with pretraining's optimizer and schedule."""
-    optimizer = make_optimizer(classifier, PAIRS_LEARNING_RATE)
+def finetune_sentences(classifier) -> None:
+    """SENTENCES_TRAIN_STEPS random batches of training sentences, with pretraining's optimizer and schedule."""
+    optimizer = make_optimizer(classifier, SENTENCES_LEARNING_RATE)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_then_linear_decay(max(1, PAIRS_TRAIN_STEPS // 10), PAIRS_TRAIN_STEPS))
-    generator, train = torch.Generator().manual_seed(SEED), pair_tensors["train"]
+        optimizer, warmup_then_linear_decay(max(1, SENTENCES_TRAIN_STEPS // 10), SENTENCES_TRAIN_STEPS))
+    generator, train = torch.Generator().manual_seed(SEED), sentence_tensors["train"]
     classifier.train()
-    for _ in range(PAIRS_TRAIN_STEPS):
+    for _ in range(SENTENCES_TRAIN_STEPS):
         rows = torch.randint(len(train["labels"]), (QA_BATCH_SIZE,), generator=generator)
         classifier(**{key: values[rows] for key, values in train.items()}).loss.backward()  # cross-entropy
         torch.nn.utils.clip_grad_norm_(classifier.parameters(), max_norm=1.0)
@@ -996,27 +995,30 @@ def finetune_pairs(classifier) -> None:
 
 
 @torch.no_grad()
-def pair_accuracy(classifier) -> float:
-    """Accuracy on the held-out pairs, in percent (classification.accuracy, as the fine-tuning script scores it)."""
+def sentence_scores(classifier) -> tuple[float, float]:
+    """Accuracy and Matthews correlation (CoLA's metric) on the held-out sentences, in percent, as the fine-tuning
+    script computes them (classification.py)."""
     classifier.eval()
-    data = pair_tensors["validation"]
+    data = sentence_tensors["validation"]
     logits = torch.cat([classifier(data["input_ids"][i : i + 256], data["attention_mask"][i : i + 256]).logits
                         for i in range(0, len(data["labels"]), 256)])
-    return 100 * classification.accuracy(logits.argmax(-1).numpy(), data["labels"].numpy())
+    predicted, gold = logits.argmax(-1).numpy(), data["labels"].numpy()
+    return 100 * classification.accuracy(predicted, gold), 100 * classification.matthews_correlation(predicted, gold)
 
 
-pair_config = RobertaConfig.from_dict(config.to_dict(), id2label=pair_labels.id2label())
-accuracies = {}
+sentence_config = RobertaConfig.from_dict(config.to_dict(), id2label=sentence_labels.id2label())
+sentence_results = {}
 for backbone in ("pretrained", "random"):
     torch.manual_seed(SEED)  # the same head for both
-    classifier = RobertaForSequenceClassification(pair_config)
+    classifier = RobertaForSequenceClassification(sentence_config)
     if backbone == "pretrained":
         classifier.roberta.load_state_dict(model.roberta.state_dict())
-    finetune_pairs(classifier)
-    accuracies[backbone] = pair_accuracy(classifier)
-print(f"sentence-pair classification on {len(pair_rows['validation']):,} held-out pairs, accuracy: "
-      f"{accuracies['pretrained']:.1f} after pretraining, {accuracies['random']:.1f} from random weights "
-      f"(half the pairs of each label: 50 is chance); {time.perf_counter() - pairs_started:.0f} s")
+    finetune_sentences(classifier)
+    sentence_results[backbone] = sentence_scores(classifier)
+(accuracy, mcc), (random_accuracy, random_mcc) = sentence_results["pretrained"], sentence_results["random"]
+print(f"acceptability of {len(sentence_rows['validation']):,} held-out sentences, accuracy: {accuracy:.1f} after "
+      f"pretraining, {random_accuracy:.1f} from random weights (half of each label: 50 is chance); Matthews "
+      f"correlation {mcc:.1f} vs {random_mcc:.1f}; {time.perf_counter() - sentences_started:.0f} s")
 ''')
 
 md("""
