@@ -46,7 +46,9 @@ def _write_jsonl(path: Path, rows: list[dict]) -> Path:
 @pytest.fixture(scope="module")
 def pair_files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("pairs")
-    return _write_jsonl(folder / "train.jsonl", _pairs(48, 0)), _write_jsonl(folder / "dev.jsonl", _pairs(13, 1))
+    train = _pairs(48, 0)
+    train[5]["sentence1"] = " ".join(["river"] * 60)  # longer than --max_seq_length: truncated, and said so
+    return _write_jsonl(folder / "train.jsonl", train), _write_jsonl(folder / "dev.jsonl", _pairs(13, 1))
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +97,7 @@ def test_a_run_writes_scores_predictions_and_a_model_that_transformers_pipeline_
     assert [e["epoch"] for e in scores["history"]] == [1.0, 2.0]  # evaluated after every epoch (the recipe)
     assert scores["best"]["eval_accuracy"] == max(e["eval_accuracy"] for e in scores["history"])
     assert f"accuracy {100 * scores['eval_accuracy']:.2f}" in result.stdout.strip().splitlines()[-1]
+    assert "note: 1 of 48 train inputs are longer than --max_seq_length 40 tokens and are truncated" in result.stdout
     args = json.loads((run_dir / "classification_args.json").read_text())
     assert args["learning_rate"] == 2e-3 and args["per_device_batch_size"] == 4 and "versions" in args
     predictions = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
@@ -310,6 +313,30 @@ def test_bad_input_on_the_real_command_line_is_one_line(tmp_path, published, pai
     [line] = result.stderr.strip().splitlines()
     assert line.startswith(f"error: --train_file {pair_files[0]} has no label column 'gold'")
     assert not (tmp_path / "runs").exists()
+
+
+ISSUE_CASES = ["validation labels training never saw", "regression target for a classification task",
+               "class labels for a regression task", "another tokenizer's backbone", "empty split"]
+
+
+@pytest.mark.slow
+def test_the_issues_bad_inputs_on_the_real_command_line(tmp_path, published, pair_files):
+    """Issue 27's list (the label column named wrongly, above; the Hub offline, beside), each through the script's
+    command line: exit code 2, one line on stderr, no traceback, nothing written."""
+    for i, case in enumerate(ISSUE_CASES):
+        (tmp_path / f"case{i}").mkdir()
+        args, expected = _bad_inputs(tmp_path / f"case{i}", published, pair_files)[case]
+        before = sorted(tmp_path.rglob("*"))
+        result = _run(*args, "--working_directory", tmp_path / "runs", "--path_to_cache_dir", tmp_path / "cache")
+        assert result.returncode == 2, (case, result.stderr[-2000:])
+        [line] = result.stderr.strip().splitlines()
+        assert line.startswith("error: ") and expected in line, (case, line)
+        assert sorted(p for p in tmp_path.rglob("*") if "cache" not in p.parts) == \
+            [p for p in before if "cache" not in p.parts], case
+    result = _run("--task_name", "rte", "--huggingface_model_name", published, "--working_directory",
+                  tmp_path / "runs", "--path_to_cache_dir", tmp_path / "cache")
+    assert result.returncode == 2 and "the Hub is offline (HF_HUB_OFFLINE is set)" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()
 
 
 def test_inputs_longer_than_max_seq_length_are_counted(tiny_tokenizer):
