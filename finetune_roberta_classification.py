@@ -224,7 +224,6 @@ def check_request(args: argparse.Namespace) -> tuple[Path, list[str]]:
 def hub_snapshot(repo: str, revision: str, patterns: list[str], cache_dir: str | None, flag: str) -> Path:
     """The files of a Hub dataset at `revision` (its commit's folder, so that the sha is the folder's name),
     downloaded into `cache_dir` or found there; one UsageError when neither works."""
-
     where = {"cache_dir": str(Path(cache_dir).expanduser())} if cache_dir else {}
     try:
         return Path(huggingface_hub.snapshot_download(repo, repo_type="dataset", revision=revision,
@@ -238,7 +237,6 @@ def hub_snapshot(repo: str, revision: str, patterns: list[str], cache_dir: str |
 
 def load_glue(args: argparse.Namespace):
     """The task's train and validation splits from nyu-mll/glue at the pinned revision (parquet files)."""
-
     config = next(k for k, v in cls.GLUE_TASKS.items() if v is args.task)
     revision = args.dataset_revision or cls.GLUE_REVISION
     folder = hub_snapshot(cls.GLUE_REPO, revision, [f"{config}/*"], args.path_to_cache_dir,
@@ -259,7 +257,6 @@ def cache_kwargs(args: argparse.Namespace) -> dict:
 
 def load_named_dataset(args: argparse.Namespace):
     """--dataset_name: a local folder, or a Hub dataset pinned to the commit its revision resolves to."""
-
     name, splits = args.dataset_name, {"train": args.train_split, "validation": args.validation_split}
     path = Path(name).expanduser()
     if not path.exists():
@@ -393,7 +390,6 @@ def split_name(args: argparse.Namespace, split: str) -> str:
 
 def select_samples(rows: dict, args: argparse.Namespace) -> dict:
     """A seeded random subset of the training examples, the first ones of each evaluation set."""
-
     out = {}
     for split, data in rows.items():
         n = len(data["targets"])
@@ -410,7 +406,6 @@ def select_samples(rows: dict, args: argparse.Namespace) -> dict:
 
 def featurize(rows: dict, tokenizer, max_length: int) -> tuple[dict, list[str]]:
     """{split: a Dataset of input_ids, attention_mask and label}, and a note counting the truncated inputs."""
-
     features, truncated = {}, {}
     for split, data in rows.items():
         encodings, truncated[split] = cls.encode(tokenizer, data["texts"], data["pairs"], max_length)
