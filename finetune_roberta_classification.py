@@ -221,7 +221,8 @@ def check_request(args: argparse.Namespace) -> tuple[Path, list[str]]:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def hub_snapshot(repo: str, revision: str, patterns: list[str], cache_dir: str | None, flag: str) -> Path:
+def hub_snapshot(repo: str, revision: str, patterns: list[str] | None, cache_dir: str | None,
+                 flag: str) -> Path:
     """The files of a Hub dataset at `revision` (its commit's folder, so that the sha is the folder's name),
     downloaded into `cache_dir` or found there; one UsageError when neither works."""
     where = {"cache_dir": str(Path(cache_dir).expanduser())} if cache_dir else {}
@@ -262,9 +263,8 @@ def load_named_dataset(args: argparse.Namespace):
     if not path.exists():
         if looks_local(name):
             raise UsageError(f"--dataset_name {name} does not exist (a local folder, or a Hub id owner/name)")
-        path = hub_snapshot(name, args.dataset_revision or "main", ["*.md", "*.parquet", "*.csv", "*.json",
-                                                                    "*.jsonl", "**/*"], args.path_to_cache_dir,
-                            f"--dataset_name {name}")
+        path = hub_snapshot(name, args.dataset_revision or "main", None, args.path_to_cache_dir,
+                            f"--dataset_name {name}")  # the whole repository: its layout is its own
         args.data_revision = path.name
     try:
         parts = {key: load_dataset(str(path), args.dataset_config_name, split=split, **cache_kwargs(args))
@@ -272,12 +272,11 @@ def load_named_dataset(args: argparse.Namespace):
     except Exception as error:  # a missing split or config, unreadable files: one line with the reason
         raise UsageError(f"--dataset_name {name}: datasets could not load its {' and '.join(splits.values())} "
                          f"splits ({type(error).__name__}: {first_line(error, 200)})") from None
-
     return DatasetDict(parts)
 
 
 def load_local_files(args: argparse.Namespace):
-
+    """--train_file and --validation_file (CSV or JSON lines); an empty or unreadable one is a UsageError."""
     parts = {}
     for key, path in (("train", args.train_file), ("validation", args.validation_file)):
         builder = DATA_SUFFIXES[Path(path).suffix.lower()]
