@@ -47,7 +47,8 @@ CLASSIFICATION_RUN = OutputKind(
     inner=TRAINER_CHECKPOINT)
 
 __all__ = ["CLASSIFICATION_RUN", "RUN_RECORD", "PREDICTIONS_FILE", "read_results", "trainer_output_dir",
-           "write_run_record", "run_record", "unfinished_run", "read_predictions", "write_results", "run_readme"]
+           "write_run_record", "run_record", "unfinished_run", "trained_columns", "read_predictions", "write_results",
+           "run_readme"]
 
 
 def write_run_record(run_dir: Path, record: dict) -> None:
@@ -62,6 +63,18 @@ def run_record(folder: Path) -> dict:
 def unfinished_run(folder: Path) -> bool:
     """A run folder whose run has not saved its model yet."""
     return _unfinished_run(folder, RUN_RECORD)
+
+
+def trained_columns(folder: Path) -> tuple[str, str | None] | None:
+    """(text column, pair column or None) the model of `folder` (a run folder, or a checkpoint in it) was fine-tuned
+    on, from its run's results; None when they are not known (not a finished run of this script)."""
+    for candidate in (folder, folder.parent.parent):
+        try:
+            first, second = read_results(candidate)["data"]["text_columns"]
+            return first, second
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return None
 
 
 def read_predictions(run_dir: Path) -> list[dict]:

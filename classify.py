@@ -137,7 +137,8 @@ def check_request(args: argparse.Namespace) -> None:
 
 
 def load_model(args: argparse.Namespace):
-    """(model on its device, tokenizer, run record); every way --model can be wrong is a UsageError."""
+    """(model on its device, tokenizer, the text columns it was fine-tuned on or None); every way --model can be
+    wrong is a UsageError."""
     model, folder, tokenizer = model_folder.load_fine_tuned(
         args.model, RobertaForSequenceClassification, "classifier.out_proj.weight",
         head="sequence-classification head (classifier)", script="finetune_roberta_classification.py",
@@ -148,7 +149,12 @@ def load_model(args: argparse.Namespace):
     args.max_seq_length = args.max_seq_length or min(record.get("max_seq_length") or longest, longest)
     if args.max_seq_length > longest:
         raise UsageError(f"--max_seq_length {args.max_seq_length} is longer than the model allows ({longest} tokens)")
-    return model.to(pick_device(args.device)), tokenizer, record
+    columns = classification_run_folder.trained_columns(folder)
+    if columns and (columns[1] is None) == bool(args.text_pair):
+        trained = "pairs of texts" if columns[1] else "single texts"
+        print(f"warning: {args.model} was fine-tuned on {trained}; what it is given here it has never seen",
+              file=sys.stderr, flush=True)
+    return model.to(pick_device(args.device)), tokenizer, columns
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -171,8 +177,9 @@ def label_texts(args: argparse.Namespace, model, tokenizer) -> None:
             print(f"{result['label']:.4f}: {shown}")
 
 
-def read_rows(args: argparse.Namespace, record: dict) -> tuple[list[str], list[str] | None, list | None]:
-    """(texts, second texts or None, gold labels or None) of --input_file, with the run's text columns by default."""
+def read_rows(args: argparse.Namespace, trained) -> tuple[list[str], list[str] | None, list | None]:
+    """(texts, second texts or None, gold labels or None) of --input_file. The text columns: the flags', else the
+    ones the model was fine-tuned on (`trained`), else sentence, or sentence1 and sentence2."""
     path = Path(args.input_file).expanduser()
     builder = "csv" if path.suffix.lower() == ".csv" else "json"
     try:
@@ -180,24 +187,24 @@ def read_rows(args: argparse.Namespace, record: dict) -> tuple[list[str], list[s
     except Exception as error:
         raise UsageError(f"--input_file {args.input_file} could not be read as {builder} ({type(error).__name__}: "
                          f"{first_line(error, 200)})") from None
-    columns = data.column_names
-    recorded = (record.get("data") or {}).get("text_columns") or []
-    first = args.text_column or next((c for c in ([*recorded[:1], "sentence", "sentence1"]) if c in columns), None)
-    if first is None or first not in columns:
-        raise UsageError(f"--input_file {args.input_file} has no text column {first or 'sentence or sentence1'} "
-                         f"(its columns: {', '.join(columns)}); name it with --text_column")
-    second = args.text_pair_column or next((c for c in [*recorded[1:2], "sentence2"] if c and c in columns
-                                            and first != "sentence"), None)
-    if second is not None and second not in columns:
-        raise UsageError(f"--input_file {args.input_file} has no column {second!r} (--text_pair_column)")
+    columns, (trained_first, trained_second) = data.column_names, trained or (None, None)
+    first = args.text_column or next((c for c in (trained_first, "sentence", "sentence1") if c in columns), None)
+    if args.text_pair_column or trained_first:
+        second = args.text_pair_column or trained_second
+    else:
+        second = "sentence2" if first == "sentence1" and "sentence2" in columns else None
+    for flag, column in (("--text_column", first), ("--text_pair_column", second)):
+        if column is not None and column not in columns or flag == "--text_column" and column is None:
+            raise UsageError(f"--input_file {args.input_file} has no text column {column or 'sentence or sentence1'} "
+                             f"(its columns: {', '.join(columns)}); name it with {flag}")
     if len(data) == 0:
         raise UsageError(f"--input_file {args.input_file} has no rows")
     gold = data[args.label_column] if args.label_column in columns else None
     return data[first], data[second] if second else None, gold
 
 
-def label_file(args: argparse.Namespace, model, tokenizer, record: dict) -> None:
-    texts, pairs, gold = read_rows(args, record)
+def label_file(args: argparse.Namespace, model, tokenizer, columns) -> None:
+    texts, pairs, gold = read_rows(args, columns)
     start, results = time.perf_counter(), []
     for begin in range(0, len(texts), CHUNK):
         chunk = slice(begin, begin + CHUNK)
@@ -244,9 +251,9 @@ def print_scores(model, gold: list, results: list[dict]) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     check_request(args)
-    model, tokenizer, record = load_model(args)
+    model, tokenizer, columns = load_model(args)
     if args.input_file:
-        label_file(args, model, tokenizer, record)
+        label_file(args, model, tokenizer, columns)
     else:
         label_texts(args, model, tokenizer)
 

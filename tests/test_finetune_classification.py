@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import classification_run_folder
 import classify
 import finetune_roberta_classification as finetune
 from classification_run_folder import CLASSIFICATION_RUN
@@ -147,6 +148,8 @@ def test_classify_labels_a_file_and_scores_it_against_its_labels(ours_run, pair_
     classify.main(["--model", str(run_dir), "--text", first["sentence1"], "--text_pair", first["sentence2"], "--json"])
     [line] = capsys.readouterr().out.splitlines()
     assert json.loads(line)["label"] == rows[0]["label"] and set(json.loads(line)["scores"]) == {"absent", "present"}
+    classify.main(["--model", str(run_dir), "--text", first["sentence1"]])  # one text to a model of pairs
+    assert f"warning: {run_dir} was fine-tuned on pairs of texts" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -399,7 +402,7 @@ def classifier_dir(tiny_tokenizer, tmp_path_factory):
                            problem_type="single_label_classification")
     RobertaForSequenceClassification(config).save_pretrained(folder)
     tiny_tokenizer.save_pretrained(folder)
-    (folder / "classification_args.json").write_text(json.dumps({"max_seq_length": 24}))
+    classification_run_folder.write_run_record(folder, {"max_seq_length": 24})
     return folder
 
 

@@ -21,7 +21,7 @@ BUILDER = ROOT / "notebooks" / "build_walkthrough.py"
 CELL_TIMEOUT_S = 900  # generous: the training cell takes about two and a half minutes on an idle core
 REPOSITORY_MODULES = {"model", "utils", "tokenization", "demo_world", "prepare_data", "corpora", "store", "batches",
                       "qa", "classification"}
-SENTENCES_GAP = 10  # accuracy points pretraining must add to sentence classification (the README has the measured)
+SENTENCES_GAP = 6  # accuracy points pretraining must add to sentence classification (measured: 62.2 vs 50.0)
 TRAINING_ONLY_PACKAGES = {"datasets", "evaluate", "accelerate", "wandb"}  # requirements.txt, not the notebook's
 
 
