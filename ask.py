@@ -28,12 +28,11 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 import model_folder
 import qa_run_folder
-from folders import check_writable, refuse_replacing_outputs, write_json
-from model import RobertaConfig, RobertaForQuestionAnswering
+from classification_run_folder import CLASSIFICATION_RUN
+from folders import check_output_file, write_json
+from model import RobertaForQuestionAnswering
 from qa import (
     QA_DEFAULTS,
     answer_questions,
@@ -48,8 +47,17 @@ from qa import (
 from qa_run_folder import QA_RUN
 from run_folder import PRETRAINING_RUN
 from store import STORE
-from tokenization import load_tokenizer
-from utils import ArgumentParser, DiskFull, HelpFormatter, UsageError, looks_local, out_of_space, run_cli
+from utils import (
+    ArgumentParser,
+    DiskFull,
+    HelpFormatter,
+    UsageError,
+    add_running_flags,
+    looks_local,
+    out_of_space,
+    pick_device,
+    run_cli,
+)
 
 CHUNK = 256  # questions answered between two progress lines of --squad_file
 EPILOG = """examples:
@@ -88,11 +96,7 @@ def build_parser() -> ArgumentParser:
     answers.add_argument("--doc_stride", type=int, default=None, help="tokens of context consecutive windows share")
     answers.add_argument("--n_best_size", type=int, default=None, help="top starts and top ends tried per window")
     answers.add_argument("--max_answer_length", type=int, default=None, help="longest answer, in tokens")
-    run = p.add_argument_group("running")
-    run.add_argument("--batch_size", type=int, default=32, help="windows per forward pass")
-    run.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, cuda:1, mps...")
-    run.add_argument("--path_to_cache_dir", default=None, help="where a Hub --model is downloaded; unset: the "
-                                                                "Hugging Face cache")
+    add_running_flags(p, "windows")
     return p
 
 
@@ -132,20 +136,11 @@ def read_context(args: argparse.Namespace) -> str:
 def check_output(args: argparse.Namespace) -> None:
     if not args.output:
         raise UsageError("--squad_file needs --output, the predictions file to write")
-    output = Path(args.output).expanduser()
-    if output.is_dir():
-        raise UsageError(f"--output {args.output} is a folder; give a file name, e.g. "
-                         f"{output / qa_run_folder.PREDICTIONS_FILE}")
-    if output.exists() and output.resolve() == Path(args.squad_file).expanduser().resolve():
-        raise UsageError(f"--output {args.output} is the --squad_file itself; writing there would destroy it")
-    refuse_replacing_outputs(output, "--output", (QA_RUN, PRETRAINING_RUN, STORE),
-                             args.model if looks_local(args.model) else None,
-                             model_files=(*QA_RUN.made, *model_folder.FILES, qa_run_folder.TRAINER_STATE))
-    if output.exists() and not args.overwrite:
-        raise UsageError(f"--output {args.output} exists; pass --overwrite to replace it, or choose another name")
-    if not output.parent.is_dir():
-        raise UsageError(f"--output {args.output}: the folder {output.parent} does not exist")
-    check_writable(output, "--output")  # before the first question, not after the last
+    check_output_file(args.output, "--output", source=args.squad_file, source_flag="--squad_file",
+                      overwrite=args.overwrite, kinds=(QA_RUN, CLASSIFICATION_RUN, PRETRAINING_RUN, STORE),
+                      model=args.model if looks_local(args.model) else None,
+                      model_files=(*QA_RUN.made, *model_folder.FILES, qa_run_folder.TRAINER_STATE),
+                      example_name=qa_run_folder.PREDICTIONS_FILE)
 
 
 def check_request(args: argparse.Namespace) -> None:
@@ -194,47 +189,14 @@ def resolve_settings(args: argparse.Namespace, record: dict, config) -> None:
 
 
 def load_model(args: argparse.Namespace):
-    """(model on its device, tokenizer, run record); every way --model can be wrong is a UsageError."""
-    name = args.model
-    folder = Path(name).expanduser()
-    if qa_run_folder.unfinished_run(folder):
-        saved = qa_run_folder.trainer_checkpoints(folder)
-        raise UsageError(f"--model {name} is a finetune_roberta_qa.py run folder that holds no model yet (the run has "
-                         "not finished, or was stopped): " + (f"give its newest checkpoint, {saved[-1]}, or wait for "
-                         "it to finish" if saved else "it saved no checkpoint (--save_steps 0); wait for it to finish, "
-                         "or run it again"))
-    try:
-        folder = model_folder.resolve(name, need_weights=True, cache_dir=args.path_to_cache_dir)
-        if "qa_outputs.weight" not in model_folder.weight_names(folder):
-            raise UsageError(f"--model {name} has no question-answering head (qa_outputs): it is a pretrained "
-                             "backbone, not a fine-tuned model; fine-tune it first with finetune_roberta_qa.py "
-                             f"--pretrained_backbone pretrained --path_to_pretrained_backbone {name}")
-        config = RobertaConfig.from_pretrained(folder)
-        model = RobertaForQuestionAnswering.from_pretrained(folder)
-    except ValueError as error:
-        if not Path(name).expanduser().exists():  # a mistyped local path, or a Hub id (model_folder says which)
-            raise UsageError(f"--model {name} does not exist: {error}") from None
-        raise UsageError(f"--model {error}") from None
-    tokenizer = load_tokenizer(folder if looks_local(name) else name, flag="--model", cache_dir=args.path_to_cache_dir)
-    check_qa_tokenizer(tokenizer, config, name)
-    if swapped := model_folder.tokenizer_swapped(folder, tokenizer):
-        print(f"warning: {swapped}; the answers will be wrong: put back the tokenizer files saved with the model",
-              file=sys.stderr, flush=True)
-    record = qa_run_folder.run_record(folder)
-    resolve_settings(args, record, config)
+    """(model on its device, tokenizer); every way --model can be wrong is a UsageError."""
+    model, folder, tokenizer = model_folder.load_fine_tuned(
+        args.model, RobertaForQuestionAnswering, "qa_outputs.weight", head="question-answering head (qa_outputs)",
+        script="finetune_roberta_qa.py", unfinished=qa_run_folder.unfinished_run(Path(args.model).expanduser()),
+        cache_dir=args.path_to_cache_dir)
+    check_qa_tokenizer(tokenizer, model.config, args.model)  # a fast one, for the offsets
+    resolve_settings(args, qa_run_folder.run_record(folder), model.config)
     return model.to(pick_device(args.device)), tokenizer
-
-
-def pick_device(name: str):
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"--device {name} is not a device: auto, cpu, cuda, cuda:1, mps...") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name}: no CUDA GPU is available here; use --device cpu")
-    return device
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -6,17 +6,21 @@
 3. the pretrained model fills in blanks about the world through transformers' own fill-mask pipeline;
 4. finetune_roberta_qa.py fine-tunes extractive QA on questions about held-out articles of the same world,
    once from the pretrained backbone and once from random initialisation, with the same budget;
-5. both results are printed side by side, with the pretraining curves plotted to a PNG;
-6. the pretrained model is continued on text it has never read (`train.py --init_from`, as one continues a published
+5. finetune_roberta_classification.py fine-tunes sentence classification (GLUE's CoLA in the world's terms: is this
+   sentence as the world's articles write it, or have two of its words traded places?) on labelled sentences
+   written to JSON lines files, from both backbones again;
+6. the results are printed side by side, with the pretraining curves plotted to a PNG;
+7. the pretrained model is continued on text it has never read (`train.py --init_from`, as one continues a published
    model on a domain's text): the encyclopedia of another world, whose held-out loss falls from the model's own.
 
 Every step runs the real command line, printed before it runs, so each can be copied and changed. About 10
-minutes on a 2-core CPU (each step's header says which of the six it is and how long the rest should take).
+minutes on a 2-core CPU (each step's header says which step of how many it is and how long the rest should take).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import signal
 import subprocess
@@ -27,6 +31,7 @@ from pathlib import Path
 from transformers import pipeline
 from transformers.utils import logging as hf_logging
 
+import classification_run_folder
 import qa_run_folder
 import run_folder
 from demo_world import generate_documents
@@ -40,10 +45,13 @@ ROOT = Path(__file__).resolve().parent
 CONTEXT_LENGTH = "64"  # prepare_data.py's blocks; train.py takes them from the store
 MODEL_FLAGS = ["--num_transformer_blocks", "4", "--embedding_dimension", "128", "--num_attention_heads", "4",
                "--mlp_ratio", "4", "--hidden_dropout_p", "0", "--attention_dropout_p", "0"]
+# sized for well under a minute per backbone on 2 cores
+ACCEPTABILITY_SENTENCES, ACCEPTABILITY_EPOCHS, ACCEPTABILITY_EVAL_SENTENCES = 3000, 2.0, 1000
 NEW_WORLD_SEED = 1  # the world the demo's model continues on: demo_world's seed 0 is the one it was pretrained on
 # Minutes of each step at the default sizes on an idle 2-core CPU (2026-12-06, the README's measurement): the
 # demo's duration as the README, the Makefile and the notebook state it, and the basis of the time left it prints.
-STEP_MINUTES = {"prepare": 0.2, "pretrain": 7.3, "qa": 0.9, "tokenize another world": 0.1, "continue": 0.6}
+STEP_MINUTES = {"prepare": 0.2, "pretrain": 7.3, "qa": 0.9, "sentences": 0.7, "tokenize another world": 0.1,
+                "continue": 0.6}
 FILL_MASK_SENTENCES = [  # in the style of the demo world's articles
     "Draius Manuthett was a painter from Theiciaia, born in 1617 and <mask> in 1707.",
     "Draius Manuthett died in 1707. His wife was Beimwen Tiaard, whom he <mask> in 1637.",
@@ -61,6 +69,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--qa_train_samples", type=int, default=2000,
                    help="questions to fine-tune on: pretraining helps most where labelled data is scarce")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--acceptability_sentences", type=int, default=ACCEPTABILITY_SENTENCES,
+                   help="labelled sentences to fine-tune classification on (0: skip that step)")
+    p.add_argument("--acceptability_epochs", type=float, default=ACCEPTABILITY_EPOCHS)
     p.add_argument("--continued_steps", type=int, default=300,
                    help="updates of continued pretraining on another world's text (0: skip that step)")
     p.add_argument("--continued_documents", type=int, default=2000, help="articles of that world to read")
@@ -86,6 +97,10 @@ def expected_minutes(args) -> list[float]:
     """STEP_MINUTES scaled to the flags, one entry per run() in the order main() runs them."""
     qa = STEP_MINUTES["qa"] * args.qa_epochs * args.qa_train_samples / (3.0 * 2000)
     steps = [STEP_MINUTES["prepare"], STEP_MINUTES["pretrain"] * args.pretraining_steps / 4500, qa, qa]
+    if args.acceptability_sentences:
+        sentences = STEP_MINUTES["sentences"] * args.acceptability_epochs * args.acceptability_sentences / (
+            ACCEPTABILITY_EPOCHS * ACCEPTABILITY_SENTENCES)
+        steps += [sentences, sentences]
     if args.continued_steps:
         steps += [STEP_MINUTES["tokenize another world"] * args.continued_documents / 2000,
                   STEP_MINUTES["continue"] * args.continued_steps / 300]
@@ -158,6 +173,40 @@ def finetune(args, backbone: str, pretrained_dir: Path) -> float:
         "--seed", str(args.seed), "--overwrite"])
 
 
+def acceptability_files(args) -> tuple[Path, Path]:
+    """The demo's labelled sentences as JSON lines files, as a user's own data would come: sentences about the
+    world's people, towns and institutions, half of them with two words swapped (demo_world.generate_acceptability);
+    the validation sentences are about entities no training sentence mentions."""
+    from demo_world import generate_acceptability
+
+    folder = args.output_dir / "acceptability"
+    folder.mkdir(parents=True, exist_ok=True)
+    files = folder / "train.jsonl", folder / "validation.jsonl"
+    for path, split, n in ((files[0], "train", args.acceptability_sentences),
+                           (files[1], "validation", ACCEPTABILITY_EVAL_SENTENCES)):
+        rows = generate_acceptability(split=split, num_sentences=n)
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return files
+
+
+def finetune_acceptability(args, backbone: str, pretrained_dir: Path, files: tuple[Path, Path]) -> float:
+    return run(f"fine-tune sentence classification from the {backbone} backbone", [
+        sys.executable, "finetune_roberta_classification.py", "--experiment_name", f"acceptability_{backbone}",
+        "--working_directory", str(args.output_dir), "--train_file", str(files[0]), "--validation_file",
+        str(files[1]), "--pretrained_backbone", backbone, "--path_to_pretrained_backbone", str(pretrained_dir),
+        "--num_train_epochs", str(args.acceptability_epochs), "--per_device_batch_size", "16", "--learning_rate",
+        "3e-4", "--warmup_steps", "0.06", "--max_seq_length", CONTEXT_LENGTH, "--eval_steps", "0", "--save_steps",
+        "0", "--logging_steps", "75", "--seed", str(args.seed), "--overwrite"])
+
+
+def acceptability_summary(args) -> None:
+    print("\n=== sentence classification on held-out demo sentences (as written, or two words swapped?)")
+    print(f"{'backbone':28s} {'accuracy':>9s} {'macro-F1':>9s}")
+    for backbone, label in (("pretrained", "pretrained by train.py"), ("random", "random initialisation")):
+        r = classification_run_folder.read_results(args.output_dir / f"acceptability_{backbone}")
+        print(f"{label:28s} {100 * r['eval_accuracy']:9.1f} {100 * r['eval_macro_f1']:9.1f}")
+
+
 def continue_pretraining(args, pretrained_dir: Path) -> float:
     """Another world's articles (new names, new facts, the same kind of prose), tokenized with the pretrained model's
     own tokenizer, then more masked-LM updates of that model: train.py --init_from."""
@@ -184,6 +233,8 @@ def summary(args, timings: dict[str, float]) -> None:
     for backbone, label in (("pretrained", "pretrained by train.py"), ("random", "random initialisation")):
         r = results[backbone]
         print(f"{label:28s} {r['exact_match']:12.1f} {r['f1']:8.1f}")
+    if args.acceptability_sentences:
+        acceptability_summary(args)
     if args.continued_steps:
         evals = run_folder.eval_records(args.output_dir / "continued")
         print("\n=== continued pretraining on another world's text (its held-out masked tokens)")
@@ -208,6 +259,10 @@ def main() -> None:
     fill_mask(pretrained_dir)
     for backbone in ("pretrained", "random"):
         timings[f"qa {backbone}"] = finetune(args, backbone, pretrained_dir)
+    if args.acceptability_sentences:
+        files = acceptability_files(args)
+        for backbone in ("pretrained", "random"):
+            timings[f"sentences {backbone}"] = finetune_acceptability(args, backbone, pretrained_dir, files)
     if args.continued_steps:
         timings["continued"] = continue_pretraining(args, pretrained_dir)
     summary(args, timings)

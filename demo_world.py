@@ -799,3 +799,59 @@ def _question(paragraph: Paragraph, fact: str, templates: list[str], rng: random
     start, text = paragraph.spans[fact]
     question = _SLOT.sub(lambda m: paragraph.slots[m[1]], rng.choice(templates))
     return {"id": qid, "question": question, "answers": [{"text": text, "answer_start": start}]}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The classification set: acceptability, as GLUE's CoLA
+# ----------------------------------------------------------------------------------------------------------------
+
+ACCEPTABILITY_LABELS = ("unacceptable", "acceptable")  # CoLA's names, in its order
+ACCEPTABILITY_DEFAULT_SENTENCES = {"train": 3000, "validation": 1000}
+# Sentences of 6 to 16 words: two swapped words in three are too easy to spot, and in thirty too hard for minutes
+MIN_SENTENCE_WORDS, MAX_SENTENCE_WORDS = 6, 16
+_SENTENCE_END = re.compile(r"(?<=\.) (?=[A-Z])")
+
+
+def generate_acceptability(seed: int = 0, split: str = "train", num_sentences: int | None = None) -> list[dict]:
+    """Sentences about the demo world labelled as GLUE's CoLA labels sentences: `acceptable` when written as the
+    world's articles are written, `unacceptable` when two of its words (chosen at random, not equal, the first one
+    left in place) have traded places. The two kinds alternate, so the labels are balanced. Swapping keeps every
+    word: a model that only counts words cannot tell the two apart; one that knows how the world's sentences go can.
+
+    One sentence (of MIN_SENTENCE_WORDS to MAX_SENTENCE_WORDS words) per entity, from its article rendered with
+    other paraphrases than the corpus's, about the entities of `generate_squad`'s split (`split` "train" or
+    "validation": disjoint people, towns and institutions). `num_sentences` defaults to 3000 for train and 1000 for
+    validation. Drawn from a stream of its own, seeded "demo-acceptability:...": the corpus and the QA set are the
+    same with or without it."""
+    if split not in ACCEPTABILITY_DEFAULT_SENTENCES:
+        raise ValueError(f"split must be 'train' or 'validation', got {split!r}")
+    entities = _qa_entities(seed, split)
+    num_sentences = ACCEPTABILITY_DEFAULT_SENTENCES[split] if num_sentences is None else num_sentences
+    if not 1 <= num_sentences <= len(entities):
+        raise ValueError(f"num_sentences must be between 1 and {len(entities)} for split {split!r}, got "
+                         f"{num_sentences}")
+    rows: list[dict] = []
+    for i, entity in enumerate(entities):
+        if len(rows) == num_sentences:
+            break
+        rng = random.Random(f"demo-acceptability:{seed}:{split}:{i}")
+        sentences = [sentence for paragraph in render_article(entity, rng)
+                     for sentence in _SENTENCE_END.split(paragraph.text)
+                     if MIN_SENTENCE_WORDS <= len(sentence.split()) <= MAX_SENTENCE_WORDS]
+        if sentences:
+            sentence, acceptable = rng.choice(sentences), len(rows) % 2 == 0
+            rows.append({"id": f"{split}-{i}", "sentence": sentence if acceptable else _swap_two_words(sentence, rng),
+                         "label": ACCEPTABILITY_LABELS[acceptable]})
+    return rows
+
+
+def _swap_two_words(sentence: str, rng: random.Random) -> str:
+    """The sentence with two different words swapped, its first word and its final full stop left in place (a
+    sentence that starts in lower case or ends without a full stop would give itself away)."""
+    body, stop = (sentence[:-1], ".") if sentence.endswith(".") else (sentence, "")
+    words = body.split()
+    while True:
+        a, b = rng.sample(range(1, len(words)), 2)
+        if words[a] != words[b]:
+            words[a], words[b] = words[b], words[a]
+            return " ".join(words) + stop

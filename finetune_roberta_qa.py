@@ -55,24 +55,21 @@ no-answer probability of a question is sigmoid(score of <s> - score of the best 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
-import time
 from pathlib import Path
 
 import datasets
 import huggingface_hub
-import torch
 from datasets import Dataset, DatasetDict, Features, List, Value, load_dataset
-from transformers import PrinterCallback, ProgressCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers import set_seed
 
 import demo_world
-import model_folder
+import finetuning
 import qa_run_folder
 import run_folder
-from folders import FolderLock, check_output_folder, remove_own_outputs
-from model import RobertaConfig, RobertaForQuestionAnswering
+from folders import FolderLock
+from model import RobertaForQuestionAnswering
 from qa import (
     QA_DEFAULTS,
     audit_squad,
@@ -87,32 +84,21 @@ from qa import (
     squad_v2_summary,
 )
 from qa_run_folder import QA_RUN
-from tokenization import load_tokenizer, tokenizer_fingerprint
+from tokenization import tokenizer_fingerprint
 from utils import (
     ArgumentParser,
     HelpFormatter,
-    ScriptExit,
     Stopped,
     UsageError,
     duration,
-    elapsed_and_eta,
-    exit_code_for_signal,
     first_line,
     is_main_process,
-    library_versions,
     log,
-    looks_local,
     raise_on_stop_signals,
     run_cli,
-    stop_signal_name,
-    wandb_offline_unless_logged_in,
 )
 
-BACKBONES = ("pretrained_huggingface", "pretrained", "random")
 HUB_DATASETS = {"squad": "rajpurkar/squad", "squad_v2": "rajpurkar/squad_v2"}
-# transformers' integrations (TrainingArguments.report_to), as of transformers 5
-REPORTERS = ("none", "all", "azure_ml", "clearml", "codecarbon", "comet_ml", "dagshub", "dvclive", "flyte",
-             "kubeflow", "mlflow", "neptune", "swanlab", "tensorboard", "trackio", "wandb")
 EPILOG = f"""examples:
   # your pretraining against random initialisation, offline, on the demo world (after `python demo.py`)
   python finetune_roberta_qa.py --dataset demo --pretrained_backbone pretrained \\
@@ -129,32 +115,13 @@ EPILOG = f"""examples:
 
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(description=__doc__, epilog=EPILOG, formatter_class=HelpFormatter)
-    run = p.add_argument_group("run")
-    run.add_argument("--experiment_name", default="roberta_squad", help="name of the run folder")
-    run.add_argument("--working_directory", default="runs", help="parent folder of the run folder")
-    run.add_argument("--path_to_cache_dir", default=None,
-                     help="folder for every download (the SQuAD dataset, the Hub model and tokenizer) and the "
-                          "dataset caches; unset: the Hugging Face caches (~/.cache/huggingface)")
-    run.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False,
-                     help="replace the outputs of an earlier run in the run folder (only a folder this script "
-                          "made; files it did not make are kept)")
-    run.add_argument("--seed", type=int, default=42, help="seed of the head's initialisation, shuffling and dropout")
-    run.add_argument("--report_to", default="none",
-                     help="Trainer loggers, comma-separated: none, all, wandb, tensorboard, mlflow, ... (wandb "
-                          "without a login logs offline into the run folder)")
-
-    model = p.add_argument_group("backbone")
-    model.add_argument("--pretrained_backbone", choices=BACKBONES, default="pretrained_huggingface",
-                       help="where the encoder comes from (see above)")
-    model.add_argument("--huggingface_model_name", default="FacebookAI/roberta-base",
-                       help="Hub id or local transformers-format folder: the backbone of pretrained_huggingface; "
-                            "the architecture and tokenizer of random when --path_to_pretrained_backbone is not given")
-    model.add_argument("--path_to_pretrained_backbone", default=None,
-                       help=f"a train.py {run_folder.MODEL_FOLDERS} folder (model and tokenizer), for "
-                            "pretrained and random")
+    finetuning.add_run_flags(p, "roberta_squad", "the SQuAD dataset")
+    finetuning.add_backbone_flags(p)
 
     add_data_flags(p.add_argument_group("data"))
-    add_training_flags(p.add_argument_group("training"))
+    finetuning.add_training_flags(p, "training", "windows", defaults={"gradient_accumulation_steps": 2},
+                                  helps={"eval_steps": "evaluate (EM, F1) every N steps, and always at the end (0: "
+                                                       "only at the end)"})
     return p
 
 
@@ -183,25 +150,6 @@ def add_data_flags(data) -> None:
                       help="world of --dataset demo; keep prepare_data.py's so that pretraining saw the same world")
 
 
-def add_training_flags(train) -> None:
-    train.add_argument("--num_train_epochs", type=float, default=2.0, help="passes over the training windows")
-    train.add_argument("--per_device_batch_size", type=int, default=16, help="windows per device per micro-step")
-    train.add_argument("--gradient_accumulation_steps", type=int, default=2,
-                       help="micro-steps per optimizer step (batch = per-device x accumulation x devices)")
-    train.add_argument("--learning_rate", type=float, default=3e-5, help="peak learning rate of AdamW")
-    train.add_argument("--weight_decay", type=float, default=0.01, help="AdamW weight decay")
-    train.add_argument("--warmup_steps", type=float, default=0.06,
-                       help="linear warmup: a number of steps, or a fraction of all steps when below 1")
-    train.add_argument("--logging_steps", type=int, default=50, help="log the training loss every N steps")
-    train.add_argument("--eval_steps", type=int, default=1000,
-                       help="evaluate (EM, F1) every N steps, and always at the end (0: only at the end)")
-    train.add_argument("--save_steps", type=int, default=1000,
-                       help="Trainer checkpoint every N steps, the last 2 kept (0: no "
-                            f"{qa_run_folder.CHECKPOINTS_DIR}/ folder)")
-    train.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
-                       help="bf16 autocast; unset: on where the GPU supports it")
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return build_parser().parse_args(argv)
 
@@ -212,20 +160,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def check_numbers(args: argparse.Namespace) -> None:
-    positive = ["max_seq_length", "n_best_size", "max_answer_length", "per_device_batch_size",
-                "gradient_accumulation_steps", "logging_steps", "num_train_epochs", "learning_rate"]
-    for name in positive:
-        if not getattr(args, name) > 0:  # NaN too
-            raise UsageError(f"--{name} must be positive, got {getattr(args, name)}")
-    for name in ["doc_stride", "weight_decay", "warmup_steps", "eval_steps", "save_steps"]:
-        if not getattr(args, name) >= 0:
-            raise UsageError(f"--{name} must not be negative, got {getattr(args, name)}")
-    for name in ["max_train_samples", "max_eval_samples"]:
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise UsageError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    finetuning.check_numbers(args, positive=["max_seq_length", "n_best_size", "max_answer_length",
+                                             "per_device_batch_size", "gradient_accumulation_steps", "logging_steps",
+                                             "num_train_epochs", "learning_rate"],
+                             non_negative=["doc_stride", "weight_decay", "warmup_steps", "eval_steps", "save_steps"])
     check_window_budget(args.max_seq_length, args.doc_stride)
-    if args.warmup_steps >= 1 and args.warmup_steps != int(args.warmup_steps):
-        raise UsageError(f"--warmup_steps {args.warmup_steps}: give a whole number of steps or a fraction below 1")
 
 
 def check_data_source(args: argparse.Namespace) -> None:
@@ -237,94 +176,21 @@ def check_data_source(args: argparse.Namespace) -> None:
         raise UsageError(f"{missing} is missing: local data needs both --train_file and --validation_file")
     if not files and args.dataset is None:
         args.dataset = "squad"
-    if args.path_to_cache_dir and Path(args.path_to_cache_dir).expanduser().exists() \
-            and not Path(args.path_to_cache_dir).expanduser().is_dir():
-        raise UsageError(f"--path_to_cache_dir {args.path_to_cache_dir} is a file, not a folder")
-
-
-def check_backbone(args: argparse.Namespace) -> None:
-    """The backbone flags fit together and every local model folder holds what is needed (no weights read yet)."""
-    if args.pretrained_backbone == "pretrained" and not args.path_to_pretrained_backbone:
-        raise UsageError("--pretrained_backbone pretrained needs --path_to_pretrained_backbone (a train.py "
-                         f"{run_folder.MODEL_FOLDERS} folder)")
-    if args.pretrained_backbone == "pretrained_huggingface" and args.path_to_pretrained_backbone:
-        raise UsageError("--path_to_pretrained_backbone is used by --pretrained_backbone pretrained or random; "
-                         "for pretrained_huggingface give --huggingface_model_name")
-    source, need_weights = backbone_source(args), args.pretrained_backbone != "random"
-    flag = "--path_to_pretrained_backbone" if source == args.path_to_pretrained_backbone else "--huggingface_model_name"
-    if looks_local(source):
-        try:
-            model_folder.check(source, need_weights=need_weights)
-        except ValueError as error:
-            raise UsageError(f"{flag}: {error}") from None
-
-
-def backbone_source(args: argparse.Namespace) -> str:
-    """The folder or Hub id that gives the tokenizer and the architecture (and, unless random, the weights)."""
-    if args.pretrained_backbone != "pretrained_huggingface" and args.path_to_pretrained_backbone:
-        return args.path_to_pretrained_backbone
-    return args.huggingface_model_name
-
-
-def run_folder_flag(run_dir: Path) -> str:
-    return f"the run folder {run_dir} (--working_directory/--experiment_name)"
 
 
 def check_run_folder(args: argparse.Namespace) -> Path:
-    """The run folder may receive this run: new, empty, or an earlier run of this script with --overwrite, and
-    neither an input of the run nor a precious folder (see folders.check_output_folder). Changes nothing."""
-    if not args.experiment_name.strip():
-        raise UsageError("--experiment_name is empty; give the run folder a name")
-    run_dir = Path(args.working_directory).expanduser() / args.experiment_name
-    for parent in [run_dir, *run_dir.parents]:
-        if parent.exists() and not parent.is_dir():
-            raise UsageError(f"{run_folder_flag(run_dir)} cannot be made: {parent} is a file")
-    inputs = {"--path_to_pretrained_backbone": args.path_to_pretrained_backbone,
-              "--huggingface_model_name": args.huggingface_model_name if looks_local(args.huggingface_model_name)
-              else None,
-              "--train_file": args.train_file, "--validation_file": args.validation_file,
-              "--path_to_cache_dir": args.path_to_cache_dir}
-    if is_main_process():  # the other processes of a multi-GPU run write nothing, and see the folder mid-creation
-        if not args.overwrite and qa_run_folder.stopped_before_the_end(run_dir):
-            raise UsageError(f"{run_folder_flag(run_dir)} holds a fine-tuning run that stopped before it finished (no "
-                             f"{qa_run_folder.RESULTS_FILE}); fine-tuning does not resume: pass --overwrite to start "
-                             "it again")
-        check_output_folder(run_dir, QA_RUN, flag=run_folder_flag(run_dir), overwrite=args.overwrite, inputs=inputs)
-    return run_dir
-
-
-def check_report_to(args: argparse.Namespace) -> list[str]:
-    """Known loggers only; wandb installed where asked for, and offline (said so) where it has no login, since
-    transformers' WandbCallback would otherwise stop the run at its first step (no TTY) or wait for a key."""
-    names = [name.strip() for name in args.report_to.split(",") if name.strip()] or ["none"]
-    unknown = [name for name in names if name not in REPORTERS]
-    if unknown:
-        raise UsageError(f"--report_to {unknown[0]!r} is not a Trainer logger; choose from {', '.join(REPORTERS)}")
-    if "none" in names and len(names) > 1:
-        raise UsageError("--report_to none cannot be combined with other loggers")
-    args.report_to = ",".join(names)
-    from transformers.integrations import get_available_reporting_integrations
-
-    installed = get_available_reporting_integrations()
-    if missing := [name for name in names if name not in ("none", "all", *installed)]:
-        raise UsageError(f"--report_to {missing[0]}: its package is not installed (the Trainer would fail at its "
-                         f"first log); install it, or choose from what is: {', '.join(['none', *installed])}")
-    has_wandb = importlib.util.find_spec("wandb") is not None
-    if "wandb" in names or "all" in names and has_wandb:
-        note = wandb_offline_unless_logged_in()
-        return [note] if note else []
-    return []
+    return finetuning.check_run_folder(args, QA_RUN, {"--train_file": args.train_file,
+                                                      "--validation_file": args.validation_file},
+                                       qa_run_folder.RUN_RECORD)
 
 
 def check_request(args: argparse.Namespace) -> tuple[Path, list[str]]:
     """Every check that needs no model and no dataset: the run folder and the notes to print."""
     check_numbers(args)
     check_data_source(args)
-    check_backbone(args)
-    notes = check_report_to(args)
-    if args.bf16 and not (torch.cuda.is_available() and torch.cuda.is_bf16_supported()):
-        raise UsageError("--bf16 needs a CUDA GPU that supports bf16, and there is none here; leave it out (on a CPU "
-                         "the run is in float32)")
+    finetuning.check_backbone(args)
+    notes = finetuning.check_report_to(args)
+    finetuning.check_bf16(args)
     run_dir = check_run_folder(args)
     return run_dir, notes
 
@@ -334,34 +200,10 @@ def check_request(args: argparse.Namespace) -> tuple[Path, list[str]]:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def backbone_provenance(args: argparse.Namespace, folder: Path) -> dict:
-    """Where the weights, the architecture and the tokenizer came from, for eval_results.json."""
-    source = backbone_source(args)
-    where = source if looks_local(source) else f"{source} (Hugging Face Hub, files in {folder})"
-    weights = f"random initialisation (RoBERTa's, --seed {args.seed})" if args.pretrained_backbone == "random" \
-        else where
-    return {"pretrained_backbone": args.pretrained_backbone, "weights": weights, "architecture": where,
-            "tokenizer": where, "qa_head": f"new, random initialisation (--seed {args.seed})"}
-
-
 def load_backbone(args: argparse.Namespace):
     """(tokenizer, config, model, provenance): every way a backbone can be wrong is a UsageError here, before any
     dataset is read or any file written. Hub ids are downloaded into --path_to_cache_dir."""
-    source = backbone_source(args)
-    flag = "--path_to_pretrained_backbone" if source == args.path_to_pretrained_backbone else "--huggingface_model_name"
-    tokenizer = load_tokenizer(source, flag=flag, cache_dir=args.path_to_cache_dir)
-    need_weights = args.pretrained_backbone != "random"
-    try:
-        folder = model_folder.resolve(source, need_weights=need_weights, cache_dir=args.path_to_cache_dir)
-        config = RobertaConfig.from_pretrained(folder)
-    except ValueError as error:
-        raise UsageError(f"{flag}: {error}") from None
-    if args.max_seq_length > config.max_sequence_length:
-        raise UsageError(f"--max_seq_length {args.max_seq_length} is longer than {source} allows "
-                         f"({config.max_sequence_length} tokens)")
-    check_qa_tokenizer(tokenizer, config, source)
-    if args.pretrained_backbone != "random" and (swapped := model_folder.tokenizer_swapped(folder, tokenizer)):
-        log(f"WARNING: {swapped}; put back the tokenizer files train.py saved beside the weights")
+    tokenizer, folder, config, swapped = finetuning.load_backbone_parts(args, check_tokenizer=check_qa_tokenizer)
     set_seed(args.seed)  # the head's (and, for random, the encoder's) initialisation
     try:
         if args.pretrained_backbone == "random":
@@ -369,9 +211,11 @@ def load_backbone(args: argparse.Namespace):
         else:
             model = RobertaForQuestionAnswering.from_pretrained(folder)  # encoder weights; fresh QA head
     except ValueError as error:  # truncated or corrupt weights, wrong shapes, missing tensors
-        raise UsageError(f"{flag}: {str(error).replace(str(folder), source)}") from None
-    provenance = {**backbone_provenance(args, folder), "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
-                  **({"tokenizer_warning": swapped} if args.pretrained_backbone != "random" and swapped else {})}
+        source = finetuning.backbone_source(args)
+        raise UsageError(f"{finetuning.backbone_flag(args)}: {str(error).replace(str(folder), source)}") from None
+    provenance = {**finetuning.backbone_provenance(args, folder, "qa_head"),
+                  "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
+                  **({"tokenizer_warning": swapped} if swapped else {})}
     return tokenizer, config, model, provenance
 
 
@@ -498,48 +342,16 @@ def featurize(train, validation, tokenizer, args: argparse.Namespace):
 
 def recorded_args(args: argparse.Namespace) -> dict:
     """The arguments as used, for finetune_args.json; flags whose value played no part go under `not_used`."""
-    record, not_used = dict(vars(args)), {}
-
-    def unused(name: str, why: str) -> None:
-        value = record.pop(name)
-        if value is not None:
-            not_used[name] = f"{value} ({why})"
-
-    if backbone_source(args) == args.path_to_pretrained_backbone:
-        unused("huggingface_model_name", "the backbone came from --path_to_pretrained_backbone")
-    else:
-        unused("path_to_pretrained_backbone", "not given")
-    if args.train_file:
-        unused("dataset", "local files given")
-    else:
-        unused("train_file", "not given")
-        unused("validation_file", "not given")
+    unused = {"dataset": "local files given"} if args.train_file else \
+        {"train_file": "not given", "validation_file": "not given"}
     if args.dataset != "demo":
-        unused("demo_world_seed", "only --dataset demo uses it")
-    return {**record, "not_used": not_used, "versions": library_versions()}
+        unused["demo_world_seed"] = "only --dataset demo uses it"
+    return finetuning.recorded_args(args, unused)
 
 
 def claim_run_folder(args: argparse.Namespace, run_dir: Path) -> FolderLock | None:
-    """Lock the run folder for this run (main process), check it again under the lock, clear our own earlier
-    outputs with --overwrite (saying what is kept), and record the arguments. Returns the lock to release."""
-    if not is_main_process():
-        return None
-    flag = run_folder_flag(run_dir)
-    try:
-        lock = FolderLock(run_dir, flag=flag).acquire()
-    except OSError as error:  # read-only or full disk, no permission: before anything else was written
-        raise UsageError(f"{flag} cannot be created ({error.strerror or error})") from None
-    try:
-        check_output_folder(run_dir, QA_RUN, flag=flag, overwrite=args.overwrite)  # nothing changed it meanwhile?
-        kept = remove_own_outputs(run_dir, QA_RUN) if args.overwrite else []
-        if kept:
-            log(f"--overwrite: removed the earlier run's outputs; kept what this script did not make: "
-                f"{', '.join(kept)}")
-        qa_run_folder.write_run_record(run_dir, recorded_args(args))
-    except BaseException:
-        lock.release()
-        raise
-    return lock
+    """Lock the run folder, clear an earlier run's outputs with --overwrite, write finetune_args.json."""
+    return finetuning.claim_run_folder(args, run_dir, QA_RUN, qa_run_folder.write_run_record, recorded_args(args))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -555,7 +367,7 @@ def make_trainer(args, model, tokenizer, train_features, eval_examples, eval_fea
     references = {qid: list(a["text"]) for qid, a in zip(eval_examples["id"], eval_examples["answers"], strict=True)}
     model_inputs = eval_features.remove_columns(["example_id", "offset_mapping"])
 
-    class QuestionAnsweringTrainer(Trainer):
+    class QuestionAnsweringTrainer(finetuning.ModelFolderTrainer):
         last_answers: dict[str, dict] = {}  # {question id: best_answers' dict} of the latest evaluation
         last_scores: dict[str, float] = {}  # compute_squad_metrics of the latest evaluation
         last_eval_step = -1
@@ -576,72 +388,24 @@ def make_trainer(args, model, tokenizer, train_features, eval_examples, eval_fea
             self.last_eval_step = self.state.global_step
             return metrics
 
-        def _save(self, output_dir=None, state_dict=None):
-            # Trainer would write a bare state dict for a model that is not a PreTrainedModel; ours writes a
-            # model folder that transformers and our from_pretrained both read, with the tokenizer's record.
-            if self.args.should_save:
-                model_folder.save(output_dir or self.args.output_dir, self.accelerator.unwrap_model(self.model),
-                                  tokenizer)
-
     # No processing_class: the Trainer would "align" the config's special tokens through transformers' config API,
     # which our dataclass config does not have (and every window is already padded, so no collator needs it).
-    trainer = QuestionAnsweringTrainer(model=model, args=training_arguments(args, run_dir),
-                                       train_dataset=train_features, eval_dataset=model_inputs)
-    log_lines, bar_only = log_callbacks()
-    if trainer.pop_callback(ProgressCallback):  # a terminal: keep the bar, without its dictionaries
-        trainer.add_callback(bar_only)
-    trainer.remove_callback(PrinterCallback)
-    trainer.add_callback(log_lines)
+    trainer = QuestionAnsweringTrainer(model=model, args=finetuning.training_arguments(
+        args, run_dir, label_names=["start_positions", "end_positions"]), train_dataset=train_features,
+        eval_dataset=model_inputs)
+    trainer.tokenizer_to_save = tokenizer
+    finetuning.add_log_lines(trainer, log_line)
     return trainer
-
-
-def log_callbacks():
-    """(a callback that logs each Trainer log as one line, a progress bar that prints no logs): the Trainer's own
-    printers show dictionaries of quoted numbers."""
-    class LogLines(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):
-            self.started, self.start_step = time.perf_counter(), state.global_step
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if state.is_world_process_zero and logs:
-                log(log_line(state.global_step, state.max_steps, logs, time.perf_counter() - self.started,
-                             state.global_step - self.start_step))
-
-    class BarOnly(ProgressCallback):
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            pass  # LogLines prints them
-
-    return LogLines(), BarOnly
 
 
 def log_line(step: int, max_steps: int, logs: dict, elapsed: float, steps_done: int) -> str:
     """One readable line for a Trainer log: a training interval, an evaluation, or the end of training."""
-    if "loss" in logs:
-        return (f"step {step}/{max_steps} | epoch {logs.get('epoch', 0):.2f} | loss {logs['loss']:.4f} | lr "
-                f"{logs.get('learning_rate', 0):.3e} | grad_norm {logs.get('grad_norm') or 0:.3f} | "
-                f"{elapsed_and_eta(elapsed, steps_done, max_steps - step)}")
+    if line := finetuning.training_log_line(step, max_steps, logs, elapsed, steps_done):
+        return line
     if "eval_f1" in logs:
         return (f"eval {step}/{max_steps} | exact_match {logs['eval_exact_match']:.2f} | f1 {logs['eval_f1']:.2f} | "
                 f"{duration(logs.get('eval_runtime', 0))}")
-    if "train_runtime" in logs:
-        return (f"trained {step} steps in {duration(logs['train_runtime'])}, mean loss "
-                f"{logs.get('train_loss', float('nan')):.4f}")
     return " | ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in logs.items())
-
-
-def training_arguments(args: argparse.Namespace, run_dir: Path):
-    return TrainingArguments(
-        output_dir=str(qa_run_folder.trainer_output_dir(run_dir, args.save_steps)), run_name=args.experiment_name,
-        num_train_epochs=args.num_train_epochs, per_device_train_batch_size=args.per_device_batch_size,
-        per_device_eval_batch_size=args.per_device_batch_size,
-        gradient_accumulation_steps=args.gradient_accumulation_steps, learning_rate=args.learning_rate,
-        weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, lr_scheduler_type="linear",
-        logging_steps=args.logging_steps, eval_strategy="steps" if args.eval_steps else "no",
-        eval_steps=args.eval_steps or None, save_strategy="steps" if args.save_steps else "no",
-        save_steps=args.save_steps or 500, save_total_limit=2, seed=args.seed, bf16=args.bf16,
-        report_to=args.report_to.split(","), label_names=["start_positions", "end_positions"],
-        disable_tqdm=not sys.stderr.isatty(), dataloader_num_workers=0,
-        dataloader_pin_memory=torch.cuda.is_available())
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -659,24 +423,6 @@ def summary_lines(results: dict, run_dir: Path) -> list[str]:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def prepare_loggers(args: argparse.Namespace, run_dir: Path) -> None:
-    """Loggers write into the run folder (wandb/, runs/) unless the user's environment says otherwise."""
-    loggers = args.report_to.split(",")
-    if "wandb" in loggers or "all" in loggers:
-        os.environ.setdefault("WANDB_DIR", str(run_dir.absolute()))
-    if "tensorboard" in loggers or "all" in loggers:
-        os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(run_dir.absolute() / "runs"))
-
-
-def stopped(stop: BaseException, run_dir: Path, started: bool) -> ScriptExit:
-    """A stop by a signal as one line: what is left and the command that starts again (fine-tuning does not resume)."""
-    name, signum = stop_signal_name(stop)
-    left = ("fine-tuning does not resume: the same command plus --overwrite starts it again" if started else
-            "nothing was written")
-    return ScriptExit(f"finetune_roberta_qa: stopped by {name} before the run finished; {left} ({run_dir})",
-                      exit_code_for_signal(signum))
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     run_dir, notes = check_request(args)  # flags, paths, run folder: nothing loaded, nothing written
@@ -687,8 +433,7 @@ def main(argv: list[str] | None = None) -> None:
         tokenizer, config, model, provenance = load_backbone(args)  # a bad backbone stops the run here
         examples = load_examples(args, local_rows)  # a failed download stops it here: still nothing written
         train, validation, data_record, data_notes = check_examples(examples, args)
-        if args.bf16 is None:
-            args.bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        finetuning.resolve_bf16(args)
         lock = claim_run_folder(args, run_dir)
         for note in notes + data_notes:
             log(note)
@@ -700,7 +445,7 @@ def main(argv: list[str] | None = None) -> None:
             f"parameters; "
             f"{len(train):,} training questions ({len(train_features):,} windows), {len(validation):,} evaluation "
             f"questions ({len(eval_features):,} windows)")
-        prepare_loggers(args, run_dir)
+        finetuning.prepare_loggers(args, run_dir)
         trainer = make_trainer(args, model, tokenizer, train_features, validation, eval_features, run_dir)
         train_output = trainer.train()
         trainer.save_model(str(run_dir))
@@ -714,7 +459,7 @@ def main(argv: list[str] | None = None) -> None:
             for line in summary_lines(results, run_dir):
                 log(line)
     except (Stopped, KeyboardInterrupt) as stop:
-        raise stopped(stop, run_dir, started=lock is not None) from None
+        raise finetuning.stopped("finetune_roberta_qa", stop, run_dir, started=lock is not None) from None
     finally:
         if lock is not None:
             lock.release()

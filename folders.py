@@ -123,6 +123,26 @@ def refuse_replacing_outputs(path: str | os.PathLike, flag: str, kinds: tuple[Ou
                                  f"{folder / ('ask_' + target.name)}")
 
 
+def check_output_file(path: str | os.PathLike, flag: str, *, source: str | os.PathLike, source_flag: str,
+                      overwrite: bool, kinds: tuple[OutputKind, ...], model: str | os.PathLike | None = None,
+                      model_files: tuple[str, ...] = (), example_name: str = "out.json") -> None:
+    """The guards of a file a script writes its answers into (ask.py's and classify.py's --output), all before the
+    model is loaded: not a folder, not the input (`source`), no file of the model folder read or of any script's
+    output (`refuse_replacing_outputs`), not an existing file without `overwrite`, a folder that exists and can be
+    written. UsageError (one line) otherwise."""
+    output = Path(path).expanduser()
+    if output.is_dir():
+        raise UsageError(f"{flag} {path} is a folder; give a file name, e.g. {output / example_name}")
+    if output.exists() and output.resolve() == Path(source).expanduser().resolve():
+        raise UsageError(f"{flag} {path} is the {source_flag} itself; writing there would destroy it")
+    refuse_replacing_outputs(output, flag, kinds, model, model_files=model_files)
+    if output.exists() and not overwrite:
+        raise UsageError(f"{flag} {path} exists; pass --overwrite to replace it, or choose another name")
+    if not output.parent.is_dir():
+        raise UsageError(f"{flag} {path}: the folder {output.parent} does not exist")
+    check_writable(output, flag)  # before the first answer, not after the last
+
+
 def refuse_precious(path: Path, flag: str) -> None:
     """Never write into (let alone replace) the current directory, its parents, home, / or a git repository."""
     resolved = path.resolve()

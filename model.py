@@ -17,10 +17,11 @@ Mapping to transformers' checkpoints: module and parameter names are those of tr
     roberta.encoder.layer.N.output.{dense, LayerNorm}
     lm_head.{dense, layer_norm, bias}  (lm_head.decoder.weight is the word embedding matrix)
     qa_outputs
+    classifier.{dense, out_proj}
 
 `from_pretrained` reads a transformers folder or Hub id into our classes; `save_pretrained` writes a folder
-that transformers' own `RobertaForMaskedLM` / `RobertaForQuestionAnswering` load with nothing missing (the folder's
-files are model_folder.py's).
+that transformers' own `RobertaForMaskedLM` / `RobertaForQuestionAnswering` / `RobertaForSequenceClassification`
+load with nothing missing (the folder's files are model_folder.py's).
 
 Differences from transformers, all for speed and none visible in the numbers:
   * attention is one `F.scaled_dot_product_attention` call, with no mask at all for unpadded batches so that
@@ -74,8 +75,19 @@ class RobertaConfig:
     # Not architecture: where the weights started from (train.py --init_from: id or path, revision, checksum, and the
     # earlier one's own record), so that a model folder says what it was continued from. Saved only when set.
     init_from: dict | None = None
+    # Sequence classification (RobertaForSequenceClassification), with transformers' names; saved only when set.
+    id2label: dict[int, str] | None = None  # class index -> name; its length is num_labels (None: 2 classes)
+    label2id: dict[str, int] | None = None  # the inverse of id2label (derived from it when not given)
+    # "regression" (one output, MSE), "single_label_classification" (cross-entropy) or "multi_label_classification"
+    # (one sigmoid per class, BCE); None: decided by the first batch with labels, as transformers does.
+    problem_type: str | None = None
+    classifier_dropout: float | None = None  # dropout of the classification head; None: hidden_dropout_prob
 
     def __post_init__(self) -> None:
+        if self.id2label is not None:  # config.json keys are strings
+            self.id2label = {int(k): str(v) for k, v in self.id2label.items()}
+            if self.label2id is None:
+                self.label2id = {v: k for k, v in self.id2label.items()}
         problems = []
         if self.hidden_size % self.num_attention_heads != 0:
             problems.append(
@@ -95,8 +107,25 @@ class RobertaConfig:
             )
         if not 0 <= self.pad_token_id < self.vocab_size:
             problems.append(f"pad_token_id {self.pad_token_id} is outside the vocabulary of {self.vocab_size}")
+        problems += self._label_problems()
         if problems:
             raise ValueError("invalid RobertaConfig: " + "; ".join(problems))
+
+    def _label_problems(self) -> list[str]:
+        problems = []
+        if self.problem_type not in (None, *PROBLEM_TYPES):
+            problems.append(f"problem_type {self.problem_type!r} is not one of {', '.join(PROBLEM_TYPES)}")
+        if self.id2label is not None and sorted(self.id2label) != list(range(len(self.id2label))):
+            problems.append(f"id2label must number its classes 0..{len(self.id2label) - 1}, got "
+                            f"{sorted(self.id2label)}")
+        if self.classifier_dropout is not None and not 0.0 <= self.classifier_dropout < 1.0:
+            problems.append(f"classifier_dropout must be in [0, 1), got {self.classifier_dropout}")
+        return problems
+
+    @property
+    def num_labels(self) -> int:
+        """Outputs of the classification head: len(id2label), else 2 (transformers' default)."""
+        return len(self.id2label) if self.id2label is not None else 2
 
     @property
     def max_sequence_length(self) -> int:
@@ -109,7 +138,8 @@ class RobertaConfig:
 
     def to_dict(self) -> dict:
         """A transformers `config.json` dictionary (`model_type: roberta`)."""
-        fields = {k: v for k, v in asdict(self).items() if not (k == "init_from" and v is None)}
+        optional = ("init_from", "id2label", "label2id", "problem_type", "classifier_dropout")
+        fields = {k: v for k, v in asdict(self).items() if not (k in optional and v is None)}
         return {"model_type": "roberta", "hidden_act": "gelu", "position_embedding_type": "absolute",
                 "tie_word_embeddings": True, **fields}
 
@@ -122,12 +152,19 @@ class RobertaConfig:
         if act != "gelu":
             raise ValueError(f"this implementation uses exact GELU; the config asks for hidden_act {act!r}")
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in {**config, **overrides}.items() if k in names})
+        values = {**config, **overrides}
+        if "num_labels" in overrides or "id2label" not in values and "num_labels" in values:
+            # transformers' `from_pretrained(..., num_labels=3)`: that many classes, named as transformers names them
+            values["id2label"], values["label2id"] = {i: f"LABEL_{i}" for i in range(values["num_labels"])}, None
+        return cls(**{k: v for k, v in values.items() if k in names})
 
     @classmethod
     def from_pretrained(cls, path_or_hub_id: str | os.PathLike, **overrides) -> RobertaConfig:
         return cls.from_dict(model_folder.read_config(model_folder.resolve(path_or_hub_id, need_weights=False)),
                              **overrides)
+
+
+PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")  # transformers' names
 
 
 def _a_divisor(n: int) -> int:
@@ -181,6 +218,12 @@ class QuestionAnsweringOutput(ModelOutput):
     """`RobertaForQuestionAnswering`'s outputs: `start_logits`, `end_logits` (B, T) and, with labels, `loss`."""
 
     fields = ("loss", "start_logits", "end_logits")
+
+
+class SequenceClassifierOutput(ModelOutput):
+    """`RobertaForSequenceClassification`'s outputs: `logits` (B, num_labels) and, with labels, `loss`."""
+
+    fields = ("loss", "logits")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -368,17 +411,23 @@ class RobertaPreTrainedModel(nn.Module):
                                    self._state_dict_for_saving())
 
     @classmethod
-    def from_pretrained(cls, path_or_hub_id: str | os.PathLike, **config_overrides):
+    def from_pretrained(cls, path_or_hub_id: str | os.PathLike, new_head: bool = False, **config_overrides):
         """Load a transformers-format folder (or Hub id) of a RoBERTa checkpoint into this class.
 
-        `config_overrides` replace config fields (e.g. `hidden_dropout_prob=0.0`). Weights a checkpoint has
-        but this class does not (a pooler, another task's head) are ignored; missing or mis-shaped weights are
-        an error, except for the task head of a class loaded from another task's checkpoint, which starts fresh.
+        `config_overrides` replace config fields (e.g. `hidden_dropout_prob=0.0`, `num_labels=3`). Weights a
+        checkpoint has but this class does not (a pooler, another task's head) are ignored; missing or mis-shaped
+        weights are an error, except for the task head of a class loaded from another task's checkpoint, which
+        starts fresh. `new_head=True` starts the task head fresh whatever the checkpoint holds (fine-tuning a model
+        already fine-tuned for other labels).
         """
         folder = model_folder.resolve(path_or_hub_id, need_weights=True)
         config = RobertaConfig.from_dict(model_folder.read_config(folder), **config_overrides)
         model = cls(config)
-        model._load_checkpoint_state(model_folder.read_state_dict(folder), source=str(path_or_hub_id))
+        state = model_folder.read_state_dict(folder)
+        if new_head:
+            state = {k: v for k, v in model._rename_checkpoint_keys(state).items()
+                     if not any(k.startswith(model._module_name(m) + ".") for m in model._fresh_head_modules())}
+        model._load_checkpoint_state(state, source=str(path_or_hub_id))
         return model
 
     def _load_checkpoint_state(self, state: dict[str, torch.Tensor], source: str) -> None:
@@ -632,6 +681,63 @@ class RobertaForQuestionAnswering(RobertaPreTrainedModel):
         return [self.qa_outputs]
 
 
+class RobertaClassificationHead(nn.Module):
+    """transformers' sentence head, on the `<s>` token: dropout, dense, tanh, dropout, out_proj. (BERT used a pooler
+    on [CLS] trained by next-sentence prediction; RoBERTa has no such task, and its head learns this layer anew.)"""
+
+    def __init__(self, config: RobertaConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = nn.Dropout(dropout)
+        self.out_proj = nn.Linear(config.hidden_size, config.num_labels)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        x = self.dropout(hidden[:, 0])  # (B, C): the <s> token
+        x = self.dropout(torch.tanh(self.dense(x)))
+        return self.out_proj(x)  # (B, num_labels)
+
+
+class RobertaForSequenceClassification(RobertaPreTrainedModel):
+    """A label (or a number) per sequence or sequence pair: GLUE, sentiment, your own classes.
+
+    The loss follows `config.problem_type`, as in transformers: "regression" is the mean squared error of the single
+    output, "single_label_classification" cross-entropy over `num_labels` classes, "multi_label_classification" one
+    binary cross-entropy per class. Left unset, the first batch with labels decides and the choice is kept in the
+    config (one output: regression; integer labels: single-label; float labels: multi-label)."""
+
+    architecture = "RobertaForSequenceClassification"
+
+    def __init__(self, config: RobertaConfig):
+        super().__init__(config)
+        self.roberta = RobertaModel(config)
+        self.classifier = RobertaClassificationHead(config)
+        self.classifier.apply(self._init_weights)  # the encoder initialised itself
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None) -> SequenceClassifierOutput:
+        logits = self.classifier(self.roberta(input_ids, attention_mask)).float()  # (B, num_labels)
+        if labels is None:
+            return SequenceClassifierOutput(logits=logits)
+        return SequenceClassifierOutput(loss=self.classification_loss(logits, labels), logits=logits)
+
+    def classification_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        n = self.config.num_labels
+        if self.config.problem_type is None:  # transformers' rule, kept in the config as transformers keeps it
+            integer = labels.dtype in (torch.long, torch.int)
+            self.config.problem_type = ("regression" if n == 1 else
+                                        "single_label_classification" if integer else "multi_label_classification")
+        if self.config.problem_type == "regression":
+            labels = labels.to(logits.dtype)
+            return F.mse_loss(logits.squeeze(), labels.squeeze()) if n == 1 else F.mse_loss(logits, labels)
+        if self.config.problem_type == "single_label_classification":
+            return F.cross_entropy(logits.view(-1, n), labels.view(-1))
+        return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+
+    def _fresh_head_modules(self) -> list[nn.Module]:
+        return [self.classifier]
+
+
 def compile_regions(model: nn.Module, fullgraph: bool = True, **options) -> nn.Module:
     """Regional compilation (as torchtitan does): compile each `RobertaLayer` and the masked-LM head and loss, in
     place, instead of the whole model. The layers share one compiled graph, so compilation takes about the time of
@@ -669,9 +775,11 @@ __all__ = [
     "RobertaModel",
     "RobertaForMaskedLM",
     "RobertaForQuestionAnswering",
+    "RobertaForSequenceClassification",
     "ModelOutput",
     "MaskedLMOutput",
     "QuestionAnsweringOutput",
+    "SequenceClassifierOutput",
     "flops_per_token",
     "compile_regions",
     "IGNORE_INDEX",

@@ -190,3 +190,44 @@ def tokenizer_swapped(folder: str | os.PathLike, tokenizer) -> str | None:
     if mismatch is None:
         return None
     return f"the tokenizer in {folder} is not the one its model was trained with ({mismatch})"
+
+
+def load_fine_tuned(name: str, model_class, head_weight: str, *, head: str, script: str, unfinished: bool,
+                    cache_dir: str | None = None):
+    """(model, folder, tokenizer) of a fine-tuned model given as ask.py's or classify.py's --model (a run folder, a
+    checkpoint in it, any transformers-format folder or Hub id), for `model_class` whose task head has the weight
+    `head_weight` (`head` names it in messages, `script` is the script that fine-tunes it). `unfinished`: the folder
+    is a run folder of `script` that holds no model yet (its newest Trainer checkpoint is named). Every way
+    --model can be wrong is a UsageError; a tokenizer that is not the model's by its recorded fingerprint is warned
+    about on stderr."""
+    import sys
+
+    from tokenization import load_tokenizer
+    from utils import UsageError
+
+    if unfinished:
+        from qa_run_folder import trainer_checkpoints  # the Trainer's checkpoint layout, shared by both fine-tunings
+
+        saved = trainer_checkpoints(Path(name).expanduser())
+        raise UsageError(f"--model {name} is a {script} run folder that holds no model yet (the run has not "
+                         "finished, or was stopped): " + (f"give its newest checkpoint, {saved[-1]}, or wait for it to "
+                         "finish" if saved else "it saved no checkpoint (--save_steps 0); wait for it to finish, or "
+                         "run it again"))
+    try:
+        folder = resolve(name, need_weights=True, cache_dir=cache_dir)
+        if head_weight not in weight_names(folder):
+            raise UsageError(f"--model {name} has no {head}: it is a pretrained backbone, not a fine-tuned model; "
+                             f"fine-tune it first with {script} --pretrained_backbone pretrained "
+                             f"--path_to_pretrained_backbone {name}")
+        model = model_class.from_pretrained(folder)
+    except ValueError as error:
+        if not Path(name).expanduser().exists():  # a mistyped local path, or a Hub id (resolve says which)
+            raise UsageError(f"--model {name} does not exist: {error}") from None
+        raise UsageError(f"--model {error}") from None
+    tokenizer = load_tokenizer(folder if looks_local(name) else name, flag="--model", cache_dir=cache_dir)
+    if mismatch := tokenizer_mismatch(tokenizer, config=model.config):
+        raise UsageError(f"the tokenizer of {name} has {mismatch}: it is not the tokenizer the model was trained with")
+    if swapped := tokenizer_swapped(folder, tokenizer):
+        print(f"warning: {swapped}; the outputs will be wrong: put back the tokenizer files saved with the model",
+              file=sys.stderr, flush=True)
+    return model, folder, tokenizer

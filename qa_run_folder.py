@@ -49,20 +49,21 @@ def write_run_record(run_dir: Path, record: dict) -> None:
     write_json(run_dir / RUN_RECORD, record)
 
 
-def run_record(folder: Path) -> dict:
-    """The RUN_RECORD of the run that made `folder` (the run folder, or a checkpoint inside it), else {}."""
+def run_record(folder: Path, record: str = RUN_RECORD) -> dict:
+    """The `record` (RUN_RECORD; classification_run_folder's for its runs) of the run that made `folder` (the run
+    folder, or a Trainer checkpoint inside it), else {}."""
     for candidate in (folder, folder.parent.parent):
-        if (candidate / RUN_RECORD).is_file():
+        if (candidate / record).is_file():
             try:
-                return json.loads((candidate / RUN_RECORD).read_text())
+                return json.loads((candidate / record).read_text())
             except (OSError, json.JSONDecodeError):
                 return {}
     return {}
 
 
-def unfinished_run(folder: Path) -> bool:
-    """A run folder whose run has not saved its model yet."""
-    return folder.is_dir() and not (folder / CONFIG_FILE).is_file() and (folder / RUN_RECORD).is_file()
+def unfinished_run(folder: Path, record: str = RUN_RECORD) -> bool:
+    """A run folder (recognised by `record`) whose run has not saved its model yet."""
+    return folder.is_dir() and not (folder / CONFIG_FILE).is_file() and (folder / record).is_file()
 
 
 def trainer_checkpoints(run_dir: Path) -> list[Path]:
@@ -73,10 +74,10 @@ def trainer_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
-def stopped_before_the_end(folder: Path) -> bool:
-    """A run folder whose run was stopped (a signal, a crash) before it wrote its results: fine-tuning does not
-    resume, so only --overwrite starts it again."""
-    return (folder / RUN_RECORD).is_file() and not (folder / RESULTS_FILE).is_file()
+def stopped_before_the_end(folder: Path, record: str = RUN_RECORD) -> bool:
+    """A run folder (recognised by `record`) whose run was stopped (a signal, a crash) before it wrote its results:
+    fine-tuning does not resume, so only --overwrite starts it again."""
+    return (folder / record).is_file() and not (folder / RESULTS_FILE).is_file()
 
 
 def trainer_output_dir(run_dir: Path, save_steps: int) -> Path:

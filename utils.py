@@ -189,6 +189,32 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
+def add_running_flags(parser: argparse.ArgumentParser, unit: str):
+    """ask.py's and classify.py's "running" group: --batch_size (of `unit`), --device, --path_to_cache_dir."""
+    run = parser.add_argument_group("running")
+    run.add_argument("--batch_size", type=int, default=32, help=f"{unit} per forward pass")
+    run.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, cuda:1, mps...")
+    run.add_argument("--path_to_cache_dir", default=None,
+                     help="where a Hub --model is downloaded; unset: the Hugging Face cache")
+    return run
+
+
+def pick_device(name: str):
+    """The torch device of a --device flag: auto (a GPU if there is one), cpu, cuda, cuda:1, mps...; a UsageError
+    for a name torch does not know or a GPU that is not there."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"--device {name} is not a device: auto, cpu, cuda, cuda:1, mps...") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: no CUDA GPU is available here; use --device cpu")
+    return device
+
+
 def duration(seconds: float) -> str:
     """A duration for a log line: 42s, 6m05s, 2h07m."""
     seconds = max(0, round(seconds))

@@ -27,7 +27,7 @@ LAYOUT = re.compile(r"STORE_(SPLITS|COLUMN|TOKENIZER_DIR|RECORD)\b|dataset_dict\
 
 
 # The distinctive names of each folder format a script writes (see the owners: store.py, run_folder.py,
-# checkpoints.py, model_folder.py, qa_run_folder.py).
+# checkpoints.py, model_folder.py, qa_run_folder.py, classification_run_folder.py).
 FORMATS = {
     "data store": ["prepare_data.json", "dataset_dict.json", "dataset_info.json"],
     "pretraining run folder": ["args.json", "metrics.jsonl", "curves.png", "final_model", "step_"],
@@ -35,7 +35,11 @@ FORMATS = {
     "model folder": ["config.json", "model.safetensors", "pytorch_model.bin", "tokenizer_record.json"],
     "QA run folder": ["finetune_args.json", "eval_results.json", "predictions.json", "predictions_detail.json",
                       "checkpoint-", "training_args.bin"],
+    "classification run folder": ["classification_args.json", "predictions.jsonl"],
 }
+
+
+END = r"(?!\w)"  # a name that ends in a letter ends there: predictions.json is not predictions.jsonl
 
 
 def literal_strings(tree: ast.AST) -> list[str]:
@@ -56,7 +60,8 @@ def naming_modules(files: list[Path]) -> dict[str, list[str]]:
     for path in files:
         strings = literal_strings(ast.parse(path.read_text()))
         for kind, names in FORMATS.items():
-            if any(re.search(rf"(?<![\w-]){re.escape(name)}", text) for text in strings for name in names):
+            if any(re.search(rf"(?<![\w-]){re.escape(name)}{END if name[-1].isalnum() else ''}", text)
+                   for text in strings for name in names):
                 found[kind].append(path.name)
     return found
 

@@ -937,7 +937,88 @@ for paragraph in article["paragraphs"]:
         print(f"Q: {item['question']}\\nA: {answer['answer']!r} (character {answer['start']}; "
               f"gold: {item['answers'][0]['text']!r})")
     print()
-print(f"question answering part: {time.perf_counter() - qa_started:.0f} s; "
+print(f"question answering part: {time.perf_counter() - qa_started:.0f} s")
+''')
+
+md("""
+## 9. Sentence classification, as GLUE asks it
+
+GLUE (Wang et al. 2018, [arXiv:1804.07461](https://arxiv.org/abs/1804.07461)), the paper's headline benchmark, is
+nine classification tasks: a sentence gets a class (CoLA: is it acceptable English? SST-2: positive or negative?)
+or a pair of sentences does (RTE: does the first entail the second?). `RobertaForSequenceClassification` is the
+encoder plus transformers' head on the `<s>` token: dropout, a dense layer, tanh, dropout, and one logit per class;
+training is cross-entropy.
+
+`demo_world.generate_acceptability` writes CoLA's task in the world's terms: sentences of the world's articles,
+half of them with two words swapped, labelled `acceptable` or `unacceptable`. The swap keeps every word, so a model
+that only counts words cannot tell them apart; one that knows how the world's sentences go can. The `validation`
+sentences are about the held-out people, towns and institutions of section 8.
+""")
+
+code('''
+import classification
+from model import RobertaForSequenceClassification
+
+SENTENCES_TRAIN_STEPS = 300  # batches of fine-tuning: about 20 seconds
+SENTENCES_LEARNING_RATE = 3e-4
+sentences_started = time.perf_counter()
+sentence_rows = {split: demo_world.generate_acceptability(seed=SEED, split=split) for split in ("train", "validation")}
+sentence_labels = classification.LabelSpace(demo_world.ACCEPTABILITY_LABELS)
+sentence_tensors = {}
+for split, rows in sentence_rows.items():
+    encodings, truncated = classification.encode(tokenizer, [r["sentence"] for r in rows], None,
+                                                 max_length=QA_MAX_LENGTH)
+    padded = tokenizer.pad(encodings, return_tensors="pt")  # to the longest sentence of the split
+    sentence_tensors[split] = {"input_ids": padded["input_ids"], "attention_mask": padded["attention_mask"],
+                               "labels": torch.tensor(sentence_labels.encode([r["label"] for r in rows], split))}
+    print(f"{split}: {len(rows):,} sentences, {truncated} longer than {QA_MAX_LENGTH} tokens (truncated)")
+for row in sentence_rows["validation"][:4]:
+    print(f"{row['label']:>12s}: {row['sentence']}")
+''')
+
+code('''
+def finetune_sentences(classifier) -> None:
+    """SENTENCES_TRAIN_STEPS random batches of training sentences, with pretraining's optimizer and schedule."""
+    optimizer = make_optimizer(classifier, SENTENCES_LEARNING_RATE)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_then_linear_decay(max(1, SENTENCES_TRAIN_STEPS // 10), SENTENCES_TRAIN_STEPS))
+    generator, train = torch.Generator().manual_seed(SEED), sentence_tensors["train"]
+    classifier.train()
+    for _ in range(SENTENCES_TRAIN_STEPS):
+        rows = torch.randint(len(train["labels"]), (QA_BATCH_SIZE,), generator=generator)
+        classifier(**{key: values[rows] for key, values in train.items()}).loss.backward()  # cross-entropy
+        torch.nn.utils.clip_grad_norm_(classifier.parameters(), max_norm=1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+
+@torch.no_grad()
+def sentence_scores(classifier) -> tuple[float, float]:
+    """Accuracy and Matthews correlation (CoLA's metric) on the held-out sentences, in percent, as the fine-tuning
+    script computes them (classification.py)."""
+    classifier.eval()
+    data = sentence_tensors["validation"]
+    logits = torch.cat([classifier(data["input_ids"][i : i + 256], data["attention_mask"][i : i + 256]).logits
+                        for i in range(0, len(data["labels"]), 256)])
+    predicted, gold = logits.argmax(-1).numpy(), data["labels"].numpy()
+    return 100 * classification.accuracy(predicted, gold), 100 * classification.matthews_correlation(predicted, gold)
+
+
+sentence_config = RobertaConfig.from_dict(config.to_dict(), id2label=sentence_labels.id2label())
+sentence_results = {}
+for backbone in ("pretrained", "random"):
+    torch.manual_seed(SEED)  # the same head for both
+    classifier = RobertaForSequenceClassification(sentence_config)
+    if backbone == "pretrained":
+        classifier.roberta.load_state_dict(model.roberta.state_dict())
+    finetune_sentences(classifier)
+    sentence_results[backbone] = sentence_scores(classifier)
+(accuracy, mcc), (random_accuracy, random_mcc) = sentence_results["pretrained"], sentence_results["random"]
+print(f"acceptability of {len(sentence_rows['validation']):,} held-out sentences, accuracy: {accuracy:.1f} after "
+      f"pretraining, {random_accuracy:.1f} from random weights (half of each label: 50 is chance); Matthews "
+      f"correlation {mcc:.1f} vs {random_mcc:.1f}")
+print(f"classification part: {time.perf_counter() - sentences_started:.0f} s; "
       f"whole notebook: {time.perf_counter() - notebook_started:.0f} s")
 ''')
 
@@ -951,7 +1032,9 @@ md("""
 * `finetune_roberta_qa.py`: section 8 at scale, with transformers' Trainer: SQuAD 1.1 or 2.0 (or the demo world's
   questions), from a `train.py` checkpoint, published weights or random initialisation, scored by exact match and
   F1 (roberta-base: about 86 / 92 on SQuAD 1.1).
-* `make demo` runs all three on the demo world, offline, in about 10 minutes on a 2-core CPU, with a
+* `finetune_roberta_classification.py`: section 9 at scale: the nine GLUE tasks or your own labelled text (CSV or
+  JSON lines), with the paper's recipe and each task's official metrics; `classify.py` labels new text with it.
+* `make demo` runs all of them on the demo world, offline, in about 10 minutes on a 2-core CPU, with a
   longer pretraining and fine-tuning than here; the README has the commands for a real roberta-base run.
 """)
 

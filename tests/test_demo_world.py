@@ -147,3 +147,41 @@ def test_squad_is_deterministic_and_train_and_validation_are_disjoint(squad_sets
         generate_squad(split="dev")
     with pytest.raises(ValueError, match="num_articles"):
         generate_squad(num_articles=10**6)
+
+
+def test_acceptability_sentences_are_balanced_and_the_unacceptable_ones_are_the_world_s_with_two_words_swapped():
+    rows = {split: demo_world.generate_acceptability(seed=0, split=split) for split in ("train", "validation")}
+    assert [len(rows["train"]), len(rows["validation"])] == [3000, 1000]
+    assert rows["validation"] == demo_world.generate_acceptability(seed=0, split="validation")  # deterministic
+    for split, sentences in rows.items():
+        labels = Counter(r["label"] for r in sentences)
+        assert labels == {"acceptable": len(sentences) // 2, "unacceptable": len(sentences) // 2}
+        entities = demo_world._qa_entities(0, split)  # the QA split's entities: validation ones are held out
+        for row in sentences:
+            words = row["sentence"].split()
+            assert len(words) >= demo_world.MIN_SENTENCE_WORDS and row["sentence"].endswith(".")
+            article = " ".join(p.text for p in demo_world.render_article(
+                entities[int(row["id"].split("-")[1])], random.Random(f"demo-acceptability:0:{split}:"
+                                                                     f"{row['id'].split('-')[1]}")))
+            if row["label"] == "acceptable":
+                assert row["sentence"] in article  # as the article writes it
+            else:  # a sentence of the article with two of its words in each other's place, the full stop kept
+                swapped = row["sentence"][:-1].split()
+                originals = [s[:-1].split() for s in demo_world._SENTENCE_END.split(article)
+                             if sorted(s[:-1].split()) == sorted(swapped)]
+                assert row["sentence"] not in article and any(
+                    sum(a != b for a, b in zip(original, swapped, strict=True)) == 2 for original in originals), row
+
+
+def test_acceptability_sentences_come_from_a_stream_of_their_own():
+    """Generating them changes nothing the demo already printed: the corpus, the QA set, the global RNG."""
+    state = random.getstate()
+    documents, squad = generate_documents(seed=0, num_documents=50), generate_squad(seed=0, num_articles=20)
+    demo_world.generate_acceptability(seed=0, split="train", num_sentences=500)
+    assert generate_documents(seed=0, num_documents=50) == documents
+    assert generate_squad(seed=0, num_articles=20) == squad
+    assert random.getstate() == state
+    with pytest.raises(ValueError, match="split"):
+        demo_world.generate_acceptability(split="test")
+    with pytest.raises(ValueError, match="num_sentences"):
+        demo_world.generate_acceptability(num_sentences=0)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import finetune_roberta_qa as finetune
+import finetuning
 from qa_run_folder import QA_RUN
 from utils import UsageError
 
@@ -595,15 +596,15 @@ def test_wandb_without_a_login_logs_offline_and_says_so(tmp_path, monkeypatch):
     monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
     monkeypatch.chdir(tmp_path)
     args = finetune.parse_args(["--report_to", "wandb"])
-    [note] = finetune.check_report_to(args)
+    [note] = finetuning.check_report_to(args)
     assert "no Weights & Biases login" in note and "offline" in note and os.environ["WANDB_MODE"] == "offline"
     monkeypatch.delenv("WANDB_MODE")
     (tmp_path / "netrc").write_text("machine api.wandb.ai\n  login user\n  password " + "x" * 40 + "\n")
-    assert finetune.check_report_to(finetune.parse_args(["--report_to", "wandb"])) == []
+    assert finetuning.check_report_to(finetune.parse_args(["--report_to", "wandb"])) == []
     assert "WANDB_MODE" not in os.environ  # logged in (`wandb login` wrote .netrc): left to wandb
     monkeypatch.setenv("WANDB_MODE", "online")
     (tmp_path / "netrc").unlink()
-    assert finetune.check_report_to(finetune.parse_args(["--report_to", "wandb"])) == []  # the user insists
+    assert finetuning.check_report_to(finetune.parse_args(["--report_to", "wandb"])) == []  # the user insists
 
 
 def test_finetune_args_record_what_was_used(tmp_path, squad_files, backbone_dir):

@@ -352,12 +352,13 @@ def test_a_resume_needs_only_its_checkpoint_and_keeps_the_provenance_it_started_
 @pytest.mark.slow
 def test_finetuning_accepts_a_continued_final_model(continued):
     import finetune_roberta_qa as finetune
+    import finetuning
 
     run, _ = continued
     args = finetune.parse_args(["--pretrained_backbone", "pretrained", "--path_to_pretrained_backbone",
                                 str(run / "final_model"), "--dataset", "demo", "--max_seq_length", "16",
                                 "--doc_stride", "4"])
-    finetune.check_backbone(args)
+    finetuning.check_backbone(args)
     _, config, model, provenance = finetune.load_backbone(args)
     saved = load_file(run / "final_model" / "model.safetensors")
     embeddings = "roberta.embeddings.word_embeddings.weight"
