@@ -193,7 +193,7 @@ def load_model(args: argparse.Namespace):
     model, folder, tokenizer = model_folder.load_fine_tuned(
         args.model, RobertaForQuestionAnswering, "qa_outputs.weight", head="question-answering head (qa_outputs)",
         script="finetune_roberta_qa.py", unfinished=qa_run_folder.unfinished_run(Path(args.model).expanduser()),
-        cache_dir=args.path_to_cache_dir)
+        saved=qa_run_folder.trainer_checkpoints(Path(args.model).expanduser()), cache_dir=args.path_to_cache_dir)
     check_qa_tokenizer(tokenizer, model.config, args.model)  # a fast one, for the offsets
     resolve_settings(args, qa_run_folder.run_record(folder), model.config)
     return model.to(pick_device(args.device)), tokenizer

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from utils import UsageError
 
@@ -332,8 +333,6 @@ def classify_texts(model, tokenizer, texts: Sequence[str], pairs: Sequence[str] 
     """Label texts (or text pairs) with a fine-tuned RobertaForSequenceClassification: per input `label` (the class
     name, or the number for regression), `score` (its probability; the number itself for regression) and
     `scores` ({class: probability}). The inputs are encoded as in fine-tuning, truncated to `max_length` tokens."""
-    import torch
-
     space = LabelSpace(None if model.config.problem_type == "regression" else
                        tuple(model.config.id2label[i] for i in range(model.config.num_labels)))
     device = next(model.parameters()).device

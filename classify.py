@@ -32,7 +32,7 @@ import model_folder
 from classification_run_folder import CLASSIFICATION_RUN
 from folders import check_output_file
 from model import RobertaForSequenceClassification
-from qa_run_folder import QA_RUN, TRAINER_CHECKPOINT_FOLDER, TRAINER_STATE
+from qa_run_folder import QA_RUN, TRAINER_CHECKPOINT_FOLDER, TRAINER_STATE, trainer_checkpoints
 from run_folder import PRETRAINING_RUN
 from store import STORE
 from utils import (
@@ -143,7 +143,7 @@ def load_model(args: argparse.Namespace):
         args.model, RobertaForSequenceClassification, "classifier.out_proj.weight",
         head="sequence-classification head (classifier)", script="finetune_roberta_classification.py",
         unfinished=classification_run_folder.unfinished_run(Path(args.model).expanduser()),
-        cache_dir=args.path_to_cache_dir)
+        saved=trainer_checkpoints(Path(args.model).expanduser()), cache_dir=args.path_to_cache_dir)
     record = classification_run_folder.run_record(folder)
     longest = model.config.max_sequence_length
     args.max_seq_length = args.max_seq_length or min(record.get("max_seq_length") or longest, longest)

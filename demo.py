@@ -34,7 +34,7 @@ from transformers.utils import logging as hf_logging
 import classification_run_folder
 import qa_run_folder
 import run_folder
-from demo_world import generate_documents
+from demo_world import generate_acceptability, generate_documents
 from utils import Stopped, exit_code_for_signal, raise_on_stop_signals, stop_signal_name, user_path
 
 ROOT = Path(__file__).resolve().parent
@@ -150,7 +150,7 @@ def pretrain(args, store: Path) -> float:
         str(steps), "--num_warmup_steps", str(steps // 20), "--learning_rate", "1e-3", "--evaluation_interval",
         str(steps // 6), "--checkpoint_interval", str(steps // 2), "--logging_steps", str(steps // 12),
         "--max_eval_batches", "20", "--seed", str(args.seed), "--overwrite"],
-        makes=args.output_dir / "pretrain" / "final_model")
+        makes=run_folder.final_model_dir(args.output_dir / "pretrain"))
 
 
 def fill_mask(model_dir: Path) -> None:
@@ -177,8 +177,6 @@ def acceptability_files(args) -> tuple[Path, Path]:
     """The demo's labelled sentences as JSON lines files, as a user's own data would come: sentences about the
     world's people, towns and institutions, half of them with two words swapped (demo_world.generate_acceptability);
     the validation sentences are about entities no training sentence mentions."""
-    from demo_world import generate_acceptability
-
     folder = args.output_dir / "acceptability"
     folder.mkdir(parents=True, exist_ok=True)
     files = folder / "train.jsonl", folder / "validation.jsonl"

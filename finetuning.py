@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 from transformers import PrinterCallback, ProgressCallback, Trainer, TrainerCallback, TrainingArguments
+from transformers.integrations import get_available_reporting_integrations
 
 import model_folder
 import qa_run_folder
@@ -139,8 +140,6 @@ def check_report_to(args: argparse.Namespace) -> list[str]:
     if "none" in names and len(names) > 1:
         raise UsageError("--report_to none cannot be combined with other loggers")
     args.report_to = ",".join(names)
-    from transformers.integrations import get_available_reporting_integrations  # imports every logger installed
-
     installed = get_available_reporting_integrations()
     if missing := [name for name in names if name not in ("none", "all", *installed)]:
         raise UsageError(f"--report_to {missing[0]}: its package is not installed (the Trainer would fail at its "

@@ -29,6 +29,7 @@ import shlex
 from pathlib import Path
 
 import model_folder
+from checkpoints import read_state
 from model import MLM_TIED_WEIGHTS, RobertaConfig, RobertaForMaskedLM
 from tokenization import TOKENIZER_FILES, load_tokenizer, tokenizer_fingerprint, tokenizer_identity, tokenizer_mismatch
 from utils import UsageError, is_main_process
@@ -97,8 +98,6 @@ def spelling(source: str, resumed: Path | None = None) -> str:
 
 
 def read_state_args(checkpoint: Path) -> dict:
-    from checkpoints import read_state  # here: checkpoints imports the training stack
-
     return read_state(checkpoint).args
 
 

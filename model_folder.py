@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import huggingface_hub
@@ -24,8 +25,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import run_folder
-from tokenization import TOKENIZER_SAVED_FILES, tokenizer_identity, tokenizer_mismatch
-from utils import first_line, looks_local
+from tokenization import TOKENIZER_SAVED_FILES, load_tokenizer, tokenizer_identity, tokenizer_mismatch
+from utils import UsageError, first_line, looks_local
 
 CONFIG_FILE = "config.json"
 SAFETENSORS_FILE = "model.safetensors"
@@ -193,22 +194,14 @@ def tokenizer_swapped(folder: str | os.PathLike, tokenizer) -> str | None:
 
 
 def load_fine_tuned(name: str, model_class, head_weight: str, *, head: str, script: str, unfinished: bool,
-                    cache_dir: str | None = None):
+                    saved: list[Path], cache_dir: str | None = None):
     """(model, folder, tokenizer) of a fine-tuned model given as ask.py's or classify.py's --model (a run folder, a
     checkpoint in it, any transformers-format folder or Hub id), for `model_class` whose task head has the weight
     `head_weight` (`head` names it in messages, `script` is the script that fine-tunes it). `unfinished`: the folder
-    is a run folder of `script` that holds no model yet (its newest Trainer checkpoint is named). Every way
+    is a run folder of `script` that holds no model yet (`saved`: its Trainer checkpoints, the newest named). Every way
     --model can be wrong is a UsageError; a tokenizer that is not the model's by its recorded fingerprint is warned
     about on stderr."""
-    import sys
-
-    from tokenization import load_tokenizer
-    from utils import UsageError
-
     if unfinished:
-        from qa_run_folder import trainer_checkpoints  # the Trainer's checkpoint layout, shared by both fine-tunings
-
-        saved = trainer_checkpoints(Path(name).expanduser())
         raise UsageError(f"--model {name} is a {script} run folder that holds no model yet (the run has not "
                          "finished, or was stopped): " + (f"give its newest checkpoint, {saved[-1]}, or wait for it to "
                          "finish" if saved else "it saved no checkpoint (--save_steps 0); wait for it to finish, or "

@@ -24,6 +24,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
+import run_folder
 from folders import LOCK_FILE, OutputKind
 from tokenization import load_tokenizer, tokenizer_mismatch
 from utils import UsageError, first_line
@@ -130,8 +133,6 @@ def open_store(path: str | os.PathLike, *, flag: str = "--path_to_prepped_data",
 def run_folder_hint(folder: Path) -> str | None:
     """A pretraining run folder given where its store belongs: the store it was trained on, not a command that
     would write a store into the run folder."""
-    import run_folder  # here: run_folder's names are its own
-
     if not run_folder.is_run_folder(folder):
         return None
     store = run_folder.read_args(folder).get("args", {}).get("path_to_prepped_data")
@@ -144,8 +145,6 @@ def check_contents(store: Store, flag: str = "--path_to_prepped_data") -> None:
     first damaged block (an id out of range) or split (a changed hash) otherwise, before any training: a damaged id
     would fail only when its batch is drawn, hours in, or never. Reads the whole store once: 1.4 s of one core per
     GB measured (about 20 s for a 14 GB store), plus reading it from disk (docs/prepare_data.md)."""
-    import numpy as np
-
     command = store.command + ("" if "--overwrite" in store.command.split() else " --overwrite")
     remake = f"make it again: {command}" if store.command else "make it again with prepare_data.py --overwrite"
     for split in STORE_SPLITS:

@@ -245,7 +245,7 @@ def missing_requirements(path: str | Path) -> list[str]:
     """The lines of a requirements file (and of the files it includes with -r) that the installed packages do not
     satisfy: what `make install` reports before it runs pip, and why it stays quiet when nothing is missing."""
     try:
-        from packaging.requirements import Requirement
+        from packaging.requirements import Requirement  # here: `make install` runs this before anything is installed
     except ImportError:
         return ["packaging (to read the requirements)"]
     missing = []

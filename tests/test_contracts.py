@@ -23,6 +23,7 @@ from safetensors import SafetensorError
 import ask
 import batches
 import checkpoints as ckpt
+import classification_run_folder
 import finetune_roberta_qa as finetune
 import folders
 import init_from
@@ -45,7 +46,8 @@ import code_stats  # noqa: E402
 # training-only libraries of the modules the notebook imports, the heavy libraries of modules imported everywhere.
 ALLOWED_INNER_IMPORTS = {("store.py", "datasets"), ("corpora.py", "datasets"), ("batches.py", "accelerate"),
                          ("metrics.py", "matplotlib"), ("utils.py", "torch"), ("tokenization.py", "transformers"),
-                         ("checkpoints.py", "deepspeed")}
+                         ("checkpoints.py", "deepspeed"),
+                         ("utils.py", "packaging")}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -55,7 +57,8 @@ ALLOWED_INNER_IMPORTS = {("store.py", "datasets"), ("corpora.py", "datasets"), (
 
 def test_each_folder_format_is_spelled_by_its_owner_alone():
     owners = {"data store": "store.py", "pretraining run folder": "run_folder.py", "checkpoint": "checkpoints.py",
-              "model folder": "model_folder.py", "QA run folder": "qa_run_folder.py"}
+              "model folder": "model_folder.py", "QA run folder": "qa_run_folder.py",
+              "classification run folder": "classification_run_folder.py"}
     assert code_stats.naming_modules(code_stats.python_files(ROOT)) == {kind: [owner] for kind, owner in owners.items()}
 
 
@@ -313,4 +316,5 @@ def test_folder_kinds_are_declared_by_their_owners():
     assert STORE.records == (store_module.STORE_RECORD,)
     assert run_folder.PRETRAINING_RUN.records == (run_folder.ARGS_FILE, run_folder.METRICS_FILE)
     assert qa_run_folder.QA_RUN.records == (qa_run_folder.RUN_RECORD,)
+    assert classification_run_folder.CLASSIFICATION_RUN.records == (classification_run_folder.RUN_RECORD,)
     assert not hasattr(folders, "STORE") and not hasattr(folders, "QA_RUN")
