@@ -13,7 +13,7 @@
 7. the pretrained model is continued on text it has never read (`train.py --init_from`, as one continues a published
    model on a domain's text): the encyclopedia of another world, whose held-out loss falls from the model's own.
 
-Every step runs the real command line, printed before it runs, so each can be copied and changed. About 10
+Every step runs the real command line, printed before it runs, so each can be copied and changed. About 11
 minutes on a 2-core CPU (each step's header says which step of how many it is and how long the rest should take).
 """
 
@@ -39,7 +39,7 @@ from utils import Stopped, exit_code_for_signal, raise_on_stop_signals, stop_sig
 
 ROOT = Path(__file__).resolve().parent
 
-# Sized for about 10 minutes on a 2-core CPU (STEP_MINUTES). Small MLMs sit on a plateau (predicting frequent tokens)
+# Sized for about 11 minutes on a 2-core CPU (STEP_MINUTES). Small MLMs sit on a plateau (predicting frequent tokens)
 # for their first ~1,000 updates before they learn to use context; blocks of 64 tokens, batches of 16 and no
 # dropout get past it within a few minutes on a CPU, where longer blocks or bigger batches did not.
 CONTEXT_LENGTH = "64"  # prepare_data.py's blocks; train.py takes them from the store

@@ -532,7 +532,6 @@ def make_trainer(args, model, tokenizer, features: dict, rows: dict, space: cls.
     class ClassificationTrainer(finetuning.ModelFolderTrainer):
         last_scores: dict[str, float] = {}
         last_logits: dict[str, np.ndarray] = {}
-        last_eval_step = -1
 
         def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
             start, scores = time.perf_counter(), {}
@@ -645,10 +644,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{evaluated:,} evaluation examples")
         finetuning.prepare_loggers(args, run_dir)
         trainer = make_trainer(args, model, tokenizer, features, rows, space, run_dir)
-        train_output = trainer.train()
-        trainer.save_model(str(run_dir))
-        if trainer.last_eval_step != trainer.state.global_step:  # else the last scheduled evaluation was at the end
-            trainer.evaluate()
+        train_output = trainer.train_save_evaluate(run_dir)
         counts = {"eval_examples": evaluated, "train_examples": len(rows["train"]["targets"]),
                   "train_loss": train_output.training_loss,
                   "train_runtime_s": train_output.metrics.get("train_runtime")}

@@ -370,7 +370,6 @@ def make_trainer(args, model, tokenizer, train_features, eval_examples, eval_fea
     class QuestionAnsweringTrainer(finetuning.ModelFolderTrainer):
         last_answers: dict[str, dict] = {}  # {question id: best_answers' dict} of the latest evaluation
         last_scores: dict[str, float] = {}  # compute_squad_metrics of the latest evaluation
-        last_eval_step = -1
 
         def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
             output = self.predict(model_inputs, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
@@ -447,10 +446,7 @@ def main(argv: list[str] | None = None) -> None:
             f"questions ({len(eval_features):,} windows)")
         finetuning.prepare_loggers(args, run_dir)
         trainer = make_trainer(args, model, tokenizer, train_features, validation, eval_features, run_dir)
-        train_output = trainer.train()
-        trainer.save_model(str(run_dir))
-        if trainer.last_eval_step != trainer.state.global_step:  # else the last scheduled evaluation was at the end
-            trainer.evaluate()
+        train_output = trainer.train_save_evaluate(run_dir)
         counts = {"eval_samples": len(validation), "eval_windows": len(eval_features), "train_samples": len(train),
                   "train_windows": len(train_features), "train_loss": train_output.training_loss,
                   "train_runtime_s": train_output.metrics.get("train_runtime")}

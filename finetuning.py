@@ -314,6 +314,16 @@ class ModelFolderTrainer(Trainer):
     write a bare state dict for our models, which are not PreTrainedModels. Set `tokenizer_to_save` first."""
 
     tokenizer_to_save = None
+    last_eval_step = -1  # the step of the last evaluation; the task's `evaluate` sets it
+
+    def train_save_evaluate(self, run_dir: Path):
+        """Train, save the model into the run folder, and evaluate the final model unless the last scheduled
+        evaluation was at the last step. Returns the Trainer's TrainOutput."""
+        output = self.train()
+        self.save_model(str(run_dir))
+        if self.last_eval_step != self.state.global_step:
+            self.evaluate()
+        return output
 
     def _save(self, output_dir=None, state_dict=None):
         if self.args.should_save:

@@ -362,14 +362,21 @@ class Interrupted(Exception):
 _RUNNING: dict = {"pid": None}  # the process of the run in progress, whose forked children are its workers
 
 
+def _exit_by_signal(signum, frame) -> None:
+    """SIGTERM in a forked worker: exit by unwinding, not on the spot. A worker waiting for its next task holds the
+    task queue's lock; dying there (SIG_DFL), as under a SIGTERM to the whole process group, would leave the lock
+    taken, and Pool.terminate() in the parent waits for that lock forever. SystemExit releases it on the way out."""
+    raise SystemExit(128 + signum)
+
+
 def _after_fork_in_child() -> None:
     """In every process forked by a run (our tokenising workers, and datasets' num_proc workers): the default
-    SIGINT/SIGTERM (so that a pool's terminate() ends it, not the parent's handler), and death with the parent even
-    by SIGKILL (Linux prctl PR_SET_PDEATHSIG), so that no worker outlives a killed run."""
+    SIGINT and an exit on SIGTERM (so that a pool's terminate() ends it, not the parent's handler), and death with
+    the parent even by SIGKILL (Linux prctl PR_SET_PDEATHSIG), so that no worker outlives a killed run."""
     if _RUNNING["pid"] is None or os.getppid() != _RUNNING["pid"]:
         return
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, _exit_by_signal)
     with contextlib.suppress(Exception):
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
     if os.getppid() == 1:  # the parent died before prctl

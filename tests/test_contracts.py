@@ -25,6 +25,7 @@ import batches
 import checkpoints as ckpt
 import classification_run_folder
 import finetune_roberta_qa as finetune
+import finetuning
 import folders
 import init_from
 import model_folder
@@ -254,8 +255,8 @@ def test_the_run_folder_as_train_writes_it_is_what_every_reader_reads(run, store
     for folder in (latest, run_folder.final_model_dir(run)):  # model folders: fine-tuning and --init_from read them
         assert model_folder.check(folder) == folder
         assert model_folder.recorded_tokenizer(folder) == tokenizer_identity(opened.tokenizer)
-        finetune.check_backbone(finetune.parse_args(["--pretrained_backbone", "pretrained", "--dataset", "demo",
-                                                     "--path_to_pretrained_backbone", str(folder)]))
+        finetuning.check_backbone(finetune.parse_args(["--pretrained_backbone", "pretrained", "--dataset", "demo",
+                                                       "--path_to_pretrained_backbone", str(folder)]))
     with pytest.raises(ValueError, match=f"is a train.py run folder, not a model: pass {run / 'final_model'}"):
         model_folder.check(run)
     assert not list(run_folder.checkpoints_dir(run).glob("tmp-*")) and not run_folder.final_model_tmp(run).exists()
