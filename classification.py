@@ -21,10 +21,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from utils import UsageError
+from utils import UsageError, first_line
 
 # ----------------------------------------------------------------------------------------------------------------
 # GLUE
@@ -314,6 +315,40 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------------------------
 # Inputs and predictions
 # ----------------------------------------------------------------------------------------------------------------
+
+DATA_SUFFIXES = {".csv": "csv", ".json": "json", ".jsonl": "json"}  # a data file's suffix -> datasets' builder
+
+
+def load_data_file(path: str, flag: str, **kwargs):
+    """A CSV or JSON lines file (`path`, given as `flag`) as a datasets.Dataset; a file datasets cannot parse is one
+    UsageError with the parser's own reason (datasets logs it as an extra line and raises a generic error)."""
+    import datasets
+
+    builder = DATA_SUFFIXES[Path(path).suffix.lower()]
+    verbosity = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its "Failed to read file ..." line: said below
+    try:
+        return datasets.load_dataset(builder, data_files=str(Path(path).expanduser()), split="train", **kwargs)
+    except Exception as error:  # malformed CSV or JSON: say which file and the parser's reason
+        cause = error
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        raise UsageError(f"{flag} {path} could not be read as {builder} ({type(cause).__name__}: "
+                         f"{first_line(cause, 200)})") from None
+    finally:
+        datasets.logging.set_verbosity(verbosity)
+
+
+
+def check_texts(values: Sequence, column: str, where: str) -> int:
+    """A text column's values are text (the tokenizer fails on anything else with a message that names neither the
+    row nor the column): UsageError on the first row that is missing or not a string. Returns how many are empty
+    (or only spaces), which the tokenizer accepts as a text of no words."""
+    for row, value in enumerate(values, start=1):
+        if not isinstance(value, str):
+            what = "has no text" if value is None else f"holds {value!r} ({type(value).__name__}), not text"
+            raise UsageError(f"{where}: row {row:,} {what} in column {column!r}; every row needs its text")
+    return sum(not value.strip() for value in values)
 
 
 def encode(tokenizer, texts: Sequence[str], pairs: Sequence[str] | None, max_length: int) -> tuple[dict, int]:

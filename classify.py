@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from datasets import load_dataset
 
 import classification as cls
 import classification_run_folder
@@ -40,7 +39,6 @@ from utils import (
     HelpFormatter,
     UsageError,
     add_running_flags,
-    first_line,
     looks_local,
     pick_device,
     run_cli,
@@ -115,7 +113,7 @@ def check_request(args: argparse.Namespace) -> None:
         if not path.is_file():
             raise UsageError(f"--input_file {args.input_file} does not exist" if not path.exists() else
                              f"--input_file {args.input_file} is a folder, not a file")
-        if path.suffix.lower() not in (".csv", ".json", ".jsonl"):
+        if path.suffix.lower() not in cls.DATA_SUFFIXES:
             raise UsageError(f"--input_file {args.input_file}: expected a .csv, .json or .jsonl file")
         check_output(args)
     else:
@@ -180,13 +178,7 @@ def label_texts(args: argparse.Namespace, model, tokenizer) -> None:
 def read_rows(args: argparse.Namespace, trained) -> tuple[list[str], list[str] | None, list | None]:
     """(texts, second texts or None, gold labels or None) of --input_file. The text columns: the flags', else the
     ones the model was fine-tuned on (`trained`), else sentence, or sentence1 and sentence2."""
-    path = Path(args.input_file).expanduser()
-    builder = "csv" if path.suffix.lower() == ".csv" else "json"
-    try:
-        data = load_dataset(builder, data_files=str(path), split="train")
-    except Exception as error:
-        raise UsageError(f"--input_file {args.input_file} could not be read as {builder} ({type(error).__name__}: "
-                         f"{first_line(error, 200)})") from None
+    data = cls.load_data_file(args.input_file, "--input_file")
     columns, (trained_first, trained_second) = data.column_names, trained or (None, None)
     first = args.text_column or next((c for c in (trained_first, "sentence", "sentence1") if c in columns), None)
     if args.text_pair_column or trained_first:
@@ -199,8 +191,13 @@ def read_rows(args: argparse.Namespace, trained) -> tuple[list[str], list[str] |
                              f"(its columns: {', '.join(columns)}); name it with {flag}")
     if len(data) == 0:
         raise UsageError(f"--input_file {args.input_file} has no rows")
-    gold = data[args.label_column] if args.label_column in columns else None
-    return data[first], data[second] if second else None, gold
+    gold = list(data[args.label_column]) if args.label_column in columns else None
+    texts, pairs = list(data[first]), list(data[second]) if second else None
+    for values, column in ((texts, first), (pairs, second)):
+        if values is not None and (empty := cls.check_texts(values, column, f"--input_file {args.input_file}")):
+            print(f"warning: --input_file {args.input_file} has {empty:,} empty texts in column {column!r} (labelled "
+                  "as a text of no words)", file=sys.stderr, flush=True)
+    return texts, pairs, gold
 
 
 def label_file(args: argparse.Namespace, model, tokenizer, columns) -> None:

@@ -97,7 +97,6 @@ from utils import (
     run_cli,
 )
 
-DATA_SUFFIXES = {".csv": "csv", ".json": "json", ".jsonl": "json"}
 EPILOG = f"""examples:
   # roberta-base on RTE with the paper's recipe: downloads roberta-base (~500 MB) and RTE (~1 MB); use a GPU
   python finetune_roberta_classification.py --task_name rte --experiment_name rte_roberta_base
@@ -202,7 +201,7 @@ def check_data_file(flag: str, path: Path) -> None:
         raise UsageError(f"{flag} {path} does not exist")
     if not path.is_file():
         raise UsageError(f"{flag} {path} is a folder, not a file (a folder of data files is a --dataset_name)")
-    if path.suffix.lower() not in DATA_SUFFIXES:
+    if path.suffix.lower() not in cls.DATA_SUFFIXES:
         raise UsageError(f"{flag} {path}: expected a .csv, .json or .jsonl file (JSON lines: one example a line)")
 
 
@@ -283,16 +282,10 @@ def load_local_files(args: argparse.Namespace):
     """--train_file and --validation_file (CSV or JSON lines); an empty or unreadable one is a UsageError."""
     parts = {}
     for key, path in (("train", args.train_file), ("validation", args.validation_file)):
-        builder = DATA_SUFFIXES[Path(path).suffix.lower()]
-        if not has_rows(Path(path).expanduser(), header=builder == "csv"):
+        if not has_rows(Path(path).expanduser(), header=cls.DATA_SUFFIXES[Path(path).suffix.lower()] == "csv"):
             raise UsageError(f"--{key}_file {path} is empty: there is nothing to "
                              f"{'train on' if key == 'train' else 'score'}")
-        try:
-            parts[key] = load_dataset(builder, data_files=str(Path(path).expanduser()), split="train",
-                                      **cache_kwargs(args))
-        except Exception as error:  # malformed CSV or JSON: say which file and why
-            raise UsageError(f"--{key}_file {path} could not be read as {builder} ({type(error).__name__}: "
-                             f"{first_line(error, 200)})") from None
+        parts[key] = cls.load_data_file(path, f"--{key}_file", **cache_kwargs(args))
     return DatasetDict(parts)
 
 
@@ -365,8 +358,13 @@ def check_examples(examples: dict, args: argparse.Namespace) -> tuple[dict, cls.
             raise UsageError(f"{where[split]} has no label column {args.label_column!r} (its columns: "
                              f"{', '.join(data.column_names)}); name it with --label_column")
         first, second = text_columns(args, data.column_names, where[split])
-        rows[split] = {"texts": data[first], "pairs": data[second] if second else None,
-                       "labels": data[args.label_column], "columns": (first, second)}
+        # lists, not datasets' lazy Columns: select_samples and the tokenizer index them as lists
+        rows[split] = {"texts": list(data[first]), "pairs": list(data[second]) if second else None,
+                       "labels": list(data[args.label_column]), "columns": (first, second)}
+        empty = sum(cls.check_texts(rows[split][key], column, where[split])
+                    for key, column in (("texts", first), ("pairs", second)) if column)
+        if empty:
+            notes.append(f"warning: {where[split]} has {empty:,} empty texts (read as a text of no words)")
     if args.task:
         for split in rows:
             rows[split]["labels"] = cls.task_label_names(args.task, rows[split]["labels"])

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import math
 import os
 import sys
 import time
@@ -116,12 +117,14 @@ def add_training_flags(parser: argparse.ArgumentParser, title: str, unit: str, d
 def check_numbers(args: argparse.Namespace, positive: list[str], non_negative: list[str]) -> None:
     """UsageError for the first flag out of its range (a flag left unset, None, is not checked), and for the
     --warmup_steps, --max_train_samples, --max_eval_samples and --path_to_cache_dir every script has."""
-    for names, bad, what in ((positive, lambda v: not v > 0, "must be positive"),  # NaN too
-                             (non_negative, lambda v: not v >= 0, "must not be negative"),
+    for names, bad, what in ((positive, lambda v: not 0 < v < math.inf, "must be a positive number"),  # NaN, inf
+                             (non_negative, lambda v: not 0 <= v < math.inf, "must be a number, not negative"),
                              (["max_train_samples", "max_eval_samples"], lambda v: v < 1, "must be at least 1")):
         for name in names:
             if getattr(args, name) is not None and bad(getattr(args, name)):
                 raise UsageError(f"--{name} {what}, got {getattr(args, name)}")
+    if not 0 <= args.seed < 2**32:  # numpy's seeding (the Trainer seeds it) takes no other
+        raise UsageError(f"--seed must be between 0 and 2**32 - 1 ({2**32 - 1}), got {args.seed}")
     if args.warmup_steps >= 1 and args.warmup_steps != int(args.warmup_steps):
         raise UsageError(f"--warmup_steps {args.warmup_steps}: give a whole number of steps or a fraction below 1")
     cache = Path(args.path_to_cache_dir).expanduser() if args.path_to_cache_dir else None
@@ -194,13 +197,13 @@ def load_backbone_parts(args: argparse.Namespace, check_tokenizer: Callable | No
     --path_to_cache_dir. Every failure is a UsageError naming the flag. `check_tokenizer(tokenizer, config, source)`
     replaces the identity check with a task's own, which must include it (qa.check_qa_tokenizer)."""
     source, flag = backbone_source(args), backbone_flag(args)
-    tokenizer = load_tokenizer(source, flag=flag, cache_dir=args.path_to_cache_dir)
-    try:
+    try:  # the model first: its errors say a missing folder is one, and that the Hub is offline
         folder = model_folder.resolve(source, need_weights=args.pretrained_backbone != "random",
                                       cache_dir=args.path_to_cache_dir)
         config = RobertaConfig.from_pretrained(folder)
     except ValueError as error:
         raise UsageError(f"{flag}: {error}") from None
+    tokenizer = load_tokenizer(source, flag=flag, cache_dir=args.path_to_cache_dir)
     if args.max_seq_length is not None and args.max_seq_length > config.max_sequence_length:
         raise UsageError(f"--max_seq_length {args.max_seq_length} is longer than {source} allows "
                          f"({config.max_sequence_length} tokens)")

@@ -40,6 +40,7 @@ def load_tokenizer(name_or_path: str | os.PathLike, *, flag: str, cache_dir: str
     needs on top (a <mask> token, a fast tokenizer with offsets)."""
     # transformers here, not above: it takes seconds and pulls torch, and this module's identity rule is imported by
     # model.py (model_folder) and prepare_data.py, which must start fast (CONTRIBUTING.md, imports)
+    from huggingface_hub import constants as hub_constants
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -56,8 +57,11 @@ def load_tokenizer(name_or_path: str | os.PathLike, *, flag: str, cache_dir: str
         return AutoTokenizer.from_pretrained(str(folder) if folder.is_dir() else name, cache_dir=cache_dir)
     except Exception as error:  # OSError, ValueError, HTTP errors...: all mean "cannot use this name"
         reason = first_line(error)
+        offline = "HF_HUB_OFFLINE=1 is set and the Hub cache holds no copy of it; download it where the Hub is " \
+                  "reachable, or give a local tokenizer folder" if hub_constants.HF_HUB_OFFLINE else \
+                  "check the name and the network, or give a local tokenizer folder"
         where = "the folder's tokenizer files could not be read" if folder.is_dir() else (
-            "not a reachable Hub id; check the name and the network, or give a local tokenizer folder")
+            f"not a reachable Hub id; {offline}")
         raise UsageError(f"{flag} {name}: {where} ({reason})") from None
     finally:
         hf_logging.set_verbosity(verbosity)
