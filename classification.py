@@ -18,7 +18,9 @@ Sections:
 
 from __future__ import annotations
 
+import itertools
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,7 +173,15 @@ def infer_label_space(values: Sequence, problem_type: str | None, where: str) ->
     missing = [i for i, v in enumerate(values) if v is None or isinstance(v, float) and math.isnan(v) or v == ""]
     if missing:
         raise UsageError(f"{where}: {len(missing):,} rows have no label (the first is row {missing[0] + 1})")
+    if (row := next((i for i, v in enumerate(values) if isinstance(v, list | dict)), None)) is not None:
+        raise UsageError(f"{where}: row {row + 1} has the label {values[row]!r}, a {type(values[row]).__name__}; "
+                         "each row needs one label, a class or a number (several labels per row is not supported)")
     fractional = next((v for v in values if isinstance(v, float) and not v.is_integer()), None)
+    if problem_type is None and fractional is None and all(isinstance(v, str) and _is_number(v) for v in values) \
+            and (text := next((v for v in values if not float(v).is_integer()), None)) is not None:
+        raise UsageError(f"{where}: the labels are text that reads as numbers ({text!r}): say whether they are a "
+                         "number per example (--problem_type regression) or the names of classes (--problem_type "
+                         "classification)")
     if problem_type == "regression":
         if bad := next((v for v in values if not _is_number(v)), None):
             raise UsageError(f"{where}: label {bad!r} is not a number, but the task is a regression (a number per "
@@ -319,12 +329,18 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 DATA_SUFFIXES = {".csv": "csv", ".json": "json", ".jsonl": "json"}  # a data file's suffix -> datasets' builder
 
 
-def load_data_file(path: str, flag: str, **kwargs):
-    """A CSV or JSON lines file (`path`, given as `flag`) as a datasets.Dataset; a file datasets cannot parse is one
-    UsageError with the parser's own reason (datasets logs it as an extra line and raises a generic error)."""
+def load_data_file(path: str, flag: str, nothing_to: str, **kwargs):
+    """A CSV or JSON lines file (`path`, given as `flag`) as a datasets.Dataset. A file without a row (a CSV file
+    with only its header) is a UsageError saying there is nothing `nothing_to` ("train on", "label"), and one that
+    datasets cannot parse is one with the parser's own reason (datasets logs it as an extra line and raises a
+    generic error). `kwargs` go to datasets.load_dataset."""
     import datasets
 
     builder = DATA_SUFFIXES[Path(path).suffix.lower()]
+    if not _has_rows(Path(path).expanduser(), header=builder == "csv"):
+        raise UsageError(f"{flag} {path} is empty: there is nothing to {nothing_to}")
+    if not sys.stderr.isatty():
+        datasets.disable_progress_bars()  # "Generating train split" bars, in a log
     verbosity = datasets.logging.get_verbosity()
     datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its "Failed to read file ..." line: said below
     try:
@@ -337,6 +353,13 @@ def load_data_file(path: str, flag: str, **kwargs):
                          f"{first_line(cause, 200)})") from None
     finally:
         datasets.logging.set_verbosity(verbosity)
+
+
+def _has_rows(path: Path, header: bool) -> bool:
+    """Whether a data file has a row beyond its header (read only as far as that row)."""
+    with open(path, "rb") as f:
+        lines = (line for line in f if line.strip())
+        return next(itertools.islice(lines, int(header), None), None) is not None
 
 
 

@@ -58,7 +58,6 @@ spearmanr and mse.
 from __future__ import annotations
 
 import argparse
-import itertools
 import os
 import random
 import sys
@@ -280,20 +279,9 @@ def load_named_dataset(args: argparse.Namespace):
 
 def load_local_files(args: argparse.Namespace):
     """--train_file and --validation_file (CSV or JSON lines); an empty or unreadable one is a UsageError."""
-    parts = {}
-    for key, path in (("train", args.train_file), ("validation", args.validation_file)):
-        if not has_rows(Path(path).expanduser(), header=cls.DATA_SUFFIXES[Path(path).suffix.lower()] == "csv"):
-            raise UsageError(f"--{key}_file {path} is empty: there is nothing to "
-                             f"{'train on' if key == 'train' else 'score'}")
-        parts[key] = cls.load_data_file(path, f"--{key}_file", **cache_kwargs(args))
-    return DatasetDict(parts)
-
-
-def has_rows(path: Path, header: bool) -> bool:
-    """Whether a data file has a row beyond its header (read only as far as that row)."""
-    with open(path, "rb") as f:
-        lines = (line for line in f if line.strip())
-        return next(itertools.islice(lines, int(header), None), None) is not None
+    return DatasetDict({key: cls.load_data_file(path, f"--{key}_file", "train on" if key == "train" else "score",
+                                                **cache_kwargs(args))
+                        for key, path in (("train", args.train_file), ("validation", args.validation_file))})
 
 
 def load_examples(args: argparse.Namespace):
@@ -415,8 +403,9 @@ def featurize(rows: dict, tokenizer, max_length: int) -> tuple[dict, list[str]]:
     notes = []
     if any(truncated.values()):
         counts = ", ".join(f"{n:,} of {len(rows[split]['targets']):,} {split}" for split, n in truncated.items() if n)
-        notes.append(f"note: {counts} inputs are longer than --max_seq_length {max_length} tokens and are truncated "
-                     "(a pair loses tokens from its longer text)")
+        pairs = " (a pair loses tokens from its longer text)" if rows["train"]["pairs"] is not None else ""
+        notes.append(f"note: {counts} inputs are longer than --max_seq_length {max_length} tokens and are "
+                     f"truncated{pairs}")
     return features, notes
 
 
