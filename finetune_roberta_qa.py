@@ -460,6 +460,10 @@ def main(argv: list[str] | None = None) -> None:
                 log(line)
     except (Stopped, KeyboardInterrupt) as stop:
         raise finetuning.stopped("finetune_roberta_qa", stop, run_dir, started=lock is not None) from None
+    except Exception as error:  # a full disk is one line that says how to start again; anything else is a bug
+        if lock is None or (full := finetuning.disk_full(error, run_dir)) is None:
+            raise
+        raise full from None
     finally:
         if lock is not None:
             lock.release()

@@ -33,15 +33,18 @@ from folders import FolderLock, OutputKind, check_output_folder, remove_own_outp
 from model import RobertaConfig
 from tokenization import load_tokenizer, tokenizer_mismatch
 from utils import (
+    DiskFull,
     ScriptExit,
     UsageError,
     duration,
     elapsed_and_eta,
     exit_code_for_signal,
+    first_line,
     is_main_process,
     library_versions,
     log,
     looks_local,
+    out_of_space,
     stop_signal_name,
     wandb_offline_unless_logged_in,
 )
@@ -350,6 +353,16 @@ def stopped(script: str, stop: BaseException, run_dir: Path, started: bool) -> S
             "nothing was written")
     return ScriptExit(f"{script}: stopped by {name} before the run finished; {left} ({run_dir})",
                       exit_code_for_signal(signum))
+
+
+def disk_full(error: Exception, run_dir: Path) -> ScriptExit | None:
+    """A full disk while the run wrote (the Trainer's checkpoint, the model, the results) as one line that says how
+    to start again (fine-tuning does not resume, and the run folder now holds an unfinished run); None for any other
+    error."""
+    if not out_of_space(error):
+        return None
+    return DiskFull(f"{type(error).__name__}: {first_line(error)}; the run in {run_dir} did not finish: free space "
+                    "and run the same command with --overwrite")
 
 
 def resolve_bf16(args: argparse.Namespace) -> None:
