@@ -559,3 +559,18 @@ def test_a_malformed_file_is_one_line_on_the_command_line(tmp_path, published, p
     assert result.returncode == 2 and not (tmp_path / "runs").exists()
     [line] = result.stderr.strip().splitlines()
     assert "could not be read as csv (ParserError: Error tokenizing data. C error: Expected 2 fields in line 3" in line
+
+
+@pytest.mark.parametrize(("flags", "expected"), [
+    (["--acceptability_sentences", "-3"], "--acceptability_sentences must not be negative"),
+    (["--acceptability_sentences", "99999"], "the demo world has sentences about 16,620 training entities"),
+    (["--acceptability_epochs", "nan"], "--acceptability_epochs must be a positive number, got nan"),
+])
+def test_the_demos_classification_flags_are_checked_before_its_first_step(flags, expected, capsys):
+    """They were used only after pretraining and both QA runs: minutes in, then a traceback or a failed step."""
+    import demo
+
+    with pytest.raises(SystemExit) as stop:
+        demo.parse_args(flags)
+    assert stop.value.code == 2 and expected in capsys.readouterr().err
+    assert demo.parse_args(["--acceptability_sentences", "0", "--acceptability_epochs", "nan"])  # the step skipped
