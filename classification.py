@@ -22,7 +22,7 @@ import itertools
 import math
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +111,7 @@ class LabelSpace:
     """What the model predicts: `names` of the classes in index order, or a number (`names` is None)."""
 
     names: tuple[str, ...] | None
+    origin: str = field(default="the training data", compare=False)  # whose labels they are, for messages
 
     @property
     def regression(self) -> bool:
@@ -133,8 +134,8 @@ class LabelSpace:
         index = {name: i for i, name in enumerate(self.names)}
         unknown = [v for v in values if _label_name(v) not in index]
         if unknown:
-            examples = ", ".join(sorted({repr(_label_name(v)) for v in unknown})[:3])
-            raise UsageError(f"{where}: {len(unknown):,} rows have labels the training data never has ({examples}); "
+            examples = ", ".join(sorted({repr(_clip(_label_name(v))) for v in unknown})[:3])
+            raise UsageError(f"{where}: {len(unknown):,} rows have labels {self.origin} never has ({examples}); "
                              f"the model can only predict {_short(self.names)}")
         return [index[_label_name(v)] for v in values]
 
@@ -149,8 +150,13 @@ def _label_name(value) -> str:
     return str(value)
 
 
+def _clip(text: str, limit: int = 40) -> str:
+    """A label as shown in a message: a long one (a sentence given as the label column) cut short."""
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def _short(names: Sequence[str], limit: int = 6) -> str:
-    shown = ", ".join(map(repr, names[:limit]))
+    shown = ", ".join(repr(_clip(name)) for name in names[:limit])
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
@@ -209,14 +215,15 @@ def task_label_space(task: GlueTask, values: Sequence, where: str) -> LabelSpace
         return infer_label_space(values, "regression", where)
     if next((v for v in values if isinstance(v, float) and not v.is_integer()), None) is not None:
         infer_label_space(values, "classification", where)  # raises: a regression target for a classification task
-    return LabelSpace(task.labels)
+    return LabelSpace(task.labels, origin=f"GLUE {task.title}")
 
 
 def task_label_names(task: GlueTask, values: Sequence) -> list:
     """A GLUE split's labels as class names: nyu-mll/glue stores indices into the task's names."""
     if task.regression:
         return list(values)
-    return [task.labels[int(v)] if _is_number(v) and 0 <= int(v) < len(task.labels) else v for v in values]
+    return [task.labels[int(float(v))] if _is_number(v) and float(v).is_integer() and 0 <= float(v) < len(task.labels)
+            else v for v in values]  # float(): "1" and "1.0" in a text column too; anything else is named as it is
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -256,7 +256,7 @@ def write_lines(path: str, rows: list[dict]) -> None:
 def print_scores(model, gold: list, results: list[dict]) -> None:
     regression = model.config.problem_type == "regression"
     names = None if regression else tuple(model.config.id2label[i] for i in range(model.config.num_labels))
-    space = cls.LabelSpace(names)
+    space = cls.LabelSpace(names, origin="the model")
     try:
         targets = np.asarray(space.encode(gold, "--input_file's labels"))
     except UsageError as error:

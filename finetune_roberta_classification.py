@@ -330,6 +330,12 @@ def text_columns(args: argparse.Namespace, columns: list[str], where: str) -> tu
     for flag, column in (("--text_column", first), ("--text_pair_column", second)):
         if column is not None and column not in columns:
             raise UsageError(f"{where} has no column {column!r} ({flag}; its columns: {', '.join(columns)})")
+        if column == args.label_column:
+            raise UsageError(f"column {column!r} would be both the text ({flag}) and the label (--label_column): the "
+                             "model would read its answer; name the text and the label columns apart")
+    if first == second:
+        raise UsageError(f"column {first!r} would be both texts of a pair (--text_column and --text_pair_column); "
+                         "name the second text's column, or leave --text_pair_column out for single texts")
     return first, second
 
 
@@ -606,6 +612,7 @@ def prepare(args: argparse.Namespace):
     tokenizer, config, folder, provenance = load_backbone(args)
     if not sys.stderr.isatty():
         datasets.disable_progress_bars()
+        hf_logging.disable_progress_bar()  # transformers' "Writing model shards" bar (--implementation transformers)
     examples = load_examples(args)
     rows, space, data_record, data_notes = check_examples(examples, args)
     rows = select_samples(rows, args)

@@ -310,6 +310,13 @@ def _bad_inputs(tmp_path, published, pair_files):
                                         "runs/nothere", *files], "there is no folder"),
         "random with the default Hub backbone, offline": (["--pretrained_backbone", "random", *files],
                                                           "HF_HUB_OFFLINE=1 is set and the Hub cache holds no copy"),
+        "the label column as the text": ([*backbone, *files, "--text_column", "label"],
+                                         "column 'label' would be both the text (--text_column) and the label"),
+        "one column for both texts": ([*backbone, *files, "--text_pair_column", "sentence1"],
+                                      "column 'sentence1' would be both texts of a pair"),
+        "a GLUE label out of the task's range": ([*backbone, "--task_name", "mrpc", "--train_file", numbers_as_text,
+                                                  "--validation_file", numbers_as_text],
+                                                 "rows have labels GLUE MRPC never has ("),
     }
 
 
@@ -319,7 +326,8 @@ BAD_CASES = ["no label column", "validation labels training never saw", "regress
              "no data", "one file only", "not a data file", "sequence longer than the model",
              "a row without its second text", "labels that are lists", "labels that are text reading as fractions",
              "a malformed CSV file", "a seed numpy refuses", "an infinite learning rate", "a mistyped backbone folder",
-             "random with the default Hub backbone, offline"]
+             "random with the default Hub backbone, offline", "the label column as the text",
+             "one column for both texts", "a GLUE label out of the task's range"]
 
 
 @pytest.mark.parametrize("case", BAD_CASES)
