@@ -640,6 +640,7 @@ def main(argv: list[str] | None = None) -> None:
         finetuning.prepare_loggers(args, run_dir)
         trainer = make_trainer(args, model, tokenizer, features, rows, space, run_dir)
         train_output = trainer.train()
+        finetuning.check_finite_weights(trainer, args)
         trainer.save_model(str(run_dir))
         if trainer.last_eval_step != trainer.state.global_step:  # else the last scheduled evaluation was at the end
             trainer.evaluate()

@@ -365,6 +365,21 @@ def disk_full(error: Exception, run_dir: Path) -> ScriptExit | None:
                     "and run the same command with --overwrite")
 
 
+def check_finite_weights(trainer: Trainer, args: argparse.Namespace) -> None:
+    """After training, before the model is saved: weights that became NaN or infinite (a learning rate far too high)
+    would be saved and scored as a model (argmax of NaN is class 0, so the scores even look plausible), and the
+    Trainer's log shows such losses as 0. One line instead, nothing saved as a model."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    bad = sum(not torch.isfinite(p).all() for p in model.parameters())
+    if not bad:
+        return
+    first = next((entry["step"] for entry in trainer.state.log_history for key in ("loss", "grad_norm")
+                  if isinstance(entry.get(key), float) and not math.isfinite(entry[key])), None)
+    seen = f", first seen in the log at step {first}" if first is not None else ""
+    raise ScriptExit(f"error: training diverged: {bad} weight tensors hold NaN or infinite values{seen}; no model was "
+                     f"saved. Lower --learning_rate ({args.learning_rate:g}) and run the same command with --overwrite")
+
+
 def resolve_bf16(args: argparse.Namespace) -> None:
     if args.bf16 is None:
         args.bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()

@@ -227,6 +227,9 @@ def load_fine_tuned(name: str, model_class, head_weight: str, *, head: str, scri
                              f"fine-tune it with {script} --pretrained_backbone pretrained "
                              f"--path_to_pretrained_backbone {name}")
         model = model_class.from_pretrained(folder)
+        if bad := [weight for weight, p in model.named_parameters() if not torch.isfinite(p).all()]:
+            raise UsageError(f"--model {name}: {len(bad)} of its weight tensors hold NaN or infinite values (the "
+                             f"first: {bad[0]}): its training diverged, and every output would be NaN")
     except ValueError as error:
         if not Path(name).expanduser().exists():  # a mistyped local path, or a Hub id (resolve says which)
             raise UsageError(f"--model {name} does not exist: {error}") from None

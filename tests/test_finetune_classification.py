@@ -582,3 +582,25 @@ def test_the_demos_classification_flags_are_checked_before_its_first_step(flags,
         demo.parse_args(flags)
     assert stop.value.code == 2 and expected in capsys.readouterr().err
     assert demo.parse_args(["--acceptability_sentences", "0", "--acceptability_epochs", "nan"])  # the step skipped
+
+
+def test_weights_that_diverged_are_neither_saved_nor_labelled_with(published, pair_files, classifier_dir, tmp_path):
+    """A learning rate far too high made NaN weights that were saved and scored (argmax of NaN is class 0, the
+    Trainer logs NaN losses as 0), and classify.py printed 'absent (nan)'. One line each instead."""
+    import torch
+
+    import finetuning
+    from model import RobertaForSequenceClassification
+
+    with pytest.raises(finetuning.ScriptExit, match=r"^error: training diverged: \d+ weight tensors hold NaN"):
+        finetune.main(_published_args(published, pair_files, tmp_path, "nan", "--num_train_epochs", "1",
+                                      "--learning_rate", "1e6", "--max_eval_samples", "3"))
+    assert "model.safetensors" not in {p.name for p in (tmp_path / "nan").iterdir()}  # no model
+    model = RobertaForSequenceClassification.from_pretrained(classifier_dir)
+    with torch.no_grad():
+        model.classifier.dense.weight[0, 0] = float("nan")
+    shutil.copytree(classifier_dir, tmp_path / "c")
+    model.save_pretrained(tmp_path / "c")
+    with pytest.raises(UsageError, match="1 of its weight tensors hold NaN or infinite values .the first: "
+                                         "classifier.dense.weight.: its training diverged"):
+        classify.main(["--model", str(tmp_path / "c"), "--text", "the king"])
