@@ -95,7 +95,19 @@ def check_output(args: argparse.Namespace) -> None:
                       overwrite=args.overwrite, kinds=(CLASSIFICATION_RUN, QA_RUN, PRETRAINING_RUN, STORE),
                       model=args.model if looks_local(args.model) else None,
                       model_files=(*CLASSIFICATION_RUN.made, *model_folder.FILES, TRAINER_STATE),
-                      example_name="labels.jsonl")
+                      example_name="labels.jsonl", is_own_output=is_labels_file)
+
+
+def is_labels_file(path: Path) -> bool:
+    """Whether a file is what --output receives (one JSON object a line, each with index, label and score), so that
+    --overwrite replaces only such a file, never a data file named by mistake. An empty file counts as one."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            first = f.readline()
+        row = json.loads(first) if first.strip() else {"index": 0, "label": "", "score": 0}
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(row, dict) and {"index", "label", "score"} <= row.keys()
 
 
 def check_request(args: argparse.Namespace) -> None:
@@ -118,8 +130,9 @@ def check_request(args: argparse.Namespace) -> None:
             raise UsageError(f"--input_file {args.input_file}: expected a .csv, .json or .jsonl file")
         check_output(args)
     else:
-        if args.output:
-            raise UsageError("--output goes with --input_file; labels of --text are printed")
+        for flag in ("output", "text_column", "text_pair_column", "label_column"):
+            if getattr(args, flag):
+                raise UsageError(f"--{flag} goes with --input_file; --text is labelled as given and printed")
         if any(not text.strip() for text in args.text + (args.text_pair or [])):
             raise UsageError("--text is empty; give something to label")
         if args.text_pair and len(args.text_pair) != len(args.text):

@@ -451,11 +451,13 @@ def classifier_dir(tiny_tokenizer, tmp_path_factory):
     (["--input_file", "{dev}", "--output", "{tmp}"], "is a folder; give a file name"),
     (["--text", "a", "--output", "{tmp}/x.jsonl"], "--output goes with --input_file"),
     (["--text", "a", "--max_seq_length", "100"], "--max_seq_length 100 is longer than the model allows"),
+    (["--text", "a", "--text_column", "review"], "--text_column goes with --input_file"),
+    (["--input_file", "{dev}", "--output", "{data}", "--overwrite"], "is not an output of this script"),
 ])
 def test_classify_bad_input_is_one_clear_error(extra, expected, classifier_dir, pair_files, tmp_path):
-    (tmp_path / "exists.jsonl").write_text("mine")
+    (tmp_path / "exists.jsonl").write_text("mine")  # not labels: even --overwrite leaves it (a data file, say)
     values = {"dev": str(pair_files[1]), "model": str(classifier_dir), "exists": str(tmp_path / "exists.jsonl"),
-              "tmp": str(tmp_path)}
+              "tmp": str(tmp_path), "data": str(tmp_path / "exists.jsonl")}
     with pytest.raises(UsageError) as error:
         classify.main(["--model", str(classifier_dir), *[e.format(**values) for e in extra]])
     assert expected in str(error.value) and "\n" not in str(error.value), str(error.value)
@@ -538,6 +540,10 @@ def test_classify_names_a_qa_model_and_checks_its_file_before_labelling(classifi
     err = capsys.readouterr().err
     assert "labelling the text of column 'sentence', scored against 'label'" in err
     assert "note: 1 of 2 inputs are longer than --max_seq_length 24 tokens and are truncated\n" in err
+    (tmp_path / "out.jsonl").write_text("")  # its own labels (or an empty file) --overwrite does replace
+    classify.main(["--model", str(classifier_dir), "--input_file", str(tmp_path / "rows.jsonl"), "--output",
+                   str(tmp_path / "out.jsonl"), "--overwrite"])
+    assert [json.loads(line)["index"] for line in (tmp_path / "out.jsonl").read_text().splitlines()] == [0, 1]
 
 
 def test_a_full_disk_during_fine_tuning_is_one_line_that_says_to_overwrite(published, pair_files, tmp_path,
