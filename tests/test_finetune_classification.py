@@ -265,6 +265,8 @@ def _bad_inputs(tmp_path, published, pair_files):
     (other / "config.json").write_text(json.dumps({**config, "vocab_size": 50265}))
     files = ["--train_file", train, "--validation_file", dev]
     backbone = ["--huggingface_model_name", published]
+    (tmp_path / "unfinished").mkdir()
+    (tmp_path / "unfinished" / classification_run_folder.RUN_RECORD).write_text("{}")
     return {
         "no label column": ([*backbone, "--train_file", no_label, "--validation_file", dev],
                             "has no label column 'label' (its columns: text, target); name it with --label_column"),
@@ -312,6 +314,9 @@ def _bad_inputs(tmp_path, published, pair_files):
                                                           "HF_HUB_OFFLINE=1 is set and the Hub cache holds no copy"),
         "the label column as the text": ([*backbone, *files, "--text_column", "label"],
                                          "column 'label' would be both the text (--text_column) and the label"),
+        "an unfinished run as the backbone": (["--pretrained_backbone", "pretrained", "--path_to_pretrained_backbone",
+                                               tmp_path / "unfinished", *files],
+                                              "classification run folder that holds no model yet: its run has not"),
         "one column for both texts": ([*backbone, *files, "--text_pair_column", "sentence1"],
                                       "column 'sentence1' would be both texts of a pair"),
         "a GLUE label out of the task's range": ([*backbone, "--task_name", "mrpc", "--train_file", numbers_as_text,
@@ -327,7 +332,7 @@ BAD_CASES = ["no label column", "validation labels training never saw", "regress
              "a row without its second text", "labels that are lists", "labels that are text reading as fractions",
              "a malformed CSV file", "a seed numpy refuses", "an infinite learning rate", "a mistyped backbone folder",
              "random with the default Hub backbone, offline", "the label column as the text",
-             "one column for both texts", "a GLUE label out of the task's range"]
+             "one column for both texts", "a GLUE label out of the task's range", "an unfinished run as the backbone"]
 
 
 @pytest.mark.parametrize("case", BAD_CASES)
