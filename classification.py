@@ -126,7 +126,8 @@ class LabelSpace:
 
     def encode(self, values: Sequence, where: str) -> list:
         """The model's targets for a split's label values: class indices, or floats; UsageError on a value that is
-        not one of the classes (naming it, and how many rows have such values)."""
+        not one of the classes (naming it, and how many rows have such values), or a row without a label."""
+        _refuse_missing(values, where)
         if self.names is None:
             if (bad := next((v for v in values if not _is_number(v)), None)) is not None:
                 raise UsageError(f"{where}: label {bad!r} is not a number, but the task is a regression")
@@ -176,9 +177,7 @@ def infer_label_space(values: Sequence, problem_type: str | None, where: str) ->
     numerically, text alphabetically, as run_glue.py orders them), numbers with a fraction a regression target.
     `problem_type` ("classification" or "regression", from the flag) insists, and a column that contradicts it is
     a UsageError naming an example value."""
-    missing = [i for i, v in enumerate(values) if v is None or isinstance(v, float) and math.isnan(v) or v == ""]
-    if missing:
-        raise UsageError(f"{where}: {len(missing):,} rows have no label (the first is row {missing[0] + 1})")
+    _refuse_missing(values, where)
     if (row := next((i for i, v in enumerate(values) if isinstance(v, list | dict)), None)) is not None:
         raise UsageError(f"{where}: row {row + 1} has the label {values[row]!r}, a {type(values[row]).__name__}; "
                          "each row needs one label, a class or a number (several labels per row is not supported)")
@@ -203,6 +202,13 @@ def infer_label_space(values: Sequence, problem_type: str | None, where: str) ->
         raise UsageError(f"{where}: every row has the label {names[0]!r}; a classifier needs at least two classes "
                          "(or --problem_type regression for a numeric target)")
     return LabelSpace(tuple(names))
+
+
+def _refuse_missing(values: Sequence, where: str) -> None:
+    """UsageError when rows have no label (null, empty, NaN: a CSV's empty cell), counted, the first named."""
+    missing = [i for i, v in enumerate(values) if v is None or isinstance(v, float) and math.isnan(v) or v == ""]
+    if missing:
+        raise UsageError(f"{where}: {len(missing):,} rows have no label (the first is row {missing[0] + 1})")
 
 
 def _is_integer_text(text: str) -> bool:

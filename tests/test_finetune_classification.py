@@ -265,6 +265,9 @@ def _bad_inputs(tmp_path, published, pair_files):
     (other / "config.json").write_text(json.dumps({**config, "vocab_size": 50265}))
     files = ["--train_file", train, "--validation_file", dev]
     backbone = ["--huggingface_model_name", published]
+    dev_rows = [json.loads(line) for line in dev.read_text().splitlines()]
+    unlabelled = _write_jsonl(tmp_path / "unlabelled.jsonl", [{**r, "label": None} if i == 2 else r
+                                                             for i, r in enumerate(dev_rows)])
     (tmp_path / "unfinished").mkdir()
     (tmp_path / "unfinished" / classification_run_folder.RUN_RECORD).write_text("{}")
     return {
@@ -317,6 +320,8 @@ def _bad_inputs(tmp_path, published, pair_files):
         "an unfinished run as the backbone": (["--pretrained_backbone", "pretrained", "--path_to_pretrained_backbone",
                                                tmp_path / "unfinished", *files],
                                               "classification run folder that holds no model yet: its run has not"),
+        "validation rows without a label": ([*backbone, "--train_file", train, "--validation_file", unlabelled],
+                                            "unlabelled.jsonl: 1 rows have no label (the first is row 3)"),
         "one column for both texts": ([*backbone, *files, "--text_pair_column", "sentence1"],
                                       "column 'sentence1' would be both texts of a pair"),
         "a GLUE label out of the task's range": ([*backbone, "--task_name", "mrpc", "--train_file", numbers_as_text,
@@ -332,7 +337,8 @@ BAD_CASES = ["no label column", "validation labels training never saw", "regress
              "a row without its second text", "labels that are lists", "labels that are text reading as fractions",
              "a malformed CSV file", "a seed numpy refuses", "an infinite learning rate", "a mistyped backbone folder",
              "random with the default Hub backbone, offline", "the label column as the text",
-             "one column for both texts", "a GLUE label out of the task's range", "an unfinished run as the backbone"]
+             "one column for both texts", "a GLUE label out of the task's range", "an unfinished run as the backbone",
+             "validation rows without a label"]
 
 
 @pytest.mark.parametrize("case", BAD_CASES)
@@ -615,3 +621,21 @@ def test_weights_that_diverged_are_neither_saved_nor_labelled_with(published, pa
     with pytest.raises(UsageError, match="1 of its weight tensors hold NaN or infinite values .the first: "
                                          "classifier.dense.weight.: its training diverged"):
         classify.main(["--model", str(tmp_path / "c"), "--text", "the king"])
+
+
+def test_predictions_keep_a_text_whose_column_is_named_like_a_record_key(tmp_path):
+    """A text column named `prediction` (or `index`) lost its text (or the index) to the record's own key."""
+    import numpy as np
+
+    import classification as cls
+
+    rows = {"validation": {"texts": ["the king", "the queen"], "pairs": ["north", "south"], "targets": [0, 1],
+                           "columns": ("prediction", "index")}}
+    logits = {"validation": np.array([[2.0, 0.0], [0.0, 1.0]])}
+    path = tmp_path / classification_run_folder.PREDICTIONS_FILE
+    classification_run_folder.write_predictions(path, [("", "validation")], logits, rows,
+                                                cls.LabelSpace(("absent", "present")))
+    first, second = classification_run_folder.read_predictions(tmp_path)
+    assert (first["prediction_text"], first["index_text"], first["index"], first["prediction"]) == (
+        "the king", "north", 0, "absent")
+    assert (second["index"], second["prediction"], second["label"]) == (1, "present", "present")
