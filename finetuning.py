@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from transformers import PrinterCallback, ProgressCallback, Trainer, TrainerCallback, TrainingArguments
 
+import classification_run_folder
 import model_folder
 import qa_run_folder
 import run_folder
@@ -185,6 +186,12 @@ def check_backbone(args: argparse.Namespace) -> None:
         raise UsageError("--path_to_pretrained_backbone is used by --pretrained_backbone pretrained or random; "
                          "for pretrained_huggingface give --huggingface_model_name")
     if looks_local(backbone_source(args)):
+        folder = Path(backbone_source(args)).expanduser()
+        for script, record in (("finetune_roberta_qa.py", qa_run_folder.RUN_RECORD),
+                               ("finetune_roberta_classification.py", classification_run_folder.RUN_RECORD)):
+            if qa_run_folder.unfinished_run(folder, record):
+                raise UsageError(f"{backbone_flag(args)}: {backbone_source(args)} is a {script} run folder that holds "
+                                 "no model yet: its run has not finished, or was stopped before it saved one")
         try:
             model_folder.check(backbone_source(args), need_weights=args.pretrained_backbone != "random")
         except ValueError as error:

@@ -80,13 +80,6 @@ def check(path: str | os.PathLike, need_weights: bool = True) -> Path:
         if hint := run_folder.model_folders_in(folder):
             what = "checkpoints folder" if run_folder.step_folders(folder) else "run folder"
             raise ValueError(f"{path} is a train.py {what}, not a model: pass {hint}")
-        from classification_run_folder import CLASSIFICATION_RUN  # they name their folders by this module's files
-        from qa_run_folder import QA_RUN
-
-        if kind := next((k for k in (CLASSIFICATION_RUN, QA_RUN) if any((folder / r).is_file() for r in k.records)),
-                        None):
-            raise ValueError(f"{path} is a {kind.script} {kind.description} that holds no model yet: its run has not "
-                             "finished, or was stopped before it saved one")
         raise ValueError(f"{path} holds no {CONFIG_FILE}, so no model: expected a train.py "
                          f"{run_folder.MODEL_FOLDERS} folder, or a transformers-format RoBERTa folder")
     if need_weights and weights_file(folder) is None:

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from huggingface_hub import constants as hub_constants
 from tokenizers import AddedToken, ByteLevelBPETokenizer
 
 from utils import UsageError, first_line, looks_local
@@ -40,7 +41,6 @@ def load_tokenizer(name_or_path: str | os.PathLike, *, flag: str, cache_dir: str
     needs on top (a <mask> token, a fast tokenizer with offsets)."""
     # transformers here, not above: it takes seconds and pulls torch, and this module's identity rule is imported by
     # model.py (model_folder) and prepare_data.py, which must start fast (CONTRIBUTING.md, imports)
-    from huggingface_hub import constants as hub_constants
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 

@@ -45,7 +45,8 @@ import code_stats  # noqa: E402
 # training-only libraries of the modules the notebook imports, the heavy libraries of modules imported everywhere.
 ALLOWED_INNER_IMPORTS = {("store.py", "datasets"), ("corpora.py", "datasets"), ("batches.py", "accelerate"),
                          ("metrics.py", "matplotlib"), ("utils.py", "torch"), ("tokenization.py", "transformers"),
-                         ("checkpoints.py", "deepspeed")}
+                         ("checkpoints.py", "deepspeed"),
+                         ("classification.py", "datasets")}  # load_data_file: classify.py and the notebook start light
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -319,7 +319,7 @@ def _bad_inputs(tmp_path, published, pair_files):
                                          "column 'label' would be both the text (--text_column) and the label"),
         "an unfinished run as the backbone": (["--pretrained_backbone", "pretrained", "--path_to_pretrained_backbone",
                                                tmp_path / "unfinished", *files],
-                                              "classification run folder that holds no model yet: its run has not"),
+                                              "classification.py run folder that holds no model yet: its run has not"),
         "validation rows without a label": ([*backbone, "--train_file", train, "--validation_file", unlabelled],
                                             "unlabelled.jsonl: 1 rows have no label (the first is row 3)"),
         "one column for both texts": ([*backbone, *files, "--text_pair_column", "sentence1"],
