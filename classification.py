@@ -382,7 +382,8 @@ def check_texts(values: Sequence, column: str, where: str) -> int:
     (or only spaces), which the tokenizer accepts as a text of no words."""
     for row, value in enumerate(values, start=1):
         if not isinstance(value, str):
-            what = "has no text" if value is None else f"holds {value!r} ({type(value).__name__}), not text"
+            empty = value is None or isinstance(value, float) and math.isnan(value)  # a CSV's empty cell is NaN
+            what = "has no text" if empty else f"holds {value!r} ({type(value).__name__}), not text"
             raise UsageError(f"{where}: row {row:,} {what} in column {column!r}; every row needs its text")
     return sum(not value.strip() for value in values)
 

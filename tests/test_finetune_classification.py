@@ -538,9 +538,12 @@ def test_classify_names_a_qa_model_and_checks_its_file_before_labelling(classifi
                                                              "columns: sentence, label)"),
              "empty.jsonl": ([], [], "empty.jsonl is empty: there is nothing to label"),
              "no_text.jsonl": ([rows[0], {"sentence": None, "label": "absent"}], [],
-                               "no_text.jsonl: row 2 has no text in column 'sentence'")}
+                               "no_text.jsonl: row 2 has no text in column 'sentence'"),
+             "no_text.csv": (None, [], "no_text.csv: row 2 has no text in column 'sentence'")}  # an empty cell
+    (tmp_path / "no_text.csv").write_text("sentence,label\nthe king,present\n,absent\n")
     for name, (content, extra, expected) in cases.items():
-        _write_jsonl(tmp_path / name, content)
+        if content is not None:
+            _write_jsonl(tmp_path / name, content)
         with pytest.raises(UsageError) as error:
             classify.main(["--model", str(classifier_dir), "--input_file", str(tmp_path / name), "--output",
                            str(tmp_path / "out.jsonl"), *extra])
