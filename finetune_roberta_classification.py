@@ -265,8 +265,9 @@ def load_named_dataset(args: argparse.Namespace):
     if not path.exists():
         if looks_local(name):
             raise UsageError(f"--dataset_name {name} does not exist (a local folder, or a Hub id owner/name)")
+        # the whole repository (its layout is its own); a mistyped folder is said to be one too
         path = hub_snapshot(name, args.dataset_revision or "main", None, args.path_to_cache_dir,
-                            f"--dataset_name {name}")  # the whole repository: its layout is its own
+                            f"--dataset_name {name} (there is no folder {path.absolute()}; as a Hub id)")
         args.data_revision = path.name
     try:
         parts = {key: load_dataset(str(path), args.dataset_config_name, split=split, **cache_kwargs(args))

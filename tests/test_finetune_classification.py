@@ -320,6 +320,8 @@ def _bad_inputs(tmp_path, published, pair_files):
         "an unfinished run as the backbone": (["--pretrained_backbone", "pretrained", "--path_to_pretrained_backbone",
                                                tmp_path / "unfinished", *files],
                                               "classification.py run folder that holds no model yet: its run has not"),
+        "a mistyped dataset folder": ([*backbone, "--dataset_name", "my_data/pairs"],
+                                      "(there is no folder "),
         "validation rows without a label": ([*backbone, "--train_file", train, "--validation_file", unlabelled],
                                             "unlabelled.jsonl: 1 rows have no label (the first is row 3)"),
         "one column for both texts": ([*backbone, *files, "--text_pair_column", "sentence1"],
@@ -338,7 +340,7 @@ BAD_CASES = ["no label column", "validation labels training never saw", "regress
              "a malformed CSV file", "a seed numpy refuses", "an infinite learning rate", "a mistyped backbone folder",
              "random with the default Hub backbone, offline", "the label column as the text",
              "one column for both texts", "a GLUE label out of the task's range", "an unfinished run as the backbone",
-             "validation rows without a label"]
+             "validation rows without a label", "a mistyped dataset folder"]
 
 
 @pytest.mark.parametrize("case", BAD_CASES)
