@@ -296,7 +296,7 @@ def test_a_logger_that_is_not_installed_and_bf16_without_a_gpu_are_one_line(tmp_
     import torch
     from transformers.integrations import get_available_reporting_integrations
 
-    absent = next((name for name in finetune.REPORTERS[2:] if name not in get_available_reporting_integrations()),
+    absent = next((name for name in finetuning.REPORTERS[2:] if name not in get_available_reporting_integrations()),
                   None)
     if absent:
         result = _run(*_args(tmp_path, squad_files, backbone_dir, "--report_to", absent))
