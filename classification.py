@@ -18,14 +18,17 @@ Sections:
 
 from __future__ import annotations
 
+import itertools
 import math
+import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from utils import UsageError
+from utils import UsageError, first_line
 
 # ----------------------------------------------------------------------------------------------------------------
 # GLUE
@@ -109,6 +112,7 @@ class LabelSpace:
     """What the model predicts: `names` of the classes in index order, or a number (`names` is None)."""
 
     names: tuple[str, ...] | None
+    origin: str = field(default="the training data", compare=False)  # whose labels they are, for messages
 
     @property
     def regression(self) -> bool:
@@ -123,7 +127,8 @@ class LabelSpace:
 
     def encode(self, values: Sequence, where: str) -> list:
         """The model's targets for a split's label values: class indices, or floats; UsageError on a value that is
-        not one of the classes (naming it, and how many rows have such values)."""
+        not one of the classes (naming it, and how many rows have such values), or a row without a label."""
+        _refuse_missing(values, where)
         if self.names is None:
             if (bad := next((v for v in values if not _is_number(v)), None)) is not None:
                 raise UsageError(f"{where}: label {bad!r} is not a number, but the task is a regression")
@@ -131,8 +136,8 @@ class LabelSpace:
         index = {name: i for i, name in enumerate(self.names)}
         unknown = [v for v in values if _label_name(v) not in index]
         if unknown:
-            examples = ", ".join(sorted({repr(_label_name(v)) for v in unknown})[:3])
-            raise UsageError(f"{where}: {len(unknown):,} rows have labels the training data never has ({examples}); "
+            examples = ", ".join(sorted({repr(_clip(_label_name(v))) for v in unknown})[:3])
+            raise UsageError(f"{where}: {len(unknown):,} rows have labels {self.origin} never has ({examples}); "
                              f"the model can only predict {_short(self.names)}")
         return [index[_label_name(v)] for v in values]
 
@@ -147,8 +152,13 @@ def _label_name(value) -> str:
     return str(value)
 
 
+def _clip(text: str, limit: int = 40) -> str:
+    """A label as shown in a message: a long one (a sentence given as the label column) cut short."""
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def _short(names: Sequence[str], limit: int = 6) -> str:
-    shown = ", ".join(map(repr, names[:limit]))
+    shown = ", ".join(repr(_clip(name)) for name in names[:limit])
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
@@ -168,10 +178,16 @@ def infer_label_space(values: Sequence, problem_type: str | None, where: str) ->
     numerically, text alphabetically, as run_glue.py orders them), numbers with a fraction a regression target.
     `problem_type` ("classification" or "regression", from the flag) insists, and a column that contradicts it is
     a UsageError naming an example value."""
-    missing = [i for i, v in enumerate(values) if v is None or isinstance(v, float) and math.isnan(v) or v == ""]
-    if missing:
-        raise UsageError(f"{where}: {len(missing):,} rows have no label (the first is row {missing[0] + 1})")
+    _refuse_missing(values, where)
+    if (row := next((i for i, v in enumerate(values) if isinstance(v, list | dict)), None)) is not None:
+        raise UsageError(f"{where}: row {row + 1} has the label {values[row]!r}, a {type(values[row]).__name__}; "
+                         "each row needs one label, a class or a number (several labels per row is not supported)")
     fractional = next((v for v in values if isinstance(v, float) and not v.is_integer()), None)
+    if problem_type is None and fractional is None and all(isinstance(v, str) and _is_number(v) for v in values) \
+            and (text := next((v for v in values if not float(v).is_integer()), None)) is not None:
+        raise UsageError(f"{where}: the labels are text that reads as numbers ({text!r}): say whether they are a "
+                         "number per example (--problem_type regression) or the names of classes (--problem_type "
+                         "classification)")
     if problem_type == "regression":
         if bad := next((v for v in values if not _is_number(v)), None):
             raise UsageError(f"{where}: label {bad!r} is not a number, but the task is a regression (a number per "
@@ -189,6 +205,13 @@ def infer_label_space(values: Sequence, problem_type: str | None, where: str) ->
     return LabelSpace(tuple(names))
 
 
+def _refuse_missing(values: Sequence, where: str) -> None:
+    """UsageError when rows have no label (null, empty, NaN: a CSV's empty cell), counted, the first named."""
+    missing = [i for i, v in enumerate(values) if v is None or isinstance(v, float) and math.isnan(v) or v == ""]
+    if missing:
+        raise UsageError(f"{where}: {len(missing):,} rows have no label (the first is row {missing[0] + 1})")
+
+
 def _is_integer_text(text: str) -> bool:
     return text.lstrip("-").isdigit()
 
@@ -199,14 +222,15 @@ def task_label_space(task: GlueTask, values: Sequence, where: str) -> LabelSpace
         return infer_label_space(values, "regression", where)
     if next((v for v in values if isinstance(v, float) and not v.is_integer()), None) is not None:
         infer_label_space(values, "classification", where)  # raises: a regression target for a classification task
-    return LabelSpace(task.labels)
+    return LabelSpace(task.labels, origin=f"GLUE {task.title}")
 
 
 def task_label_names(task: GlueTask, values: Sequence) -> list:
     """A GLUE split's labels as class names: nyu-mll/glue stores indices into the task's names."""
     if task.regression:
         return list(values)
-    return [task.labels[int(v)] if _is_number(v) and 0 <= int(v) < len(task.labels) else v for v in values]
+    return [task.labels[int(float(v))] if _is_number(v) and float(v).is_integer() and 0 <= float(v) < len(task.labels)
+            else v for v in values]  # float(): "1" and "1.0" in a text column too; anything else is named as it is
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -315,6 +339,54 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------------------------
 # Inputs and predictions
 # ----------------------------------------------------------------------------------------------------------------
+
+DATA_SUFFIXES = {".csv": "csv", ".json": "json", ".jsonl": "json"}  # a data file's suffix -> datasets' builder
+
+
+def load_data_file(path: str, flag: str, nothing_to: str, **kwargs):
+    """A CSV or JSON lines file (`path`, given as `flag`) as a datasets.Dataset. A file without a row (a CSV file
+    with only its header) is a UsageError saying there is nothing `nothing_to` ("train on", "label"), and one that
+    datasets cannot parse is one with the parser's own reason (datasets logs it as an extra line and raises a
+    generic error). `kwargs` go to datasets.load_dataset."""
+    import datasets
+
+    builder = DATA_SUFFIXES[Path(path).suffix.lower()]
+    if not _has_rows(Path(path).expanduser(), header=builder == "csv"):
+        raise UsageError(f"{flag} {path} is empty: there is nothing to {nothing_to}")
+    if not sys.stderr.isatty():
+        datasets.disable_progress_bars()  # "Generating train split" bars, in a log
+    verbosity = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its "Failed to read file ..." line: said below
+    try:
+        return datasets.load_dataset(builder, data_files=str(Path(path).expanduser()), split="train", **kwargs)
+    except Exception as error:  # malformed CSV or JSON: say which file and the parser's reason
+        cause = error
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        raise UsageError(f"{flag} {path} could not be read as {builder} ({type(cause).__name__}: "
+                         f"{first_line(cause, 200)})") from None
+    finally:
+        datasets.logging.set_verbosity(verbosity)
+
+
+def _has_rows(path: Path, header: bool) -> bool:
+    """Whether a data file has a row beyond its header (read only as far as that row)."""
+    with open(path, "rb") as f:
+        lines = (line for line in f if line.strip())
+        return next(itertools.islice(lines, int(header), None), None) is not None
+
+
+
+def check_texts(values: Sequence, column: str, where: str) -> int:
+    """A text column's values are text (the tokenizer fails on anything else with a message that names neither the
+    row nor the column): UsageError on the first row that is missing or not a string. Returns how many are empty
+    (or only spaces), which the tokenizer accepts as a text of no words."""
+    for row, value in enumerate(values, start=1):
+        if not isinstance(value, str):
+            empty = value is None or isinstance(value, float) and math.isnan(value)  # a CSV's empty cell is NaN
+            what = "has no text" if empty else f"holds {value!r} ({type(value).__name__}), not text"
+            raise UsageError(f"{where}: row {row:,} {what} in column {column!r}; every row needs its text")
+    return sum(not value.strip() for value in values)
 
 
 def encode(tokenizer, texts: Sequence[str], pairs: Sequence[str] | None, max_length: int) -> tuple[dict, int]:

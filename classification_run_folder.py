@@ -90,9 +90,10 @@ def write_predictions(path: Path, splits: list[tuple[str, str]], logits: dict, r
         for _, split in splits:
             data, first, second = rows[split], *rows[split]["columns"]
             probabilities = None if space.regression else cls.softmax(logits[split])
+            first_key, second_key = (_text_key(column) for column in (first, second))
             for i, target in enumerate(data["targets"]):
-                row = {"split": split, "index": i, first: data["texts"][i],
-                       **({second: data["pairs"][i]} if second else {}), "label": space.decode(target)}
+                row = {"split": split, "index": i, first_key: data["texts"][i],
+                       **({second_key: data["pairs"][i]} if second else {}), "label": space.decode(target)}
                 if space.regression:
                     row["prediction"] = float(logits[split][i].reshape(-1)[0])
                 else:
@@ -100,6 +101,15 @@ def write_predictions(path: Path, splits: list[tuple[str, str]], logits: dict, r
                     row |= {"prediction": space.decode(best), "probability": round(float(probabilities[i][best]), 4)}
                 out.write(json.dumps(row, ensure_ascii=False) + "\n")
     os.replace(tmp, path)
+
+
+_PREDICTION_KEYS = ("split", "index", "label", "prediction", "probability")
+
+
+def _text_key(column: str | None) -> str | None:
+    """A text's key in PREDICTIONS_FILE: its column's name, unless that is one of the record's own keys (a text
+    column named `index` would lose the index, one named `prediction` the text)."""
+    return f"{column}_text" if column in _PREDICTION_KEYS else column
 
 
 def write_results(run_dir: Path, args: argparse.Namespace, results: dict, splits: list[tuple[str, str]],

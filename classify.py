@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from datasets import load_dataset
 
 import classification as cls
 import classification_run_folder
@@ -40,7 +39,6 @@ from utils import (
     HelpFormatter,
     UsageError,
     add_running_flags,
-    first_line,
     looks_local,
     pick_device,
     run_cli,
@@ -71,7 +69,8 @@ def build_parser() -> ArgumentParser:
                        help="column of the (first) text; unset: the run's, else sentence or sentence1")
     files.add_argument("--text_pair_column", default=None,
                        help="column of the second text; unset: the run's, else sentence2 beside sentence1")
-    files.add_argument("--label_column", default="label", help="column of gold labels to score against, if present")
+    files.add_argument("--label_column", default=None,
+                       help="column of gold labels to score against; unset: `label` where the file has one")
     files.add_argument("--output", default=None, help="where --input_file's labels go (JSON lines)")
     files.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     run = add_running_flags(p, "inputs")
@@ -96,7 +95,19 @@ def check_output(args: argparse.Namespace) -> None:
                       overwrite=args.overwrite, kinds=(CLASSIFICATION_RUN, QA_RUN, PRETRAINING_RUN, STORE),
                       model=args.model if looks_local(args.model) else None,
                       model_files=(*CLASSIFICATION_RUN.made, *model_folder.FILES, TRAINER_STATE),
-                      example_name="labels.jsonl")
+                      example_name="labels.jsonl", is_own_output=is_labels_file)
+
+
+def is_labels_file(path: Path) -> bool:
+    """Whether a file is what --output receives (one JSON object a line, each with index, label and score), so that
+    --overwrite replaces only such a file, never a data file named by mistake. An empty file counts as one."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            first = f.readline()
+        row = json.loads(first) if first.strip() else {"index": 0, "label": "", "score": 0}
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(row, dict) and {"index", "label", "score"} <= row.keys()
 
 
 def check_request(args: argparse.Namespace) -> None:
@@ -115,12 +126,13 @@ def check_request(args: argparse.Namespace) -> None:
         if not path.is_file():
             raise UsageError(f"--input_file {args.input_file} does not exist" if not path.exists() else
                              f"--input_file {args.input_file} is a folder, not a file")
-        if path.suffix.lower() not in (".csv", ".json", ".jsonl"):
+        if path.suffix.lower() not in cls.DATA_SUFFIXES:
             raise UsageError(f"--input_file {args.input_file}: expected a .csv, .json or .jsonl file")
         check_output(args)
     else:
-        if args.output:
-            raise UsageError("--output goes with --input_file; labels of --text are printed")
+        for flag in ("output", "text_column", "text_pair_column", "label_column"):
+            if getattr(args, flag):
+                raise UsageError(f"--{flag} goes with --input_file; --text is labelled as given and printed")
         if any(not text.strip() for text in args.text + (args.text_pair or [])):
             raise UsageError("--text is empty; give something to label")
         if args.text_pair and len(args.text_pair) != len(args.text):
@@ -150,11 +162,24 @@ def load_model(args: argparse.Namespace):
     if args.max_seq_length > longest:
         raise UsageError(f"--max_seq_length {args.max_seq_length} is longer than the model allows ({longest} tokens)")
     columns = classification_run_folder.trained_columns(folder)
-    if columns and (columns[1] is None) == bool(args.text_pair):
-        trained = "pairs of texts" if columns[1] else "single texts"
-        print(f"warning: {args.model} was fine-tuned on {trained}; what it is given here it has never seen",
-              file=sys.stderr, flush=True)
     return model.to(pick_device(args.device)), tokenizer, columns
+
+
+def warn_unlike_training(args: argparse.Namespace, trained, pairs_given: bool) -> None:
+    """A single text given to a model fine-tuned on pairs, or the reverse: it works, but the model has never seen it."""
+    if trained and (trained[1] is not None) != pairs_given:
+        print(f"warning: {args.model} was fine-tuned on {'pairs of texts' if trained[1] else 'single texts'}, and is "
+              f"given {'pairs' if pairs_given else 'single texts'} here: inputs of a kind it has never seen",
+              file=sys.stderr, flush=True)
+
+
+def note_truncated(args: argparse.Namespace, tokenizer, texts: list[str], pairs: list[str] | None) -> None:
+    """Say how many inputs are longer than --max_seq_length (each is truncated, as in fine-tuning)."""
+    _, truncated = cls.encode(tokenizer, texts, pairs, args.max_seq_length)
+    if truncated:
+        print(f"note: {truncated:,} of {len(texts):,} inputs are longer than --max_seq_length {args.max_seq_length} "
+              "tokens and are truncated" + (" (a pair loses tokens from its longer text)" if pairs else ""),
+              file=sys.stderr, flush=True)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -162,7 +187,9 @@ def load_model(args: argparse.Namespace):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def label_texts(args: argparse.Namespace, model, tokenizer) -> None:
+def label_texts(args: argparse.Namespace, model, tokenizer, trained) -> None:
+    warn_unlike_training(args, trained, pairs_given=bool(args.text_pair))
+    note_truncated(args, tokenizer, args.text, args.text_pair)
     results = cls.classify_texts(model, tokenizer, args.text, args.text_pair, max_length=args.max_seq_length,
                                  batch_size=args.batch_size)
     for i, (text, result) in enumerate(zip(args.text, results, strict=True)):
@@ -180,13 +207,7 @@ def label_texts(args: argparse.Namespace, model, tokenizer) -> None:
 def read_rows(args: argparse.Namespace, trained) -> tuple[list[str], list[str] | None, list | None]:
     """(texts, second texts or None, gold labels or None) of --input_file. The text columns: the flags', else the
     ones the model was fine-tuned on (`trained`), else sentence, or sentence1 and sentence2."""
-    path = Path(args.input_file).expanduser()
-    builder = "csv" if path.suffix.lower() == ".csv" else "json"
-    try:
-        data = load_dataset(builder, data_files=str(path), split="train")
-    except Exception as error:
-        raise UsageError(f"--input_file {args.input_file} could not be read as {builder} ({type(error).__name__}: "
-                         f"{first_line(error, 200)})") from None
+    data = cls.load_data_file(args.input_file, "--input_file", "label")
     columns, (trained_first, trained_second) = data.column_names, trained or (None, None)
     first = args.text_column or next((c for c in (trained_first, "sentence", "sentence1") if c in columns), None)
     if args.text_pair_column or trained_first:
@@ -199,12 +220,25 @@ def read_rows(args: argparse.Namespace, trained) -> tuple[list[str], list[str] |
                              f"(its columns: {', '.join(columns)}); name it with {flag}")
     if len(data) == 0:
         raise UsageError(f"--input_file {args.input_file} has no rows")
-    gold = data[args.label_column] if args.label_column in columns else None
-    return data[first], data[second] if second else None, gold
+    if args.label_column is not None and args.label_column not in columns:
+        raise UsageError(f"--input_file {args.input_file} has no label column {args.label_column!r} (--label_column; "
+                         f"its columns: {', '.join(columns)})")
+    label_column = args.label_column or ("label" if "label" in columns else None)
+    gold = list(data[label_column]) if label_column else None
+    texts, pairs = list(data[first]), list(data[second]) if second else None
+    for values, column in ((texts, first), (pairs, second)):
+        if values is not None and (empty := cls.check_texts(values, column, f"--input_file {args.input_file}")):
+            print(f"warning: --input_file {args.input_file} has {empty:,} empty texts in column {column!r} (labelled "
+                  "as a text of no words)", file=sys.stderr, flush=True)
+    print(f"labelling the text of column {first!r}" + (f" paired with {second!r}" if second else "") +
+          (f", scored against {label_column!r}" if gold is not None else ""), file=sys.stderr, flush=True)
+    return texts, pairs, gold
 
 
 def label_file(args: argparse.Namespace, model, tokenizer, columns) -> None:
     texts, pairs, gold = read_rows(args, columns)
+    warn_unlike_training(args, columns, pairs_given=pairs is not None)
+    note_truncated(args, tokenizer, texts, pairs)
     start, results = time.perf_counter(), []
     for begin in range(0, len(texts), CHUNK):
         chunk = slice(begin, begin + CHUNK)
@@ -235,7 +269,7 @@ def write_lines(path: str, rows: list[dict]) -> None:
 def print_scores(model, gold: list, results: list[dict]) -> None:
     regression = model.config.problem_type == "regression"
     names = None if regression else tuple(model.config.id2label[i] for i in range(model.config.num_labels))
-    space = cls.LabelSpace(names)
+    space = cls.LabelSpace(names, origin="the model")
     try:
         targets = np.asarray(space.encode(gold, "--input_file's labels"))
     except UsageError as error:
@@ -255,7 +289,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.input_file:
         label_file(args, model, tokenizer, columns)
     else:
-        label_texts(args, model, tokenizer)
+        label_texts(args, model, tokenizer, columns)
 
 
 if __name__ == "__main__":

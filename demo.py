@@ -75,7 +75,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--continued_steps", type=int, default=300,
                    help="updates of continued pretraining on another world's text (0: skip that step)")
     p.add_argument("--continued_documents", type=int, default=2000, help="articles of that world to read")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    check_acceptability_flags(p, args)
+    return args
+
+
+def check_acceptability_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The classification step's flags, checked now rather than after the minutes of pretraining before it."""
+    if args.acceptability_sentences < 0:
+        parser.error(f"--acceptability_sentences must not be negative (0 skips the step), got "
+                     f"{args.acceptability_sentences}")
+    if args.acceptability_sentences:
+        from demo_world import acceptability_capacity
+
+        if args.acceptability_sentences > (most := acceptability_capacity("train")):
+            parser.error(f"--acceptability_sentences {args.acceptability_sentences}: the demo world has sentences "
+                         f"about {most:,} training entities, one each; give at most that")
+        if not 0 < args.acceptability_epochs < float("inf"):
+            parser.error(f"--acceptability_epochs must be a positive number, got {args.acceptability_epochs}")
 
 
 class Progress:

@@ -845,6 +845,11 @@ def generate_acceptability(seed: int = 0, split: str = "train", num_sentences: i
     return rows
 
 
+def acceptability_capacity(split: str = "train", seed: int = 0) -> int:
+    """The most sentences generate_acceptability can give for `split` (one per entity of that split)."""
+    return len(_qa_entities(seed, split))
+
+
 def _swap_two_words(sentence: str, rng: random.Random) -> str:
     """The sentence with two different words swapped, its first word and its final full stop left in place (a
     sentence that starts in lower case or ends without a full stop would give itself away)."""

@@ -58,7 +58,6 @@ spearmanr and mse.
 from __future__ import annotations
 
 import argparse
-import itertools
 import os
 import random
 import sys
@@ -97,7 +96,6 @@ from utils import (
     run_cli,
 )
 
-DATA_SUFFIXES = {".csv": "csv", ".json": "json", ".jsonl": "json"}
 EPILOG = f"""examples:
   # roberta-base on RTE with the paper's recipe: downloads roberta-base (~500 MB) and RTE (~1 MB); use a GPU
   python finetune_roberta_classification.py --task_name rte --experiment_name rte_roberta_base
@@ -202,7 +200,7 @@ def check_data_file(flag: str, path: Path) -> None:
         raise UsageError(f"{flag} {path} does not exist")
     if not path.is_file():
         raise UsageError(f"{flag} {path} is a folder, not a file (a folder of data files is a --dataset_name)")
-    if path.suffix.lower() not in DATA_SUFFIXES:
+    if path.suffix.lower() not in cls.DATA_SUFFIXES:
         raise UsageError(f"{flag} {path}: expected a .csv, .json or .jsonl file (JSON lines: one example a line)")
 
 
@@ -267,8 +265,9 @@ def load_named_dataset(args: argparse.Namespace):
     if not path.exists():
         if looks_local(name):
             raise UsageError(f"--dataset_name {name} does not exist (a local folder, or a Hub id owner/name)")
+        # the whole repository (its layout is its own); a mistyped folder is said to be one too
         path = hub_snapshot(name, args.dataset_revision or "main", None, args.path_to_cache_dir,
-                            f"--dataset_name {name}")  # the whole repository: its layout is its own
+                            f"--dataset_name {name} (there is no folder {path.absolute()}; as a Hub id)")
         args.data_revision = path.name
     try:
         parts = {key: load_dataset(str(path), args.dataset_config_name, split=split, **cache_kwargs(args))
@@ -281,26 +280,9 @@ def load_named_dataset(args: argparse.Namespace):
 
 def load_local_files(args: argparse.Namespace):
     """--train_file and --validation_file (CSV or JSON lines); an empty or unreadable one is a UsageError."""
-    parts = {}
-    for key, path in (("train", args.train_file), ("validation", args.validation_file)):
-        builder = DATA_SUFFIXES[Path(path).suffix.lower()]
-        if not has_rows(Path(path).expanduser(), header=builder == "csv"):
-            raise UsageError(f"--{key}_file {path} is empty: there is nothing to "
-                             f"{'train on' if key == 'train' else 'score'}")
-        try:
-            parts[key] = load_dataset(builder, data_files=str(Path(path).expanduser()), split="train",
-                                      **cache_kwargs(args))
-        except Exception as error:  # malformed CSV or JSON: say which file and why
-            raise UsageError(f"--{key}_file {path} could not be read as {builder} ({type(error).__name__}: "
-                             f"{first_line(error, 200)})") from None
-    return DatasetDict(parts)
-
-
-def has_rows(path: Path, header: bool) -> bool:
-    """Whether a data file has a row beyond its header (read only as far as that row)."""
-    with open(path, "rb") as f:
-        lines = (line for line in f if line.strip())
-        return next(itertools.islice(lines, int(header), None), None) is not None
+    return DatasetDict({key: cls.load_data_file(path, f"--{key}_file", "train on" if key == "train" else "score",
+                                                **cache_kwargs(args))
+                        for key, path in (("train", args.train_file), ("validation", args.validation_file))})
 
 
 def load_examples(args: argparse.Namespace):
@@ -349,6 +331,12 @@ def text_columns(args: argparse.Namespace, columns: list[str], where: str) -> tu
     for flag, column in (("--text_column", first), ("--text_pair_column", second)):
         if column is not None and column not in columns:
             raise UsageError(f"{where} has no column {column!r} ({flag}; its columns: {', '.join(columns)})")
+        if column == args.label_column:
+            raise UsageError(f"column {column!r} would be both the text ({flag}) and the label (--label_column): the "
+                             "model would read its answer; name the text and the label columns apart")
+    if first == second:
+        raise UsageError(f"column {first!r} would be both texts of a pair (--text_column and --text_pair_column); "
+                         "name the second text's column, or leave --text_pair_column out for single texts")
     return first, second
 
 
@@ -365,8 +353,13 @@ def check_examples(examples: dict, args: argparse.Namespace) -> tuple[dict, cls.
             raise UsageError(f"{where[split]} has no label column {args.label_column!r} (its columns: "
                              f"{', '.join(data.column_names)}); name it with --label_column")
         first, second = text_columns(args, data.column_names, where[split])
-        rows[split] = {"texts": data[first], "pairs": data[second] if second else None,
-                       "labels": data[args.label_column], "columns": (first, second)}
+        # lists, not datasets' lazy Columns: select_samples and the tokenizer index them as lists
+        rows[split] = {"texts": list(data[first]), "pairs": list(data[second]) if second else None,
+                       "labels": list(data[args.label_column]), "columns": (first, second)}
+        empty = sum(cls.check_texts(rows[split][key], column, where[split])
+                    for key, column in (("texts", first), ("pairs", second)) if column)
+        if empty:
+            notes.append(f"warning: {where[split]} has {empty:,} empty texts (read as a text of no words)")
     if args.task:
         for split in rows:
             rows[split]["labels"] = cls.task_label_names(args.task, rows[split]["labels"])
@@ -417,8 +410,9 @@ def featurize(rows: dict, tokenizer, max_length: int) -> tuple[dict, list[str]]:
     notes = []
     if any(truncated.values()):
         counts = ", ".join(f"{n:,} of {len(rows[split]['targets']):,} {split}" for split, n in truncated.items() if n)
-        notes.append(f"note: {counts} inputs are longer than --max_seq_length {max_length} tokens and are truncated "
-                     "(a pair loses tokens from its longer text)")
+        pairs = " (a pair loses tokens from its longer text)" if rows["train"]["pairs"] is not None else ""
+        notes.append(f"note: {counts} inputs are longer than --max_seq_length {max_length} tokens and are "
+                     f"truncated{pairs}")
     return features, notes
 
 
@@ -618,6 +612,7 @@ def prepare(args: argparse.Namespace):
     tokenizer, config, folder, provenance = load_backbone(args)
     if not sys.stderr.isatty():
         datasets.disable_progress_bars()
+        hf_logging.disable_progress_bar()  # transformers' "Writing model shards" bar (--implementation transformers)
     examples = load_examples(args)
     rows, space, data_record, data_notes = check_examples(examples, args)
     rows = select_samples(rows, args)
@@ -644,7 +639,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{evaluated:,} evaluation examples")
         finetuning.prepare_loggers(args, run_dir)
         trainer = make_trainer(args, model, tokenizer, features, rows, space, run_dir)
-        train_output = trainer.train_save_evaluate(run_dir)
+        train_output = trainer.train_save_evaluate(run_dir, args.learning_rate)
         counts = {"eval_examples": evaluated, "train_examples": len(rows["train"]["targets"]),
                   "train_loss": train_output.training_loss,
                   "train_runtime_s": train_output.metrics.get("train_runtime")}
@@ -654,6 +649,10 @@ def main(argv: list[str] | None = None) -> None:
                 log(line)
     except (Stopped, KeyboardInterrupt) as stop:
         raise finetuning.stopped("finetune_roberta_classification", stop, run_dir, started=lock is not None) from None
+    except Exception as error:  # a full disk is one line that says how to start again; anything else is a bug
+        if lock is None or (full := finetuning.disk_full(error, run_dir)) is None:
+            raise
+        raise full from None
     finally:
         if lock is not None:
             lock.release()

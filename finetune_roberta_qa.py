@@ -446,7 +446,7 @@ def main(argv: list[str] | None = None) -> None:
             f"questions ({len(eval_features):,} windows)")
         finetuning.prepare_loggers(args, run_dir)
         trainer = make_trainer(args, model, tokenizer, train_features, validation, eval_features, run_dir)
-        train_output = trainer.train_save_evaluate(run_dir)
+        train_output = trainer.train_save_evaluate(run_dir, args.learning_rate)
         counts = {"eval_samples": len(validation), "eval_windows": len(eval_features), "train_samples": len(train),
                   "train_windows": len(train_features), "train_loss": train_output.training_loss,
                   "train_runtime_s": train_output.metrics.get("train_runtime")}
@@ -456,6 +456,10 @@ def main(argv: list[str] | None = None) -> None:
                 log(line)
     except (Stopped, KeyboardInterrupt) as stop:
         raise finetuning.stopped("finetune_roberta_qa", stop, run_dir, started=lock is not None) from None
+    except Exception as error:  # a full disk is one line that says how to start again; anything else is a bug
+        if lock is None or (full := finetuning.disk_full(error, run_dir)) is None:
+            raise
+        raise full from None
     finally:
         if lock is not None:
             lock.release()

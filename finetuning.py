@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import math
 import os
 import sys
 import time
@@ -26,6 +27,7 @@ import torch
 from transformers import PrinterCallback, ProgressCallback, Trainer, TrainerCallback, TrainingArguments
 from transformers.integrations import get_available_reporting_integrations
 
+import classification_run_folder
 import model_folder
 import qa_run_folder
 import run_folder
@@ -33,15 +35,18 @@ from folders import FolderLock, OutputKind, check_output_folder, remove_own_outp
 from model import RobertaConfig
 from tokenization import load_tokenizer, tokenizer_mismatch
 from utils import (
+    DiskFull,
     ScriptExit,
     UsageError,
     duration,
     elapsed_and_eta,
     exit_code_for_signal,
+    first_line,
     is_main_process,
     library_versions,
     log,
     looks_local,
+    out_of_space,
     stop_signal_name,
     wandb_offline_unless_logged_in,
 )
@@ -117,12 +122,14 @@ def add_training_flags(parser: argparse.ArgumentParser, title: str, unit: str, d
 def check_numbers(args: argparse.Namespace, positive: list[str], non_negative: list[str]) -> None:
     """UsageError for the first flag out of its range (a flag left unset, None, is not checked), and for the
     --warmup_steps, --max_train_samples, --max_eval_samples and --path_to_cache_dir every script has."""
-    for names, bad, what in ((positive, lambda v: not v > 0, "must be positive"),  # NaN too
-                             (non_negative, lambda v: not v >= 0, "must not be negative"),
+    for names, bad, what in ((positive, lambda v: not 0 < v < math.inf, "must be a positive number"),  # NaN, inf
+                             (non_negative, lambda v: not 0 <= v < math.inf, "must be a number, not negative"),
                              (["max_train_samples", "max_eval_samples"], lambda v: v < 1, "must be at least 1")):
         for name in names:
             if getattr(args, name) is not None and bad(getattr(args, name)):
                 raise UsageError(f"--{name} {what}, got {getattr(args, name)}")
+    if not 0 <= args.seed < 2**32:  # numpy's seeding (the Trainer seeds it) takes no other
+        raise UsageError(f"--seed must be between 0 and 2**32 - 1 ({2**32 - 1}), got {args.seed}")
     if args.warmup_steps >= 1 and args.warmup_steps != int(args.warmup_steps):
         raise UsageError(f"--warmup_steps {args.warmup_steps}: give a whole number of steps or a fraction below 1")
     cache = Path(args.path_to_cache_dir).expanduser() if args.path_to_cache_dir else None
@@ -178,6 +185,12 @@ def check_backbone(args: argparse.Namespace) -> None:
         raise UsageError("--path_to_pretrained_backbone is used by --pretrained_backbone pretrained or random; "
                          "for pretrained_huggingface give --huggingface_model_name")
     if looks_local(backbone_source(args)):
+        folder = Path(backbone_source(args)).expanduser()
+        for script, record in (("finetune_roberta_qa.py", qa_run_folder.RUN_RECORD),
+                               ("finetune_roberta_classification.py", classification_run_folder.RUN_RECORD)):
+            if qa_run_folder.unfinished_run(folder, record):
+                raise UsageError(f"{backbone_flag(args)}: {backbone_source(args)} is a {script} run folder that holds "
+                                 "no model yet: its run has not finished, or was stopped before it saved one")
         try:
             model_folder.check(backbone_source(args), need_weights=args.pretrained_backbone != "random")
         except ValueError as error:
@@ -193,13 +206,13 @@ def load_backbone_parts(args: argparse.Namespace, check_tokenizer: Callable | No
     --path_to_cache_dir. Every failure is a UsageError naming the flag. `check_tokenizer(tokenizer, config, source)`
     replaces the identity check with a task's own, which must include it (qa.check_qa_tokenizer)."""
     source, flag = backbone_source(args), backbone_flag(args)
-    tokenizer = load_tokenizer(source, flag=flag, cache_dir=args.path_to_cache_dir)
-    try:
+    try:  # the model first: its errors say a missing folder is one, and that the Hub is offline
         folder = model_folder.resolve(source, need_weights=args.pretrained_backbone != "random",
                                       cache_dir=args.path_to_cache_dir)
         config = RobertaConfig.from_pretrained(folder)
     except ValueError as error:
         raise UsageError(f"{flag}: {error}") from None
+    tokenizer = load_tokenizer(source, flag=flag, cache_dir=args.path_to_cache_dir)
     if args.max_seq_length is not None and args.max_seq_length > config.max_sequence_length:
         raise UsageError(f"--max_seq_length {args.max_seq_length} is longer than {source} allows "
                          f"({config.max_sequence_length} tokens)")
@@ -316,10 +329,12 @@ class ModelFolderTrainer(Trainer):
     tokenizer_to_save = None
     last_eval_step = -1  # the step of the last evaluation; the task's `evaluate` sets it
 
-    def train_save_evaluate(self, run_dir: Path):
-        """Train, save the model into the run folder, and evaluate the final model unless the last scheduled
-        evaluation was at the last step. Returns the Trainer's TrainOutput."""
+    def train_save_evaluate(self, run_dir: Path, learning_rate: float):
+        """Train, refuse weights that diverged (check_finite_weights: `learning_rate` is named in its advice), save
+        the model into the run folder, and evaluate the final model unless the last scheduled evaluation was at the
+        last step. Returns the Trainer's TrainOutput."""
         output = self.train()
+        check_finite_weights(self, learning_rate)
         self.save_model(str(run_dir))
         if self.last_eval_step != self.state.global_step:
             self.evaluate()
@@ -356,6 +371,31 @@ def stopped(script: str, stop: BaseException, run_dir: Path, started: bool) -> S
             "nothing was written")
     return ScriptExit(f"{script}: stopped by {name} before the run finished; {left} ({run_dir})",
                       exit_code_for_signal(signum))
+
+
+def disk_full(error: Exception, run_dir: Path) -> ScriptExit | None:
+    """A full disk while the run wrote (the Trainer's checkpoint, the model, the results) as one line that says how
+    to start again (fine-tuning does not resume, and the run folder now holds an unfinished run); None for any other
+    error."""
+    if not out_of_space(error):
+        return None
+    return DiskFull(f"{type(error).__name__}: {first_line(error)}; the run in {run_dir} did not finish: free space "
+                    "and run the same command with --overwrite")
+
+
+def check_finite_weights(trainer: Trainer, learning_rate: float) -> None:
+    """After training, before the model is saved: weights that became NaN or infinite (a learning rate far too high)
+    would be saved and scored as a model (argmax of NaN is class 0, so the scores even look plausible), and the
+    Trainer's log shows such losses as 0. One line instead, nothing saved as a model."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    bad = sum(not torch.isfinite(p).all() for p in model.parameters())
+    if not bad:
+        return
+    first = next((entry["step"] for entry in trainer.state.log_history for key in ("loss", "grad_norm")
+                  if isinstance(entry.get(key), float) and not math.isfinite(entry[key])), None)
+    seen = f", first seen in the log at step {first}" if first is not None else ""
+    raise ScriptExit(f"error: training diverged: {bad} weight tensors hold NaN or infinite values{seen}; no model was "
+                     f"saved. Lower --learning_rate ({learning_rate:g}) and run the same command with --overwrite")
 
 
 def resolve_bf16(args: argparse.Namespace) -> None:

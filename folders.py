@@ -41,6 +41,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,11 +126,13 @@ def refuse_replacing_outputs(path: str | os.PathLike, flag: str, kinds: tuple[Ou
 
 def check_output_file(path: str | os.PathLike, flag: str, *, source: str | os.PathLike, source_flag: str,
                       overwrite: bool, kinds: tuple[OutputKind, ...], model: str | os.PathLike | None = None,
-                      model_files: tuple[str, ...] = (), example_name: str = "out.json") -> None:
+                      model_files: tuple[str, ...] = (), example_name: str = "out.json",
+                      is_own_output: Callable[[Path], bool] | None = None) -> None:
     """The guards of a file a script writes its answers into (ask.py's and classify.py's --output), all before the
     model is loaded: not a folder, not the input (`source`), no file of the model folder read or of any script's
-    output (`refuse_replacing_outputs`), not an existing file without `overwrite`, a folder that exists and can be
-    written. UsageError (one line) otherwise."""
+    output (`refuse_replacing_outputs`), not an existing file without `overwrite`, and with it (when the script can
+    tell its own output by `is_own_output`) only a file it wrote; a folder that exists and can be written.
+    UsageError (one line) otherwise."""
     output = Path(path).expanduser()
     if output.is_dir():
         raise UsageError(f"{flag} {path} is a folder; give a file name, e.g. {output / example_name}")
@@ -138,6 +141,9 @@ def check_output_file(path: str | os.PathLike, flag: str, *, source: str | os.Pa
     refuse_replacing_outputs(output, flag, kinds, model, model_files=model_files)
     if output.exists() and not overwrite:
         raise UsageError(f"{flag} {path} exists; pass --overwrite to replace it, or choose another name")
+    if output.exists() and is_own_output is not None and not is_own_output(output):
+        raise UsageError(f"{flag} {path} exists and is not an output of this script (its first line is not one of "
+                         "its records): even --overwrite replaces only the script's own output; choose another name")
     if not output.parent.is_dir():
         raise UsageError(f"{flag} {path}: the folder {output.parent} does not exist")
     check_writable(output, flag)  # before the first answer, not after the last

@@ -193,6 +193,11 @@ def tokenizer_swapped(folder: str | os.PathLike, tokenizer) -> str | None:
     return f"the tokenizer in {folder} is not the one its model was trained with ({mismatch})"
 
 
+# The task heads of the fine-tuned models this repository makes: their weight -> (what the model is, what uses it)
+FINE_TUNED_HEADS = {"qa_outputs.weight": ("a question-answering model", "ask.py"),
+                    "classifier.out_proj.weight": ("a sentence-classification model", "classify.py")}
+
+
 def load_fine_tuned(name: str, model_class, head_weight: str, *, head: str, script: str, unfinished: bool,
                     saved: list[Path], cache_dir: str | None = None):
     """(model, folder, tokenizer) of a fine-tuned model given as ask.py's or classify.py's --model (a run folder, a
@@ -208,11 +213,16 @@ def load_fine_tuned(name: str, model_class, head_weight: str, *, head: str, scri
                          "run it again"))
     try:
         folder = resolve(name, need_weights=True, cache_dir=cache_dir)
-        if head_weight not in weight_names(folder):
-            raise UsageError(f"--model {name} has no {head}: it is a pretrained backbone, not a fine-tuned model; "
-                             f"fine-tune it first with {script} --pretrained_backbone pretrained "
+        if head_weight not in (names := weight_names(folder)):
+            other = next((f"{what}, for {user}" for weight, (what, user) in FINE_TUNED_HEADS.items()
+                          if weight in names), "a pretrained backbone")
+            raise UsageError(f"--model {name} has no {head}: it is {other}, not a model fine-tuned for this task; "
+                             f"fine-tune it with {script} --pretrained_backbone pretrained "
                              f"--path_to_pretrained_backbone {name}")
         model = model_class.from_pretrained(folder)
+        if bad := [weight for weight, p in model.named_parameters() if not torch.isfinite(p).all()]:
+            raise UsageError(f"--model {name}: {len(bad)} of its weight tensors hold NaN or infinite values (the "
+                             f"first: {bad[0]}): its training diverged, and every output would be NaN")
     except ValueError as error:
         if not Path(name).expanduser().exists():  # a mistyped local path, or a Hub id (resolve says which)
             raise UsageError(f"--model {name} does not exist: {error}") from None

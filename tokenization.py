@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from huggingface_hub import constants as hub_constants
 from tokenizers import AddedToken, ByteLevelBPETokenizer
 
 from utils import UsageError, first_line, looks_local
@@ -56,8 +57,11 @@ def load_tokenizer(name_or_path: str | os.PathLike, *, flag: str, cache_dir: str
         return AutoTokenizer.from_pretrained(str(folder) if folder.is_dir() else name, cache_dir=cache_dir)
     except Exception as error:  # OSError, ValueError, HTTP errors...: all mean "cannot use this name"
         reason = first_line(error)
+        offline = "HF_HUB_OFFLINE=1 is set and the Hub cache holds no copy of it; download it where the Hub is " \
+                  "reachable, or give a local tokenizer folder" if hub_constants.HF_HUB_OFFLINE else \
+                  "check the name and the network, or give a local tokenizer folder"
         where = "the folder's tokenizer files could not be read" if folder.is_dir() else (
-            "not a reachable Hub id; check the name and the network, or give a local tokenizer folder")
+            f"not a reachable Hub id; {offline}")
         raise UsageError(f"{flag} {name}: {where} ({reason})") from None
     finally:
         hf_logging.set_verbosity(verbosity)

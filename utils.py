@@ -92,12 +92,18 @@ class DiskFull(ScriptExit):
         super().__init__(f"error: the disk is full: {what}", EXIT_FAILED)
 
 
+# What torch.save's zip writer raises when a write comes up short (it never sees the errno): a full disk or quota
+TORCH_SHORT_WRITE = ("unexpected pos", "PytorchStreamWriter failed writing")
+
+
 def out_of_space(error: BaseException) -> bool:
     """Whether an error is a full disk (or quota): ENOSPC/EDQUOT as an OSError, or in the text of a library's own
-    error, which safetensors 0.8 raises as SafetensorError ("No space left on device (os error 28)")."""
+    error, which safetensors 0.8 raises as SafetensorError ("No space left on device (os error 28)") and torch.save
+    (the Trainer's optimizer and RNG files) as a RuntimeError of its zip writer."""
     if isinstance(error, OSError):
         return error.errno in DISK_FULL_ERRNOS
-    return any(f"os error {code})" in str(error) for code in DISK_FULL_ERRNOS)
+    return any(f"os error {code})" in str(error) for code in DISK_FULL_ERRNOS) or \
+        isinstance(error, RuntimeError) and any(text in str(error) for text in TORCH_SHORT_WRITE)
 
 
 def run_cli(main: Callable[[], object]) -> None:

@@ -76,7 +76,7 @@ def _published_args(published, pair_files, working_directory, name, *extra):
     train, dev = pair_files
     return ["--huggingface_model_name", str(published), "--train_file", str(train), "--validation_file", str(dev),
             "--working_directory", str(working_directory), "--experiment_name", name, "--num_train_epochs", "2",
-            *TINY, *extra]
+            "--max_train_samples", "40", *TINY, *extra]
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +98,8 @@ def test_a_run_writes_scores_predictions_and_a_model_that_transformers_pipeline_
     assert [e["epoch"] for e in scores["history"]] == [1.0, 2.0]  # evaluated after every epoch (the recipe)
     assert scores["best"]["eval_accuracy"] == max(e["eval_accuracy"] for e in scores["history"])
     assert f"accuracy {100 * scores['eval_accuracy']:.2f}" in result.stdout.strip().splitlines()[-1]
-    assert "note: 1 of 48 train inputs are longer than --max_seq_length 40 tokens and are truncated" in result.stdout
+    assert "note: 1 of 40 train inputs are longer than --max_seq_length 40 tokens and are truncated" in result.stdout
+    assert scores["train_examples"] == 40  # --max_train_samples: a subset of every column (only the labels were cut)
     args = json.loads((run_dir / "classification_args.json").read_text())
     assert args["learning_rate"] == 2e-3 and args["per_device_batch_size"] == 4 and "versions" in args
     predictions = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
@@ -138,7 +139,9 @@ def test_classify_labels_a_file_and_scores_it_against_its_labels(ours_run, pair_
     run_dir, _ = ours_run
     output = tmp_path / "labels.jsonl"
     classify.main(["--model", str(run_dir), "--input_file", str(pair_files[1]), "--output", str(output)])
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "labelling the text of column 'sentence1' paired with 'sentence2', scored against 'label'" in err
+    assert "warning" not in err  # pairs from a file, to a model of pairs: nothing to warn about
     rows = [json.loads(line) for line in output.read_text().splitlines()]
     written = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
     assert [r["label"] for r in rows] == [w["prediction"] for w in written]  # the run's own max_seq_length and columns
@@ -251,12 +254,22 @@ def _bad_inputs(tmp_path, published, pair_files):
     texts = data("texts.jsonl", lambda r: {**r})
     (tmp_path / "broken.jsonl").write_text('{"sentence": "a", "label": 1}\n{"sentence": \n')
     (tmp_path / "header_only.csv").write_text("sentence1,sentence2,label\n\n")
+    (tmp_path / "commas.csv").write_text("sentence,label\nthe king,absent\nthe queen, north, south,present\n")
+    no_second = _write_jsonl(tmp_path / "no_second.jsonl", [r if i != 7 else {**r, "sentence2": None}
+                                                             for i, r in enumerate(rows)])
+    lists = data("lists.jsonl", lambda r: {**r, "label": [r["label"]]})
+    numbers_as_text = data("numbers_as_text.jsonl", lambda r: {**r, "label": str(len(r["sentence2"]) / 4)})
     other = tmp_path / "other_tokenizer"
     shutil.copytree(published, other)
     config = json.loads((other / "config.json").read_text())
     (other / "config.json").write_text(json.dumps({**config, "vocab_size": 50265}))
     files = ["--train_file", train, "--validation_file", dev]
     backbone = ["--huggingface_model_name", published]
+    dev_rows = [json.loads(line) for line in dev.read_text().splitlines()]
+    unlabelled = _write_jsonl(tmp_path / "unlabelled.jsonl", [{**r, "label": None} if i == 2 else r
+                                                             for i, r in enumerate(dev_rows)])
+    (tmp_path / "unfinished").mkdir()
+    (tmp_path / "unfinished" / classification_run_folder.RUN_RECORD).write_text("{}")
     return {
         "no label column": ([*backbone, "--train_file", no_label, "--validation_file", dev],
                             "has no label column 'label' (its columns: text, target); name it with --label_column"),
@@ -287,13 +300,47 @@ def _bad_inputs(tmp_path, published, pair_files):
                             "x.txt does not exist"),
         "sequence longer than the model": ([*backbone, *files, "--max_seq_length", "100"],
                                            "--max_seq_length 100 is longer than"),
+        "a row without its second text": ([*backbone, "--train_file", no_second, "--validation_file", dev],
+                                          "no_second.jsonl: row 8 has no text in column 'sentence2'"),
+        "labels that are lists": ([*backbone, "--train_file", lists, "--validation_file", dev],
+                                  "row 1 has the label ['absent'], a list; each row needs one label"),
+        "labels that are text reading as fractions": ([*backbone, "--train_file", numbers_as_text, "--validation_file",
+                                                       dev], "the labels are text that reads as numbers"),
+        "a malformed CSV file": ([*backbone, "--train_file", tmp_path / "commas.csv", "--validation_file", dev],
+                                 "commas.csv could not be read as csv (ParserError: Error tokenizing data"),
+        "a seed numpy refuses": ([*backbone, *files, "--seed", "-1"], "--seed must be between 0 and 2**32 - 1"),
+        "an infinite learning rate": ([*backbone, *files, "--learning_rate", "inf"],
+                                      "--learning_rate must be a positive number, got inf"),
+        "a mistyped backbone folder": (["--pretrained_backbone", "pretrained", "--path_to_pretrained_backbone",
+                                        "runs/nothere", *files], "there is no folder"),
+        "random with the default Hub backbone, offline": (["--pretrained_backbone", "random", *files],
+                                                          "HF_HUB_OFFLINE=1 is set and the Hub cache holds no copy"),
+        "the label column as the text": ([*backbone, *files, "--text_column", "label"],
+                                         "column 'label' would be both the text (--text_column) and the label"),
+        "an unfinished run as the backbone": (["--pretrained_backbone", "pretrained", "--path_to_pretrained_backbone",
+                                               tmp_path / "unfinished", *files],
+                                              "classification.py run folder that holds no model yet: its run has not"),
+        "a mistyped dataset folder": ([*backbone, "--dataset_name", "my_data/pairs"],
+                                      "(there is no folder "),
+        "validation rows without a label": ([*backbone, "--train_file", train, "--validation_file", unlabelled],
+                                            "unlabelled.jsonl: 1 rows have no label (the first is row 3)"),
+        "one column for both texts": ([*backbone, *files, "--text_pair_column", "sentence1"],
+                                      "column 'sentence1' would be both texts of a pair"),
+        "a GLUE label out of the task's range": ([*backbone, "--task_name", "mrpc", "--train_file", numbers_as_text,
+                                                  "--validation_file", numbers_as_text],
+                                                 "rows have labels GLUE MRPC never has ("),
     }
 
 
 BAD_CASES = ["no label column", "validation labels training never saw", "regression target for a classification task",
              "class labels for a regression task", "problem type against the task", "regression flag on class labels",
              "another tokenizer's backbone", "empty split", "unreadable file", "no text column", "unknown task",
-             "no data", "one file only", "not a data file", "sequence longer than the model"]
+             "no data", "one file only", "not a data file", "sequence longer than the model",
+             "a row without its second text", "labels that are lists", "labels that are text reading as fractions",
+             "a malformed CSV file", "a seed numpy refuses", "an infinite learning rate", "a mistyped backbone folder",
+             "random with the default Hub backbone, offline", "the label column as the text",
+             "one column for both texts", "a GLUE label out of the task's range", "an unfinished run as the backbone",
+             "validation rows without a label", "a mistyped dataset folder"]
 
 
 @pytest.mark.parametrize("case", BAD_CASES)
@@ -417,11 +464,13 @@ def classifier_dir(tiny_tokenizer, tmp_path_factory):
     (["--input_file", "{dev}", "--output", "{tmp}"], "is a folder; give a file name"),
     (["--text", "a", "--output", "{tmp}/x.jsonl"], "--output goes with --input_file"),
     (["--text", "a", "--max_seq_length", "100"], "--max_seq_length 100 is longer than the model allows"),
+    (["--text", "a", "--text_column", "review"], "--text_column goes with --input_file"),
+    (["--input_file", "{dev}", "--output", "{data}", "--overwrite"], "is not an output of this script"),
 ])
 def test_classify_bad_input_is_one_clear_error(extra, expected, classifier_dir, pair_files, tmp_path):
-    (tmp_path / "exists.jsonl").write_text("mine")
+    (tmp_path / "exists.jsonl").write_text("mine")  # not labels: even --overwrite leaves it (a data file, say)
     values = {"dev": str(pair_files[1]), "model": str(classifier_dir), "exists": str(tmp_path / "exists.jsonl"),
-              "tmp": str(tmp_path)}
+              "tmp": str(tmp_path), "data": str(tmp_path / "exists.jsonl")}
     with pytest.raises(UsageError) as error:
         classify.main(["--model", str(classifier_dir), *[e.format(**values) for e in extra]])
     assert expected in str(error.value) and "\n" not in str(error.value), str(error.value)
@@ -467,3 +516,131 @@ def test_dataset_name_reads_a_local_folder_or_a_hub_dataset_at_the_commit_it_res
     finetune.check_data_source(args)
     *_, record, _ = finetune.check_examples(finetune.load_examples(args), args)
     assert record["revision"] == "0123abcd" and record["source"] == "someone/pairs"
+
+
+# ---- found by probing as a hostile user (notes/probe_classification.md) ------------------------------------------
+
+
+def test_classify_names_a_qa_model_and_checks_its_file_before_labelling(classifier_dir, tiny_tokenizer, tmp_path,
+                                                                        capsys):
+    """A question-answering model is named as one (it was called "a pretrained backbone"); a --label_column the file
+    lacks, an empty file and a row without text are one line each, nothing written; the columns read and the
+    inputs longer than --max_seq_length are said."""
+    from model import RobertaConfig, RobertaForQuestionAnswering
+
+    qa = tmp_path / "qa"
+    RobertaForQuestionAnswering(RobertaConfig(vocab_size=len(tiny_tokenizer), hidden_size=48, num_hidden_layers=1,
+                                              num_attention_heads=3, intermediate_size=72,
+                                              max_position_embeddings=66)).save_pretrained(qa)
+    tiny_tokenizer.save_pretrained(qa)
+    with pytest.raises(UsageError, match="it is a question-answering model, for ask.py, not a model fine-tuned"):
+        classify.main(["--model", str(qa), "--text", "the king"])
+    rows = [{"sentence": "the king " * 20, "label": "present"}, {"sentence": "north", "label": "absent"}]
+    cases = {"rows.jsonl": (rows, ["--label_column", "gold"], "has no label column 'gold' (--label_column; its "
+                                                             "columns: sentence, label)"),
+             "empty.jsonl": ([], [], "empty.jsonl is empty: there is nothing to label"),
+             "no_text.jsonl": ([rows[0], {"sentence": None, "label": "absent"}], [],
+                               "no_text.jsonl: row 2 has no text in column 'sentence'"),
+             "no_text.csv": (None, [], "no_text.csv: row 2 has no text in column 'sentence'")}  # an empty cell
+    (tmp_path / "no_text.csv").write_text("sentence,label\nthe king,present\n,absent\n")
+    for name, (content, extra, expected) in cases.items():
+        if content is not None:
+            _write_jsonl(tmp_path / name, content)
+        with pytest.raises(UsageError) as error:
+            classify.main(["--model", str(classifier_dir), "--input_file", str(tmp_path / name), "--output",
+                           str(tmp_path / "out.jsonl"), *extra])
+        assert expected in str(error.value) and not (tmp_path / "out.jsonl").exists(), str(error.value)
+    capsys.readouterr()
+    classify.main(["--model", str(classifier_dir), "--input_file", str(tmp_path / "rows.jsonl"), "--output",
+                   str(tmp_path / "out.jsonl")])
+    err = capsys.readouterr().err
+    assert "labelling the text of column 'sentence', scored against 'label'" in err
+    assert "note: 1 of 2 inputs are longer than --max_seq_length 24 tokens and are truncated\n" in err
+    (tmp_path / "out.jsonl").write_text("")  # its own labels (or an empty file) --overwrite does replace
+    classify.main(["--model", str(classifier_dir), "--input_file", str(tmp_path / "rows.jsonl"), "--output",
+                   str(tmp_path / "out.jsonl"), "--overwrite"])
+    assert [json.loads(line)["index"] for line in (tmp_path / "out.jsonl").read_text().splitlines()] == [0, 1]
+
+
+def test_a_full_disk_during_fine_tuning_is_one_line_that_says_to_overwrite(published, pair_files, tmp_path,
+                                                                           monkeypatch):
+    """torch.save's zip writer reports a full disk as a RuntimeError without an errno (the Trainer's optimizer
+    file, found on a real full tmpfs): one line that says how to start again, not a traceback."""
+    import finetuning
+
+    def disk_full(self, output_dir=None, state_dict=None):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 400704 vs 400592")
+
+    monkeypatch.setattr(finetuning.ModelFolderTrainer, "_save", disk_full)
+    with pytest.raises(finetuning.ScriptExit) as stop:
+        finetune.main(_published_args(published, pair_files, tmp_path, "full", "--num_train_epochs", "1",
+                                      "--max_train_samples", "4", "--max_eval_samples", "3"))
+    assert stop.value.code == 1 and str(stop.value).startswith("error: the disk is full: RuntimeError")
+    assert str(stop.value).endswith(f"the run in {tmp_path / 'full'} did not finish: free space and run the same "
+                                    "command with --overwrite")
+
+
+@pytest.mark.slow
+def test_a_malformed_file_is_one_line_on_the_command_line(tmp_path, published, pair_files):
+    """datasets logs a parser failure as a line of its own before raising: only ours is printed."""
+    (tmp_path / "commas.csv").write_text("sentence,label\nthe king,absent\nthe queen, north, south,present\n")
+    result = _run("--huggingface_model_name", published, "--train_file", tmp_path / "commas.csv", "--validation_file",
+                  pair_files[1], "--working_directory", tmp_path / "runs")
+    assert result.returncode == 2 and not (tmp_path / "runs").exists()
+    [line] = result.stderr.strip().splitlines()
+    assert "could not be read as csv (ParserError: Error tokenizing data. C error: Expected 2 fields in line 3" in line
+
+
+@pytest.mark.parametrize(("flags", "expected"), [
+    (["--acceptability_sentences", "-3"], "--acceptability_sentences must not be negative"),
+    (["--acceptability_sentences", "99999"], "the demo world has sentences about 16,620 training entities"),
+    (["--acceptability_epochs", "nan"], "--acceptability_epochs must be a positive number, got nan"),
+])
+def test_the_demos_classification_flags_are_checked_before_its_first_step(flags, expected, capsys):
+    """They were used only after pretraining and both QA runs: minutes in, then a traceback or a failed step."""
+    import demo
+
+    with pytest.raises(SystemExit) as stop:
+        demo.parse_args(flags)
+    assert stop.value.code == 2 and expected in capsys.readouterr().err
+    assert demo.parse_args(["--acceptability_sentences", "0", "--acceptability_epochs", "nan"])  # the step skipped
+
+
+def test_weights_that_diverged_are_neither_saved_nor_labelled_with(published, pair_files, classifier_dir, tmp_path):
+    """A learning rate far too high made NaN weights that were saved and scored (argmax of NaN is class 0, the
+    Trainer logs NaN losses as 0), and classify.py printed 'absent (nan)'. One line each instead."""
+    import torch
+
+    import finetuning
+    from model import RobertaForSequenceClassification
+
+    with pytest.raises(finetuning.ScriptExit, match=r"^error: training diverged: \d+ weight tensors hold NaN"):
+        finetune.main(_published_args(published, pair_files, tmp_path, "nan", "--num_train_epochs", "1",
+                                      "--learning_rate", "1e6", "--max_eval_samples", "3"))
+    assert "model.safetensors" not in {p.name for p in (tmp_path / "nan").iterdir()}  # no model
+    model = RobertaForSequenceClassification.from_pretrained(classifier_dir)
+    with torch.no_grad():
+        model.classifier.dense.weight[0, 0] = float("nan")
+    shutil.copytree(classifier_dir, tmp_path / "c")
+    model.save_pretrained(tmp_path / "c")
+    with pytest.raises(UsageError, match="1 of its weight tensors hold NaN or infinite values .the first: "
+                                         "classifier.dense.weight.: its training diverged"):
+        classify.main(["--model", str(tmp_path / "c"), "--text", "the king"])
+
+
+def test_predictions_keep_a_text_whose_column_is_named_like_a_record_key(tmp_path):
+    """A text column named `prediction` (or `index`) lost its text (or the index) to the record's own key."""
+    import numpy as np
+
+    import classification as cls
+
+    rows = {"validation": {"texts": ["the king", "the queen"], "pairs": ["north", "south"], "targets": [0, 1],
+                           "columns": ("prediction", "index")}}
+    logits = {"validation": np.array([[2.0, 0.0], [0.0, 1.0]])}
+    path = tmp_path / classification_run_folder.PREDICTIONS_FILE
+    classification_run_folder.write_predictions(path, [("", "validation")], logits, rows,
+                                                cls.LabelSpace(("absent", "present")))
+    first, second = classification_run_folder.read_predictions(tmp_path)
+    assert (first["prediction_text"], first["index_text"], first["index"], first["prediction"]) == (
+        "the king", "north", 0, "absent")
+    assert (second["index"], second["prediction"], second["label"]) == (1, "present", "present")
