@@ -34,7 +34,7 @@ from transformers.utils import logging as hf_logging
 import classification_run_folder
 import qa_run_folder
 import run_folder
-from demo_world import generate_acceptability, generate_documents
+from demo_world import acceptability_capacity, generate_acceptability, generate_documents
 from utils import Stopped, exit_code_for_signal, raise_on_stop_signals, stop_signal_name, user_path
 
 ROOT = Path(__file__).resolve().parent
@@ -86,8 +86,6 @@ def check_acceptability_flags(parser: argparse.ArgumentParser, args: argparse.Na
         parser.error(f"--acceptability_sentences must not be negative (0 skips the step), got "
                      f"{args.acceptability_sentences}")
     if args.acceptability_sentences:
-        from demo_world import acceptability_capacity
-
         if args.acceptability_sentences > (most := acceptability_capacity("train")):
             parser.error(f"--acceptability_sentences {args.acceptability_sentences}: the demo world has sentences "
                          f"about {most:,} training entities, one each; give at most that")
