@@ -22,7 +22,7 @@ define install_missing
 $(PYTHON) -c "import sys, utils; m = utils.missing_requirements('$(1)'); print('make install: $(1): every requirement is installed' if not m else 'make install: pip install -r $(1), for ' + ', '.join(m) + ' (downloads may take minutes)'); sys.exit(bool(m))" || $(PYTHON) -m pip install -r $(1)
 endef
 
-## demo: the whole pipeline offline on the built-in demo world (about 11 minutes on a 2-core CPU)
+## demo: the whole pipeline offline on the built-in demo world (about 8 minutes on a 2-core CPU)
 demo: install
 	HF_HUB_OFFLINE=1 $(PYTHON) demo.py
 

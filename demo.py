@@ -13,7 +13,7 @@
 7. the pretrained model is continued on text it has never read (`train.py --init_from`, as one continues a published
    model on a domain's text): the encyclopedia of another world, whose held-out loss falls from the model's own.
 
-Every step runs the real command line, printed before it runs, so each can be copied and changed. About 11
+Every step runs the real command line, printed before it runs, so each can be copied and changed. About 8
 minutes on a 2-core CPU (each step's header says which step of how many it is and how long the rest should take).
 """
 
@@ -39,7 +39,7 @@ from utils import Stopped, exit_code_for_signal, raise_on_stop_signals, stop_sig
 
 ROOT = Path(__file__).resolve().parent
 
-# Sized for about 11 minutes on a 2-core CPU (STEP_MINUTES). Small MLMs sit on a plateau (predicting frequent tokens)
+# Sized for about 8 minutes on a 2-core CPU (STEP_MINUTES). Small MLMs sit on a plateau (predicting frequent tokens)
 # for their first ~1,000 updates before they learn to use context; blocks of 64 tokens, batches of 16 and no
 # dropout get past it within a few minutes on a CPU, where longer blocks or bigger batches did not.
 CONTEXT_LENGTH = "64"  # prepare_data.py's blocks; train.py takes them from the store
@@ -48,9 +48,9 @@ MODEL_FLAGS = ["--num_transformer_blocks", "4", "--embedding_dimension", "128", 
 # sized for well under a minute per backbone on 2 cores
 ACCEPTABILITY_SENTENCES, ACCEPTABILITY_EPOCHS, ACCEPTABILITY_EVAL_SENTENCES = 3000, 2.0, 1000
 NEW_WORLD_SEED = 1  # the world the demo's model continues on: demo_world's seed 0 is the one it was pretrained on
-# Minutes of each step at the default sizes on an idle 2-core CPU (2026-12-06, the README's measurement): the
+# Minutes of each step at the default sizes on an idle 2-core CPU (2026-12-07, the README's measurement): the
 # demo's duration as the README, the Makefile and the notebook state it, and the basis of the time left it prints.
-STEP_MINUTES = {"prepare": 0.2, "pretrain": 7.3, "qa": 0.9, "sentences": 0.7, "tokenize another world": 0.1,
+STEP_MINUTES = {"prepare": 0.1, "pretrain": 5.5, "qa": 0.7, "sentences": 0.3, "tokenize another world": 0.1,
                 "continue": 0.6}
 FILL_MASK_SENTENCES = [  # in the style of the demo world's articles
     "Draius Manuthett was a painter from Theiciaia, born in 1617 and <mask> in 1707.",

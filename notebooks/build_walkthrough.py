@@ -1034,7 +1034,7 @@ md("""
   F1 (roberta-base: about 86 / 92 on SQuAD 1.1).
 * `finetune_roberta_classification.py`: section 9 at scale: the nine GLUE tasks or your own labelled text (CSV or
   JSON lines), with the paper's recipe and each task's official metrics; `classify.py` labels new text with it.
-* `make demo` runs all of them on the demo world, offline, in about 11 minutes on a 2-core CPU, with a
+* `make demo` runs all of them on the demo world, offline, in about 8 minutes on a 2-core CPU, with a
   longer pretraining and fine-tuning than here; the README has the commands for a real roberta-base run.
 """)
 
