@@ -34,6 +34,7 @@ from utils import UsageError, first_line
 # GLUE
 # ----------------------------------------------------------------------------------------------------------------
 
+MIN_SEQ_LENGTH = 8  # <s> first </s></s> second </s> and a few tokens of text: fine-tuning and classify.py alike
 GLUE_REPO = "nyu-mll/glue"
 # The commit of nyu-mll/glue that main resolved to in July 2026 (parquet files, one folder per task, no loading
 # script), as the Hub's resolve cache and pinned projects name it. A pinned sha is what is downloaded, so a run is
@@ -92,6 +93,12 @@ GLUE_TASKS = {
 RECIPE = {"learning_rate": 2e-5, "batch_size": 16, "weight_decay": 0.1, "warmup_ratio": 0.06, "num_train_epochs": 10.0,
           "adam_beta2": 0.98, "adam_epsilon": 1e-6}
 
+
+
+def check_max_seq_length(value: int | None) -> None:
+    """--max_seq_length (None: the model's) must leave room for text beside RoBERTa's special tokens."""
+    if value is not None and value < MIN_SEQ_LENGTH:
+        raise UsageError(f"--max_seq_length {value} leaves no room for text (at least {MIN_SEQ_LENGTH} tokens)")
 
 def glue_task(name: str) -> GlueTask:
     """The task of a --task_name ("MNLI", "sst-2" and "sst2" alike), or a UsageError listing the nine."""

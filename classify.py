@@ -138,9 +138,9 @@ def check_request(args: argparse.Namespace) -> None:
         if args.text_pair and len(args.text_pair) != len(args.text):
             raise UsageError(f"{len(args.text)} --text but {len(args.text_pair)} --text_pair: give one --text_pair "
                              "per --text, or none")
-    for name in ("max_seq_length", "batch_size"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise UsageError(f"--{name} must be positive, got {getattr(args, name)}")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UsageError(f"--batch_size must be positive, got {args.batch_size}")
+    cls.check_max_seq_length(args.max_seq_length)  # the fine-tuning script's rule
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -166,8 +166,7 @@ def check_numbers(args: argparse.Namespace) -> None:
     finetuning.check_numbers(args, positive=["per_device_batch_size", "gradient_accumulation_steps", "logging_steps",
                                              "num_train_epochs", "learning_rate", "max_seq_length"],
                              non_negative=["weight_decay", "warmup_steps", "eval_steps", "save_steps"])
-    if args.max_seq_length is not None and args.max_seq_length < 8:
-        raise UsageError(f"--max_seq_length {args.max_seq_length} leaves no room for text (at least 8 tokens)")
+    cls.check_max_seq_length(args.max_seq_length)
 
 
 def check_data_source(args: argparse.Namespace) -> None:
