@@ -85,7 +85,6 @@ from tokenization import tokenizer_fingerprint
 from utils import (
     ArgumentParser,
     HelpFormatter,
-    Stopped,
     UsageError,
     duration,
     first_line,
@@ -624,11 +623,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     run_dir, notes = check_request(args)  # flags, paths, run folder: nothing loaded, nothing written
     raise_on_stop_signals()  # a signal or Ctrl-C from here is one line (below), whatever was written or not
-    lock = None
-    try:
+    with finetuning.RunEnding("finetune_roberta_classification", run_dir) as run:  # a stop or a full disk: one line
         tokenizer, model, rows, features, space, provenance, data_record, data_notes = prepare(args)
         finetuning.resolve_bf16(args)
-        lock = claim_run_folder(args, run_dir)
+        run.lock = claim_run_folder(args, run_dir)
         for note in notes + data_notes:
             log(note)
         evaluated = sum(len(rows[split]["targets"]) for split in rows if split != "train")
@@ -646,15 +644,6 @@ def main(argv: list[str] | None = None) -> None:
             results = write_results(run_dir, args, trainer, rows, space, counts, provenance, data_record)
             for line in summary_lines(args, results, run_dir):
                 log(line)
-    except (Stopped, KeyboardInterrupt) as stop:
-        raise finetuning.stopped("finetune_roberta_classification", stop, run_dir, started=lock is not None) from None
-    except Exception as error:  # a full disk is one line that says how to start again; anything else is a bug
-        if lock is None or (full := finetuning.disk_full(error, run_dir)) is None:
-            raise
-        raise full from None
-    finally:
-        if lock is not None:
-            lock.release()
 
 
 if __name__ == "__main__":

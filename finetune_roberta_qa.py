@@ -88,7 +88,6 @@ from tokenization import tokenizer_fingerprint
 from utils import (
     ArgumentParser,
     HelpFormatter,
-    Stopped,
     UsageError,
     duration,
     first_line,
@@ -426,14 +425,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     run_dir, notes = check_request(args)  # flags, paths, run folder: nothing loaded, nothing written
     raise_on_stop_signals()
-    lock = None
-    try:
+    with finetuning.RunEnding("finetune_roberta_qa", run_dir) as run:  # a stop or a full disk: one line
         local_rows = read_local_files(args)  # JSON layout, duplicate ids
         tokenizer, config, model, provenance = load_backbone(args)  # a bad backbone stops the run here
         examples = load_examples(args, local_rows)  # a failed download stops it here: still nothing written
         train, validation, data_record, data_notes = check_examples(examples, args)
         finetuning.resolve_bf16(args)
-        lock = claim_run_folder(args, run_dir)
+        run.lock = claim_run_folder(args, run_dir)
         for note in notes + data_notes:
             log(note)
         if not sys.stderr.isatty():
@@ -454,15 +452,6 @@ def main(argv: list[str] | None = None) -> None:
             results = qa_run_folder.write_results(run_dir, args, trainer, validation, counts, provenance, data_record)
             for line in summary_lines(results, run_dir):
                 log(line)
-    except (Stopped, KeyboardInterrupt) as stop:
-        raise finetuning.stopped("finetune_roberta_qa", stop, run_dir, started=lock is not None) from None
-    except Exception as error:  # a full disk is one line that says how to start again; anything else is a bug
-        if lock is None or (full := finetuning.disk_full(error, run_dir)) is None:
-            raise
-        raise full from None
-    finally:
-        if lock is not None:
-            lock.release()
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from tokenization import load_tokenizer, tokenizer_mismatch
 from utils import (
     DiskFull,
     ScriptExit,
+    Stopped,
     UsageError,
     duration,
     elapsed_and_eta,
@@ -361,6 +362,31 @@ def training_arguments(args: argparse.Namespace, run_dir: Path, **task) -> Train
         report_to=args.report_to.split(","), disable_tqdm=not sys.stderr.isatty(), dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available())
     return TrainingArguments(**{**values, **task})
+
+
+class RunEnding:
+    """How a fine-tuning run ends, for both scripts' `main`: `with RunEnding(script, run_dir) as run:`, then
+    `run.lock = claim_run_folder(...)`. A signal or Ctrl-C becomes one line (`stopped`), a full disk once the run
+    folder is claimed becomes one line (`disk_full`), any other error is left as it is (a bug), and the run folder's
+    lock is released however the block ends."""
+
+    def __init__(self, script: str, run_dir: Path):
+        self.script, self.run_dir, self.lock = script, run_dir, None
+
+    def __enter__(self) -> RunEnding:
+        return self
+
+    def __exit__(self, kind, error, traceback) -> bool:
+        try:
+            if isinstance(error, Stopped | KeyboardInterrupt):
+                raise stopped(self.script, error, self.run_dir, started=self.lock is not None) from None
+            if isinstance(error, Exception) and self.lock is not None and (
+                    full := disk_full(error, self.run_dir)) is not None:
+                raise full from None
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+        return False  # any other error goes on as it is
 
 
 def stopped(script: str, stop: BaseException, run_dir: Path, started: bool) -> ScriptExit:
