@@ -53,11 +53,15 @@ def test_missing_requirements_names_what_pip_would_install(tmp_path):
 def test_make_install_says_what_it_does_and_make_notebook_installs_jupyterlab():
     """On a ready machine `make install` prints one line and runs no pip; `make notebook` (the README's way to open
     the notebook: `jupyter lab` alone failed after every make target) installs JupyterLab where it is missing."""
+    # as a user runs it from a shell: under `make test` (CI) the inherited MAKELEVEL would make this a sub-make,
+    # which prints "Entering directory" lines a user never sees
+    shell = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
     ready = subprocess.run(["make", "install", f"PYTHON={utils.sys.executable}"], cwd=ROOT, capture_output=True,
-                           text=True, timeout=300)
+                           text=True, timeout=300, env=shell)
     assert ready.returncode == 0 and ready.stdout.strip().splitlines() == [
         "make install: requirements.txt: every requirement is installed"], ready.stdout + ready.stderr
-    planned = subprocess.run(["make", "-n", "notebook"], cwd=ROOT, capture_output=True, text=True, timeout=60).stdout
+    planned = subprocess.run(["make", "-n", "notebook"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                             env=shell).stdout
     assert "pip install jupyterlab" in planned and "jupyter lab notebooks/roberta_walkthrough.ipynb" in planned
     assert (ROOT / "notebooks" / "roberta_walkthrough.ipynb").is_file()
     assert "`make notebook`" in (ROOT / "README.md").read_text()
